@@ -1,0 +1,150 @@
+//! Policies: how to choose a backend, each a small piece over the shared load measurement.
+
+mod least_pending;
+mod p2c;
+mod random;
+mod round_robin;
+
+use std::fmt;
+use std::str::FromStr;
+
+use rand::Rng;
+
+use crate::backend::BackendTable;
+use crate::time::Timestamp;
+
+pub(crate) use least_pending::LeastPending;
+pub(crate) use p2c::{P2c, P2cLoad};
+pub(crate) use random::WeightedRandom;
+pub(crate) use round_robin::SmoothRoundRobin;
+
+/// The policies a scheduler can run, by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PolicyKind {
+    /// The original's heap: the backend with the fewest pending requests. Unweighted.
+    LeastPending,
+    /// Power of two choices: two random eligible backends, the one with fewer pending per weight.
+    P2c,
+    /// Round robin; smooth weighted round robin (nginx's algorithm) when weights differ.
+    RoundRobin,
+    /// Random, in proportion to weight.
+    Random,
+    /// Power of two choices over peak-EWMA latency × (pending + 1) ÷ weight.
+    PeakEwma,
+}
+
+impl PolicyKind {
+    /// Every policy, in a stable order.
+    pub const ALL: [PolicyKind; 5] = [
+        PolicyKind::LeastPending,
+        PolicyKind::P2c,
+        PolicyKind::RoundRobin,
+        PolicyKind::Random,
+        PolicyKind::PeakEwma,
+    ];
+
+    /// The policy's name as written in configs and on command lines.
+    pub const fn name(self) -> &'static str {
+        match self {
+            PolicyKind::LeastPending => "least-pending",
+            PolicyKind::P2c => "p2c",
+            PolicyKind::RoundRobin => "round-robin",
+            PolicyKind::Random => "random",
+            PolicyKind::PeakEwma => "peak-ewma",
+        }
+    }
+}
+
+impl fmt::Display for PolicyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A policy name that is not one of [`PolicyKind::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown policy {0:?}; expected one of: least-pending, p2c, round-robin, random, peak-ewma"
+)]
+pub struct UnknownPolicy(pub String);
+
+impl FromStr for PolicyKind {
+    type Err = UnknownPolicy;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        PolicyKind::ALL
+            .into_iter()
+            .find(|kind| kind.name() == s)
+            .ok_or_else(|| UnknownPolicy(s.to_owned()))
+    }
+}
+
+/// A running policy with whatever index or cursor it keeps between decisions.
+#[derive(Clone, Debug)]
+pub(crate) enum Policy {
+    LeastPending(LeastPending),
+    P2c(P2c),
+    RoundRobin(SmoothRoundRobin),
+    Random(WeightedRandom),
+}
+
+impl Policy {
+    pub fn new(kind: PolicyKind) -> Self {
+        match kind {
+            PolicyKind::LeastPending => Policy::LeastPending(LeastPending::default()),
+            PolicyKind::P2c => Policy::P2c(P2c::new(P2cLoad::PendingPerWeight)),
+            PolicyKind::PeakEwma => Policy::P2c(P2c::new(P2cLoad::PeakEwma)),
+            PolicyKind::RoundRobin => Policy::RoundRobin(SmoothRoundRobin::default()),
+            PolicyKind::Random => Policy::Random(WeightedRandom::default()),
+        }
+    }
+
+    /// Chooses an eligible backend's slot index, or `None` when no backend is eligible.
+    pub fn pick<R: Rng + ?Sized>(
+        &mut self,
+        table: &BackendTable,
+        now: Timestamp,
+        decay_ns: f64,
+        rng: &mut R,
+    ) -> Option<u32> {
+        match self {
+            Policy::LeastPending(p) => p.pick(),
+            Policy::P2c(p) => p.pick(table, now, decay_ns, rng),
+            Policy::RoundRobin(p) => p.pick(table),
+            Policy::Random(p) => p.pick(table, rng),
+        }
+    }
+
+    /// The slot became eligible with `pending` requests in flight.
+    pub fn on_eligible(&mut self, index: u32, pending: u32) {
+        match self {
+            Policy::LeastPending(p) => p.insert(index, pending),
+            Policy::RoundRobin(p) => p.on_eligible(index),
+            Policy::P2c(_) | Policy::Random(_) => {}
+        }
+    }
+
+    /// The slot stopped being eligible; it had `pending` requests in flight.
+    pub fn on_ineligible(&mut self, index: u32, pending: u32) {
+        if let Policy::LeastPending(p) = self {
+            p.remove(index, pending);
+        }
+    }
+
+    /// An eligible slot's pending count moved from `old` to `new` (by one).
+    #[inline]
+    pub fn on_pending_changed(&mut self, index: u32, old: u32, new: u32) {
+        if let Policy::LeastPending(p) = self {
+            p.remove(index, old);
+            p.insert(index, new);
+        }
+    }
+
+    /// Checks the policy's own index against the table.
+    pub fn check(&self, table: &BackendTable) -> Result<(), String> {
+        match self {
+            Policy::LeastPending(p) => p.check(table),
+            Policy::P2c(_) | Policy::RoundRobin(_) | Policy::Random(_) => Ok(()),
+        }
+    }
+}

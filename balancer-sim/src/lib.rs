@@ -1,0 +1,2 @@
+//! Deterministic discrete-event simulator that drives balancer-core (being built: see issue 4).
+#![deny(unsafe_code)]

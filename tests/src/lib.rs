@@ -1,0 +1,1 @@
+//! End-to-end tests of the live balancer over loopback (being built: see issue 5).
