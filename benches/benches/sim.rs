@@ -1,0 +1,2 @@
+//! Criterion benchmark of the simulator (being built: see issue 4).
+fn main() {}
