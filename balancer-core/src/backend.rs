@@ -222,7 +222,8 @@ impl BackendTable {
     }
 
     fn add_eligible(&mut self, index: u32) {
-        if !self.slots[index as usize].eligible() || self.eligible_pos[index as usize] != NOT_ELIGIBLE
+        if !self.slots[index as usize].eligible()
+            || self.eligible_pos[index as usize] != NOT_ELIGIBLE
         {
             return;
         }
@@ -317,7 +318,10 @@ impl BackendTable {
         }
         let live = self.slots.iter().filter(|s| s.live).count();
         if live != self.live {
-            return Err(format!("{live} live slots but the count says {}", self.live));
+            return Err(format!(
+                "{live} live slots but the count says {}",
+                self.live
+            ));
         }
         for slot in self.slots.iter().filter(|s| !s.live) {
             if slot.pending != 0 {

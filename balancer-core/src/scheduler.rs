@@ -43,31 +43,24 @@ impl SchedulerConfig {
 
 /// Names one dispatched request until its done is reported.
 ///
-/// Slot plus generation: a finished request's id is never confused with a later one.
+/// The sequence number counts dispatches of this scheduler (unique for its life, and what
+/// people read: `r41` is the 42nd dispatch); the slot finds the entry in O(1) without hashing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RequestId {
+    seq: u64,
     slot: u32,
-    generation: u32,
 }
 
 impl RequestId {
-    /// The id as one integer, e.g. for logs and trace hashes.
+    /// The dispatch sequence number: unique within one scheduler, e.g. for logs and trace hashes.
     pub fn as_u64(self) -> u64 {
-        (u64::from(self.generation) << 32) | u64::from(self.slot)
-    }
-
-    /// The inverse of [`RequestId::as_u64`]; any integer is accepted, a wrong one is simply unknown.
-    pub fn from_u64(value: u64) -> Self {
-        RequestId {
-            slot: value as u32,
-            generation: (value >> 32) as u32,
-        }
+        self.seq
     }
 }
 
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "r{}", self.as_u64())
+        write!(f, "r{}", self.seq)
     }
 }
 
@@ -134,7 +127,6 @@ pub enum Outcome {
 }
 
 /// What the core learnt from a done.
-#[must_use]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Completion {
     /// The request that finished.
@@ -148,7 +140,6 @@ pub struct Completion {
 }
 
 /// What removing a backend left behind.
-#[must_use]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Removal {
     /// Requests still in flight on it; their dones will return [`CoreError::BackendRemoved`].
@@ -163,7 +154,8 @@ struct InFlight {
 
 #[derive(Clone, Copy, Debug)]
 struct RequestSlot {
-    generation: u32,
+    /// The sequence number of the request in the slot, or of the last one it held.
+    seq: u64,
     entry: Option<InFlight>,
 }
 
@@ -185,6 +177,8 @@ pub struct Scheduler {
     in_flight: u32,
     /// In-flight requests whose backend was removed.
     orphaned: u32,
+    /// Dispatches so far; the next request's sequence number.
+    dispatches: u64,
 }
 
 impl Scheduler {
@@ -198,6 +192,7 @@ impl Scheduler {
             free_requests: Vec::new(),
             in_flight: 0,
             orphaned: 0,
+            dispatches: 0,
         }
     }
 
@@ -300,7 +295,7 @@ impl Scheduler {
         let entry = self
             .requests
             .get(request.slot as usize)
-            .filter(|slot| slot.generation == request.generation)
+            .filter(|slot| slot.seq == request.seq)
             .and_then(|slot| slot.entry)
             .ok_or(CoreError::UnknownRequest(request))?;
         self.finish_request(request);
@@ -314,7 +309,10 @@ impl Scheduler {
         let latency = now.saturating_since(entry.dispatched_at);
         let decay_ns = self.config.ewma_decay_ns as f64;
         let slot = &mut self.backends.slots[index];
-        debug_assert!(slot.pending > 0, "a dispatched request's backend has pending > 0");
+        debug_assert!(
+            slot.pending > 0,
+            "a dispatched request's backend has pending > 0"
+        );
         let old = slot.pending;
         slot.pending -= 1;
         match outcome {
@@ -454,7 +452,7 @@ impl Scheduler {
             Some(slot) => slot,
             None => {
                 self.requests.push(RequestSlot {
-                    generation: 0,
+                    seq: 0,
                     entry: None,
                 });
                 (self.requests.len() - 1) as u32
@@ -463,16 +461,17 @@ impl Scheduler {
         let record = &mut self.requests[slot as usize];
         debug_assert!(record.entry.is_none(), "a free request slot is empty");
         record.entry = Some(entry);
+        record.seq = self.dispatches;
+        self.dispatches += 1;
         RequestId {
+            seq: record.seq,
             slot,
-            generation: record.generation,
         }
     }
 
     fn finish_request(&mut self, request: RequestId) {
         let record = &mut self.requests[request.slot as usize];
         record.entry = None;
-        record.generation = record.generation.wrapping_add(1);
         self.free_requests.push(request.slot);
         self.in_flight -= 1;
     }

@@ -1,0 +1,286 @@
+//! Property tests: random sequences of operations, misuse included, keep every invariant.
+//!
+//! Each property runs 1,000 cases by default (`PROPTEST_CASES` overrides). A failure prints
+//! the minimal sequence of operations that breaks it, which replays as a plain unit test.
+
+use std::collections::HashMap;
+
+use balancer_core::{
+    BackendId, BackendState, CoreError, Decision, FailureKind, Outcome, PolicyKind, RequestId,
+    Scheduler, SchedulerConfig, Timestamp,
+};
+use proptest::prelude::*;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Add {
+        weight: u32,
+    },
+    Remove {
+        pick: usize,
+    },
+    Drain {
+        pick: usize,
+    },
+    Undrain {
+        pick: usize,
+    },
+    SetUp {
+        pick: usize,
+        up: bool,
+    },
+    SetWeight {
+        pick: usize,
+        weight: u32,
+    },
+    Work,
+    Done {
+        pick: usize,
+        outcome: u8,
+    },
+    /// A done for a request that already finished (misuse).
+    DoneAgain {
+        pick: usize,
+    },
+    /// A done for an id that another scheduler handed out (misuse).
+    DoneForeign {
+        works: u8,
+    },
+    Advance {
+        nanos: u32,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (0u32..=6).prop_map(|w| Op::Add { weight: w }),
+        1 => any::<usize>().prop_map(|pick| Op::Remove { pick }),
+        1 => any::<usize>().prop_map(|pick| Op::Drain { pick }),
+        1 => any::<usize>().prop_map(|pick| Op::Undrain { pick }),
+        1 => (any::<usize>(), any::<bool>()).prop_map(|(pick, up)| Op::SetUp { pick, up }),
+        1 => (any::<usize>(), 0u32..=6).prop_map(|(pick, weight)| Op::SetWeight { pick, weight }),
+        8 => Just(Op::Work),
+        6 => (any::<usize>(), 0u8..4).prop_map(|(pick, outcome)| Op::Done { pick, outcome }),
+        1 => any::<usize>().prop_map(|pick| Op::DoneAgain { pick }),
+        1 => any::<u8>().prop_map(|works| Op::DoneForeign { works }),
+        1 => (0u32..5_000_000).prop_map(|nanos| Op::Advance { nanos }),
+    ]
+}
+
+fn policy() -> impl Strategy<Value = PolicyKind> {
+    prop::sample::select(PolicyKind::ALL.to_vec())
+}
+
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000),
+        ..ProptestConfig::default()
+    }
+}
+
+/// A plain model of what the scheduler should hold, to compare against after every step.
+#[derive(Default)]
+struct Model {
+    backends: Vec<BackendId>,
+    /// Requests in flight and the backend each went to.
+    in_flight: Vec<(RequestId, BackendId)>,
+    finished: Vec<RequestId>,
+    removed: Vec<BackendId>,
+    pending: HashMap<BackendId, u32>,
+}
+
+fn pick<T: Copy>(items: &[T], index: usize) -> Option<T> {
+    (!items.is_empty()).then(|| items[index % items.len()])
+}
+
+fn run(policy: PolicyKind, seed: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let mut s = Scheduler::new(SchedulerConfig::new(policy));
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut m = Model::default();
+    let mut now = Timestamp::ZERO;
+    for op in ops {
+        match op {
+            Op::Add { weight } => match s.add_backend(now, weight) {
+                Ok(id) => {
+                    prop_assert!(weight >= 1);
+                    prop_assert!(
+                        !m.backends.contains(&id) && !m.removed.contains(&id),
+                        "id reused"
+                    );
+                    m.backends.push(id);
+                }
+                Err(e) => prop_assert_eq!(e, CoreError::InvalidWeight(weight)),
+            },
+            Op::Remove { pick: p } => {
+                if let Some(id) = pick(&m.backends, p) {
+                    let removal = s.remove_backend(id).unwrap();
+                    prop_assert_eq!(removal.orphaned, m.pending.remove(&id).unwrap_or(0));
+                    m.backends.retain(|&b| b != id);
+                    m.removed.push(id);
+                } else if let Some(id) = pick(&m.removed, p) {
+                    prop_assert_eq!(s.remove_backend(id), Err(CoreError::UnknownBackend(id)));
+                }
+            }
+            Op::Drain { pick: p } => {
+                if let Some(id) = pick(&m.backends, p) {
+                    s.drain(id).unwrap();
+                }
+            }
+            Op::Undrain { pick: p } => {
+                if let Some(id) = pick(&m.backends, p) {
+                    s.undrain(id).unwrap();
+                }
+            }
+            Op::SetUp { pick: p, up } => {
+                if let Some(id) = pick(&m.backends, p) {
+                    s.set_up(id, up).unwrap();
+                }
+            }
+            Op::SetWeight { pick: p, weight } => {
+                if let Some(id) = pick(&m.backends, p) {
+                    let result = s.set_weight(id, weight);
+                    prop_assert_eq!(result.is_ok(), weight >= 1);
+                }
+            }
+            Op::Work => {
+                let before: Vec<_> = s.backends(now).collect();
+                let eligible: Vec<_> = before
+                    .iter()
+                    .filter(|b| b.state == BackendState::Up)
+                    .collect();
+                match s.handle_work(now, &mut rng) {
+                    Decision::Dispatch { request, backend } => {
+                        let chosen = eligible.iter().find(|b| b.id == backend);
+                        prop_assert!(
+                            chosen.is_some(),
+                            "dispatched to an ineligible backend {}",
+                            backend
+                        );
+                        if policy == PolicyKind::LeastPending {
+                            let min = eligible.iter().map(|b| b.pending).min().unwrap();
+                            prop_assert_eq!(
+                                chosen.unwrap().pending,
+                                min,
+                                "least-pending missed the minimum"
+                            );
+                        }
+                        m.in_flight.push((request, backend));
+                        *m.pending.entry(backend).or_default() += 1;
+                    }
+                    Decision::Reject { .. } => prop_assert!(eligible.is_empty()),
+                }
+            }
+            Op::Done { pick: p, outcome } => {
+                if !m.in_flight.is_empty() {
+                    let (request, backend) = m.in_flight.remove(p % m.in_flight.len());
+                    let outcome = match outcome {
+                        0 => Outcome::Success,
+                        1 => Outcome::Failure(FailureKind::Reset),
+                        2 => Outcome::Failure(FailureKind::ServerError),
+                        _ => Outcome::Cancelled,
+                    };
+                    let result = s.handle_done(now, request, outcome);
+                    if m.removed.contains(&backend) {
+                        prop_assert_eq!(
+                            result,
+                            Err(CoreError::BackendRemoved { request, backend })
+                        );
+                    } else {
+                        let done = result.unwrap();
+                        prop_assert_eq!(done.backend, backend);
+                        *m.pending.get_mut(&backend).unwrap() -= 1;
+                    }
+                    m.finished.push(request);
+                }
+            }
+            Op::DoneAgain { pick: p } => {
+                if let Some(request) = pick(&m.finished, p) {
+                    prop_assert_eq!(
+                        s.handle_done(now, request, Outcome::Success),
+                        Err(CoreError::UnknownRequest(request))
+                    );
+                }
+            }
+            Op::DoneForeign { works } => {
+                let mut other = Scheduler::new(SchedulerConfig::new(PolicyKind::RoundRobin));
+                other.add_backend(now, 1).unwrap();
+                let mut request = None;
+                for _ in 0..=works {
+                    if let Decision::Dispatch { request: r, .. } = other.handle_work(now, &mut rng)
+                    {
+                        request = Some(r);
+                    }
+                }
+                let request = request.unwrap();
+                if !m.in_flight.iter().any(|&(r, _)| r == request) {
+                    prop_assert_eq!(
+                        s.handle_done(now, request, Outcome::Success),
+                        Err(CoreError::UnknownRequest(request))
+                    );
+                }
+            }
+            Op::Advance { nanos } => now = now + std::time::Duration::from_nanos(nanos.into()),
+        }
+        if let Err(violation) = s.check_invariants() {
+            return Err(TestCaseError::fail(violation.to_string()));
+        }
+        prop_assert_eq!(s.in_flight() as usize, m.in_flight.len());
+        for snapshot in s.backends(now) {
+            prop_assert_eq!(
+                snapshot.pending,
+                m.pending.get(&snapshot.id).copied().unwrap_or(0)
+            );
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Any sequence of operations, misuse included, keeps every invariant; least-pending
+    /// always picks a backend whose pending count is minimal among eligible ones.
+    #[test]
+    fn invariants_hold_after_every_operation(
+        policy in policy(),
+        seed in any::<u64>(),
+        ops in prop::collection::vec(op(), 1..200),
+    ) {
+        run(policy, seed, ops)?;
+    }
+
+    /// The same seed and operations give the same decisions.
+    #[test]
+    fn decisions_are_deterministic(
+        policy in policy(),
+        seed in any::<u64>(),
+        backends in 1usize..20,
+        works in 1usize..200,
+    ) {
+        let decisions = || {
+            let mut s = Scheduler::new(SchedulerConfig::new(policy));
+            for i in 0..backends {
+                s.add_backend(Timestamp::ZERO, 1 + (i as u32 % 3)).unwrap();
+            }
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            (0..works)
+                .map(|i| {
+                    let decision = s.handle_work(Timestamp::from_nanos(i as u64), &mut rng);
+                    if let Decision::Dispatch { request, .. } = decision
+                        && i % 3 == 0
+                    {
+                        let done = s.handle_done(Timestamp::from_nanos(i as u64 + 7), request, Outcome::Success);
+                        assert!(done.is_ok(), "{done:?}");
+                    }
+                    decision
+                })
+                .collect::<Vec<_>>()
+        };
+        prop_assert_eq!(decisions(), decisions());
+    }
+}
