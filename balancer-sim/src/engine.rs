@@ -1,0 +1,691 @@
+//! The driver: runs the event loop, feeds arrivals, dones and faults into the real core, measures.
+
+use balancer_core::{
+    CoreError, Decision, FailureKind, Outcome, PolicyKind, RejectReason, Scheduler,
+    SchedulerConfig, Timestamp,
+};
+use hdrhistogram::Histogram;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::arrivals::{ArrivalSpec, BURSTY_DEFAULT_PERIOD_SERVICES, OpenLoop, think_ns};
+use crate::backends::{BackendSpec, MAX_SIM_BACKENDS, SimBackend};
+use crate::events::{EventKind, EventQueue, Job, NO_CLIENT};
+use crate::faults::{Fault, ScenarioError, Step, check_spec, compile};
+
+/// Most requests in one run: 10¹¹ is days of CPU; keeps counters and time sums far from overflow.
+pub const MAX_REQUESTS: u64 = 100_000_000_000;
+
+/// Highest load accepted: beyond 4× capacity a run only measures the core's rejections.
+pub const MAX_LOAD: f64 = 4.0;
+
+/// RNG streams: each is `ChaCha8Rng::seed_from_u64(seed)` moved to its own stream number, so
+/// the streams are independent and adding a consumer to one never shifts the others.
+pub mod streams {
+    /// Open-loop arrival times (and bursty on/off periods).
+    pub const ARRIVALS: u64 = 1;
+    /// The RNG handed to the core's `handle_work` (p2c, random).
+    pub const POLICY: u64 = 2;
+    /// Reserved for randomised faults; the current fault kinds are all scheduled exactly.
+    pub const FAULTS: u64 = 3;
+    /// Closed-loop think times.
+    pub const CLIENTS: u64 = 4;
+    /// Service times of sim backend `i` come from stream `SERVICE_BASE + i`.
+    pub const SERVICE_BASE: u64 = 1 << 32;
+}
+
+/// The RNG of stream `stream` for `seed`.
+pub fn stream_rng(seed: u64, stream: u64) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(stream);
+    rng
+}
+
+/// Everything a run depends on. Same config ⇒ same [`RunStats`], bit for bit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SimConfig {
+    /// The core's policy.
+    pub policy: PolicyKind,
+    /// The initial fleet, sim indices 0..n.
+    pub fleet: Vec<BackendSpec>,
+    /// Offered load ρ = arrival rate ÷ capacity of the initial fleet (open loop only).
+    pub load: f64,
+    /// Requests to submit; the run ends when all have ended (completed, failed or rejected).
+    pub requests: u64,
+    /// The seed of every RNG stream.
+    pub seed: u64,
+    /// The arrival process.
+    pub arrivals: ArrivalSpec,
+    /// The fault schedule.
+    pub faults: Vec<Fault>,
+    /// Call the core's `check_invariants()` after every event (O(backends + in flight) each).
+    pub check_invariants: bool,
+    /// The core's bound on requests in flight; also bounds the sum of backend queues.
+    pub max_in_flight: u32,
+}
+
+impl SimConfig {
+    /// `backends` identical backends, Poisson arrivals, no faults.
+    pub fn new(policy: PolicyKind, backends: usize, spec: BackendSpec) -> Self {
+        SimConfig {
+            policy,
+            fleet: vec![spec; backends],
+            load: 0.9,
+            requests: 100_000,
+            seed: 1,
+            arrivals: ArrivalSpec::Poisson,
+            faults: Vec::new(),
+            check_invariants: false,
+            max_in_flight: balancer_core::DEFAULT_MAX_IN_FLIGHT,
+        }
+    }
+
+    /// Requests per nanosecond the initial fleet completes when all servers are busy.
+    pub fn capacity_per_ns(&self) -> f64 {
+        self.fleet.iter().map(BackendSpec::capacity_per_ns).sum()
+    }
+}
+
+/// Why a run could not be done, or found a bug.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// A setting out of range.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The fault schedule does not fit the fleet.
+    #[error(transparent)]
+    Scenario(#[from] ScenarioError),
+    /// The core refused a call the simulator believed valid: a bug in one of them.
+    #[error("at t={time_ns}ns the core refused a call: {source}")]
+    Core {
+        /// Virtual time.
+        time_ns: u64,
+        /// The core's error.
+        source: CoreError,
+    },
+    /// `check_invariants()` failed after an event: a bug in the core (or the driver).
+    #[error("at t={time_ns}ns after event #{event}: {violation}")]
+    Invariant {
+        /// Virtual time.
+        time_ns: u64,
+        /// How many events had been handled.
+        event: u64,
+        /// What broke.
+        violation: balancer_core::InvariantViolation,
+    },
+    /// A request ended too early, or work went to a backend marked down or draining.
+    #[error("at t={time_ns}ns causality broken: {what}")]
+    Causality {
+        /// Virtual time.
+        time_ns: u64,
+        /// What happened.
+        what: String,
+    },
+    /// No event was pending but requests were unfinished: a bug in the driver.
+    #[error("at t={time_ns}ns the simulation stalled with {unfinished} requests unfinished")]
+    Stalled {
+        /// Virtual time.
+        time_ns: u64,
+        /// Requests submitted or not, not ended.
+        unfinished: u64,
+    },
+}
+
+/// What happened to one backend.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackendStats {
+    /// Configured behaviour.
+    pub spec: BackendSpec,
+    /// Requests completed with success.
+    pub served: u64,
+    /// Requests that failed on it.
+    pub failed: u64,
+    /// Busy server-time ÷ (servers × time since it joined).
+    pub utilization: f64,
+    /// Longest its waiting queue was.
+    pub max_queue: usize,
+    /// Whether it was removed before the end.
+    pub removed: bool,
+}
+
+/// What a run measured. Entirely a function of the [`SimConfig`].
+#[derive(Clone, Debug)]
+pub struct RunStats {
+    /// Requests sent to the core.
+    pub submitted: u64,
+    /// Requests that ended with success.
+    pub completed: u64,
+    /// Requests that ended with a failure (crash, black hole, removed backend).
+    pub failed: u64,
+    /// Requests the core rejected.
+    pub rejected: u64,
+    /// Sojourn (arrival → done) of successful requests, in ns.
+    pub sojourn_ns: Histogram<u64>,
+    /// Exact sum of those sojourns, for an exact mean.
+    pub sojourn_sum_ns: u128,
+    /// Virtual time of the last event, in ns.
+    pub end_ns: u64,
+    /// Per sim backend, in sim-index order.
+    pub backends: Vec<BackendStats>,
+    /// FNV-1a hash of every decision and done, in order.
+    pub trace_hash: u64,
+    /// Events handled.
+    pub events: u64,
+}
+
+impl RunStats {
+    /// Mean sojourn of successful requests in ns (0 if none).
+    pub fn mean_sojourn_ns(&self) -> f64 {
+        if self.completed == 0 {
+            0.0
+        } else {
+            self.sojourn_sum_ns as f64 / self.completed as f64
+        }
+    }
+}
+
+/// FNV-1a over little-endian words: fixed across platforms and Rust releases, unlike std's hasher.
+#[derive(Clone, Copy, Debug)]
+struct TraceHash(u64);
+
+impl TraceHash {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+
+    #[inline]
+    fn word(&mut self, word: u64) {
+        for byte in word.to_le_bytes() {
+            self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(Self::PRIME);
+        }
+    }
+}
+
+/// Runs one simulation to the end.
+pub fn run(config: &SimConfig) -> Result<RunStats, SimError> {
+    Sim::new(config)?.run()
+}
+
+struct Sim<'a> {
+    config: &'a SimConfig,
+    scheduler: Scheduler,
+    backends: Vec<SimBackend>,
+    /// Core slot index → sim index, for the backends currently in the core.
+    by_slot: Vec<u32>,
+    queue: EventQueue,
+    steps: Vec<(u64, Step)>,
+    policy_rng: ChaCha8Rng,
+    arrival_rng: ChaCha8Rng,
+    client_rng: ChaCha8Rng,
+    open_loop: Option<OpenLoop>,
+    think_ns: u64,
+    global_spike: f64,
+    now_ns: u64,
+    submitted: u64,
+    ended: u64,
+    completed: u64,
+    failed: u64,
+    rejected: u64,
+    sojourn: Histogram<u64>,
+    sojourn_sum_ns: u128,
+    trace: TraceHash,
+    events: u64,
+}
+
+impl<'a> Sim<'a> {
+    fn new(config: &'a SimConfig) -> Result<Self, SimError> {
+        let bad = |m: String| Err(SimError::Config(m));
+        if config.fleet.is_empty() || config.fleet.len() > MAX_SIM_BACKENDS {
+            return bad(format!(
+                "the initial fleet must have 1..={MAX_SIM_BACKENDS} backends, got {}",
+                config.fleet.len()
+            ));
+        }
+        for spec in &config.fleet {
+            check_spec(spec).map_err(SimError::Config)?;
+        }
+        if !(config.load > 0.0 && config.load <= MAX_LOAD) {
+            return bad(format!(
+                "load must be in (0, {MAX_LOAD}], got {}",
+                config.load
+            ));
+        }
+        if !(1..=MAX_REQUESTS).contains(&config.requests) {
+            return bad(format!("requests must be in 1..={MAX_REQUESTS}"));
+        }
+        if config.max_in_flight == 0 {
+            return bad("max_in_flight must be positive".into());
+        }
+        let steps = compile(&config.faults, config.fleet.len(), "<scenario>")?;
+        let mut core_config = SchedulerConfig::new(config.policy);
+        core_config.max_in_flight = config.max_in_flight;
+        let mut sim = Sim {
+            config,
+            scheduler: Scheduler::new(core_config),
+            backends: Vec::with_capacity(config.fleet.len()),
+            by_slot: Vec::new(),
+            queue: EventQueue::with_capacity(config.fleet.len() * 2 + steps.len() + 16),
+            steps,
+            policy_rng: stream_rng(config.seed, streams::POLICY),
+            arrival_rng: stream_rng(config.seed, streams::ARRIVALS),
+            client_rng: stream_rng(config.seed, streams::CLIENTS),
+            open_loop: None,
+            think_ns: 0,
+            global_spike: 1.0,
+            now_ns: 0,
+            submitted: 0,
+            ended: 0,
+            completed: 0,
+            failed: 0,
+            rejected: 0,
+            // 1 ns .. 2 days at 3 significant digits: 0.1% resolution, ~600 KB.
+            sojourn: Histogram::new_with_bounds(1, 2 * crate::distribution::MAX_DURATION_NS, 3)
+                .map_err(|e| SimError::Config(e.to_string()))?,
+            sojourn_sum_ns: 0,
+            trace: TraceHash(TraceHash::OFFSET),
+            events: 0,
+        };
+        for spec in &config.fleet {
+            sim.add_backend(*spec)?;
+        }
+        for index in 0..sim.steps.len() {
+            let at = sim.steps[index].0;
+            sim.queue.push(
+                at,
+                EventKind::Fault {
+                    index: index as u32,
+                },
+            );
+        }
+        let rate_per_ns = config.load * config.capacity_per_ns();
+        let mean_service_ns = config
+            .fleet
+            .iter()
+            .map(|s| s.service.mean_ns())
+            .sum::<f64>()
+            / config.fleet.len() as f64;
+        match config.arrivals {
+            ArrivalSpec::Poisson => {
+                sim.open_loop = Some(OpenLoop::new(rate_per_ns, None, &mut sim.arrival_rng));
+            }
+            ArrivalSpec::Bursty { on_ns, off_ns } => {
+                let default = (mean_service_ns * BURSTY_DEFAULT_PERIOD_SERVICES).round() as u64;
+                let periods = if on_ns == 0 {
+                    (default, default)
+                } else {
+                    (on_ns, off_ns)
+                };
+                sim.open_loop = Some(OpenLoop::new(
+                    rate_per_ns,
+                    Some(periods),
+                    &mut sim.arrival_rng,
+                ));
+            }
+            ArrivalSpec::Closed { clients, think_ns } => {
+                sim.think_ns = think_ns;
+                for client in 0..clients {
+                    let at = crate::arrivals::think_ns(think_ns, &mut sim.client_rng);
+                    sim.queue.push(at, EventKind::ClientWakes { client });
+                }
+            }
+        }
+        if let Some(open) = sim.open_loop.as_mut() {
+            let at = open.next_ns(&mut sim.arrival_rng);
+            sim.queue.push(at, EventKind::Arrival);
+        }
+        Ok(sim)
+    }
+
+    fn run(mut self) -> Result<RunStats, SimError> {
+        while self.ended < self.config.requests {
+            let Some(event) = self.queue.pop() else {
+                return Err(SimError::Stalled {
+                    time_ns: self.now_ns,
+                    unfinished: self.config.requests - self.ended,
+                });
+            };
+            self.now_ns = event.time_ns;
+            self.events += 1;
+            match event.kind {
+                EventKind::Arrival => {
+                    self.submit(NO_CLIENT)?;
+                    if self.submitted < self.config.requests {
+                        if let Some(open) = self.open_loop.as_mut() {
+                            let at = open.next_ns(&mut self.arrival_rng).max(self.now_ns);
+                            self.queue.push(at, EventKind::Arrival);
+                        }
+                    }
+                }
+                EventKind::ClientWakes { client } => {
+                    if self.submitted < self.config.requests {
+                        self.submit(client)?;
+                    }
+                }
+                EventKind::ServiceDone {
+                    backend,
+                    server,
+                    epoch,
+                } => self.service_done(backend, server, epoch)?,
+                EventKind::Failed { job, backend, kind } => {
+                    self.finish(job, backend, Outcome::Failure(kind))?;
+                }
+                EventKind::Fault { index } => {
+                    let step = self.steps[index as usize].1;
+                    self.apply(step)?;
+                }
+            }
+            if self.config.check_invariants {
+                self.scheduler
+                    .check_invariants()
+                    .map_err(|violation| SimError::Invariant {
+                        time_ns: self.now_ns,
+                        event: self.events,
+                        violation,
+                    })?;
+            }
+        }
+        let end_ns = self.now_ns;
+        let backends = self
+            .backends
+            .iter()
+            .map(|b| {
+                let lifetime = end_ns.saturating_sub(b.added_ns).max(1) as f64;
+                BackendStats {
+                    spec: b.spec,
+                    served: b.served,
+                    failed: b.failed,
+                    utilization: b.busy_ns as f64 / (lifetime * f64::from(b.spec.concurrency)),
+                    max_queue: b.max_queue,
+                    removed: b.removed,
+                }
+            })
+            .collect();
+        Ok(RunStats {
+            submitted: self.submitted,
+            completed: self.completed,
+            failed: self.failed,
+            rejected: self.rejected,
+            sojourn_ns: self.sojourn,
+            sojourn_sum_ns: self.sojourn_sum_ns,
+            end_ns,
+            backends,
+            trace_hash: self.trace.0,
+            events: self.events,
+        })
+    }
+
+    fn core_error(&self, source: CoreError) -> SimError {
+        SimError::Core {
+            time_ns: self.now_ns,
+            source,
+        }
+    }
+
+    fn add_backend(&mut self, spec: BackendSpec) -> Result<(), SimError> {
+        let now = Timestamp::from_nanos(self.now_ns);
+        let id = self
+            .scheduler
+            .add_backend(now, spec.weight)
+            .map_err(|e| self.core_error(e))?;
+        let sim_index = self.backends.len();
+        let rng = stream_rng(self.config.seed, streams::SERVICE_BASE + sim_index as u64);
+        self.backends
+            .push(SimBackend::new(spec, id, rng, self.now_ns));
+        if id.index() >= self.by_slot.len() {
+            self.by_slot.resize(id.index() + 1, u32::MAX);
+        }
+        self.by_slot[id.index()] = sim_index as u32;
+        Ok(())
+    }
+
+    /// A request arrives: ask the core, then carry out the decision.
+    #[inline]
+    fn submit(&mut self, client: u32) -> Result<(), SimError> {
+        self.submitted += 1;
+        let now = Timestamp::from_nanos(self.now_ns);
+        let decision = self.scheduler.handle_work(now, &mut self.policy_rng);
+        self.trace.word(self.now_ns);
+        match decision {
+            Decision::Dispatch { request, backend } => {
+                self.trace.word(request.as_u64());
+                self.trace
+                    .word((u64::from(backend.generation()) << 32) | backend.index() as u64);
+                let index = self.by_slot[backend.index()];
+                let job = Job {
+                    request,
+                    arrived_ns: self.now_ns,
+                    service_ns: 0,
+                    client,
+                };
+                self.dispatch(index, job)
+            }
+            Decision::Reject { reason } => {
+                self.trace.word(match reason {
+                    RejectReason::NoBackend => u64::MAX,
+                    RejectReason::Overloaded => u64::MAX - 1,
+                });
+                self.rejected += 1;
+                self.ended += 1;
+                self.client_done(client);
+                Ok(())
+            }
+        }
+    }
+
+    #[inline]
+    fn dispatch(&mut self, index: u32, mut job: Job) -> Result<(), SimError> {
+        let now_ns = self.now_ns;
+        let b = &mut self.backends[index as usize];
+        if b.marked_down || b.draining || b.removed {
+            return Err(SimError::Causality {
+                time_ns: now_ns,
+                what: format!(
+                    "request {} dispatched to backend {index}, which is {}",
+                    job.request,
+                    if b.removed {
+                        "removed"
+                    } else if b.draining {
+                        "draining"
+                    } else {
+                        "marked down"
+                    }
+                ),
+            });
+        }
+        if b.crashed || b.black_hole {
+            let kind = if b.crashed {
+                FailureKind::Connect
+            } else {
+                FailureKind::ServerError
+            };
+            self.queue.push(
+                now_ns,
+                EventKind::Failed {
+                    job,
+                    backend: index,
+                    kind,
+                },
+            );
+            return Ok(());
+        }
+        job.service_ns = b.spec.service.sample_ns(&mut b.rng);
+        match b.idle.pop() {
+            Some(server) => self.start(index, server, job),
+            None => {
+                b.queue.push_back(job);
+                b.max_queue = b.max_queue.max(b.queue.len());
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts `job` on an idle server of backend `index`.
+    #[inline]
+    fn start(&mut self, index: u32, server: u32, mut job: Job) {
+        let b = &mut self.backends[index as usize];
+        job.service_ns = b.effective_service_ns(job.service_ns, self.global_spike);
+        b.servers[server as usize] = Some(job);
+        b.started_ns[server as usize] = self.now_ns;
+        let epoch = b.epoch;
+        self.queue.push(
+            self.now_ns + job.service_ns,
+            EventKind::ServiceDone {
+                backend: index,
+                server,
+                epoch,
+            },
+        );
+    }
+
+    #[inline]
+    fn service_done(&mut self, index: u32, server: u32, epoch: u32) -> Result<(), SimError> {
+        let b = &mut self.backends[index as usize];
+        if b.epoch != epoch {
+            return Ok(()); // voided by a crash
+        }
+        let Some(job) = b.servers[server as usize].take() else {
+            return Ok(());
+        };
+        b.busy_ns += self.now_ns - b.started_ns[server as usize];
+        match b.queue.pop_front() {
+            Some(next) => self.start(index, server, next),
+            None => b.idle.push(server),
+        }
+        if self.now_ns < job.arrived_ns + job.service_ns {
+            return Err(SimError::Causality {
+                time_ns: self.now_ns,
+                what: format!(
+                    "request {} arrived at {}ns with service {}ns but completed at {}ns",
+                    job.request, job.arrived_ns, job.service_ns, self.now_ns
+                ),
+            });
+        }
+        self.finish(job, index, Outcome::Success)
+    }
+
+    /// Reports the done to the core and counts it.
+    #[inline]
+    fn finish(&mut self, job: Job, index: u32, outcome: Outcome) -> Result<(), SimError> {
+        let now = Timestamp::from_nanos(self.now_ns);
+        self.trace
+            .word(self.now_ns ^ job.request.as_u64().rotate_left(17));
+        self.ended += 1;
+        let b = &mut self.backends[index as usize];
+        match self.scheduler.handle_done(now, job.request, outcome) {
+            Ok(_) if outcome == Outcome::Success => {
+                b.served += 1;
+                self.completed += 1;
+                let sojourn = self.now_ns - job.arrived_ns;
+                self.sojourn_sum_ns += u128::from(sojourn);
+                self.sojourn.saturating_record(sojourn.max(1));
+            }
+            Ok(_) | Err(CoreError::BackendRemoved { .. }) => {
+                b.failed += 1;
+                self.failed += 1;
+            }
+            Err(e) => return Err(self.core_error(e)),
+        }
+        self.client_done(job.client);
+        Ok(())
+    }
+
+    fn client_done(&mut self, client: u32) {
+        if client != NO_CLIENT {
+            let at = self.now_ns + think_ns(self.think_ns, &mut self.client_rng);
+            self.queue.push(at, EventKind::ClientWakes { client });
+        }
+    }
+
+    fn apply(&mut self, step: Step) -> Result<(), SimError> {
+        if let Some(b) = step_backend(&step) {
+            if self.backends[b as usize].removed {
+                return Ok(()); // an end-of-window step after a removal: nothing left to change
+            }
+        }
+        let now_ns = self.now_ns;
+        match step {
+            Step::Crash(b) => {
+                let backend = &mut self.backends[b as usize];
+                backend.crashed = true;
+                backend.epoch = backend.epoch.wrapping_add(1);
+                let mut lost = Vec::with_capacity(backend.in_system());
+                for server in 0..backend.servers.len() {
+                    if let Some(job) = backend.servers[server].take() {
+                        backend.busy_ns += now_ns - backend.started_ns[server];
+                        lost.push(job);
+                    }
+                }
+                lost.extend(backend.queue.drain(..));
+                backend.idle = (0..backend.spec.concurrency).rev().collect();
+                for job in lost {
+                    self.finish(job, b, Outcome::Failure(FailureKind::Crashed))?;
+                }
+            }
+            Step::Detect(b) => {
+                if self.backends[b as usize].crashed {
+                    self.set_up(b, false)?;
+                }
+            }
+            Step::Recover(b) => {
+                self.backends[b as usize].crashed = false;
+                self.set_up(b, true)?;
+            }
+            Step::BlackHole(b, on) => self.backends[b as usize].black_hole = on,
+            Step::Spike(None, factor) => self.global_spike = factor,
+            Step::Spike(Some(b), factor) => self.backends[b as usize].spike = factor,
+            Step::Speed(b, speed) => {
+                let backend = &mut self.backends[b as usize];
+                backend.speed = speed.unwrap_or(backend.spec.speed);
+            }
+            Step::Add(spec) => self.add_backend(spec)?,
+            Step::Remove(b) => {
+                let id = self.backends[b as usize].core_id;
+                let _removal = self
+                    .scheduler
+                    .remove_backend(id)
+                    .map_err(|e| self.core_error(e))?;
+                self.backends[b as usize].removed = true;
+            }
+            Step::Drain(b, on) => {
+                let id = self.backends[b as usize].core_id;
+                let result = if on {
+                    self.scheduler.drain(id)
+                } else {
+                    self.scheduler.undrain(id)
+                };
+                result.map_err(|e| self.core_error(e))?;
+                self.backends[b as usize].draining = on;
+            }
+            Step::Weight(b, weight) => {
+                let id = self.backends[b as usize].core_id;
+                self.scheduler
+                    .set_weight(id, weight)
+                    .map_err(|e| self.core_error(e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn set_up(&mut self, b: u32, up: bool) -> Result<(), SimError> {
+        let id = self.backends[b as usize].core_id;
+        self.scheduler
+            .set_up(id, up)
+            .map_err(|e| self.core_error(e))?;
+        self.backends[b as usize].marked_down = !up;
+        Ok(())
+    }
+}
+
+fn step_backend(step: &Step) -> Option<u32> {
+    match *step {
+        Step::Crash(b)
+        | Step::Detect(b)
+        | Step::Recover(b)
+        | Step::BlackHole(b, _)
+        | Step::Spike(Some(b), _)
+        | Step::Speed(b, _)
+        | Step::Remove(b)
+        | Step::Drain(b, _)
+        | Step::Weight(b, _) => Some(b),
+        Step::Spike(None, _) | Step::Add(_) => None,
+    }
+}

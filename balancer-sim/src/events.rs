@@ -1,0 +1,155 @@
+//! The event queue: a binary heap ordered by (virtual time, sequence number), so ties replay.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+use balancer_core::RequestId;
+
+/// One request as the simulated world sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Job {
+    /// The core's name for it.
+    pub request: RequestId,
+    /// When the client sent it.
+    pub arrived_ns: u64,
+    /// Service time drawn for it at dispatch (speed and spikes applied when service starts).
+    pub service_ns: u64,
+    /// The closed-loop client that sent it, or [`NO_CLIENT`].
+    pub client: u32,
+}
+
+/// `Job::client` of open-loop requests.
+pub const NO_CLIENT: u32 = u32::MAX;
+
+/// What happens at an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A request arrives from the open-loop process.
+    Arrival,
+    /// Closed-loop `client` has finished thinking and sends its next request.
+    ClientWakes {
+        /// The client.
+        client: u32,
+    },
+    /// Server `server` of sim backend `backend` finishes its job, unless the backend's
+    /// `epoch` moved on (a crash voided every service in progress).
+    ServiceDone {
+        /// Sim backend index.
+        backend: u32,
+        /// Server (concurrency slot) within it.
+        server: u32,
+        /// The backend's epoch when service started.
+        epoch: u32,
+    },
+    /// A job answered with an error without being served (black hole, crashed backend).
+    Failed {
+        /// The job.
+        job: Job,
+        /// Sim backend index it had been sent to.
+        backend: u32,
+        /// How it failed.
+        kind: balancer_core::FailureKind,
+    },
+    /// Entry `index` of the fault schedule takes effect.
+    Fault {
+        /// Index into the sorted schedule.
+        index: u32,
+    },
+}
+
+/// An event at a point of virtual time.
+#[derive(Clone, Copy, Debug)]
+pub struct Event {
+    /// When, in virtual nanoseconds.
+    pub time_ns: u64,
+    /// Order of scheduling: breaks ties between equal times, first scheduled first.
+    pub seq: u64,
+    /// What.
+    pub kind: EventKind,
+}
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        (self.time_ns, self.seq) == (other.time_ns, other.seq)
+    }
+}
+
+impl Eq for Event {}
+
+impl PartialOrd for Event {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Event {
+    /// Reversed, so that `BinaryHeap` (a max-heap) pops the earliest event first.
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.time_ns, other.seq).cmp(&(self.time_ns, self.seq))
+    }
+}
+
+/// Pending events, earliest first; ties in time go in scheduling order.
+///
+/// Sequence numbers are unique, so the order is total and independent of the heap's
+/// internals: the same pushes give the same pops on every machine.
+#[derive(Debug, Default)]
+pub struct EventQueue {
+    heap: BinaryHeap<Event>,
+    next_seq: u64,
+}
+
+impl EventQueue {
+    /// An empty queue with room for `capacity` events before it allocates.
+    pub fn with_capacity(capacity: usize) -> Self {
+        EventQueue {
+            heap: BinaryHeap::with_capacity(capacity),
+            next_seq: 0,
+        }
+    }
+
+    /// Schedules `kind` at `time_ns`.
+    #[inline]
+    pub fn push(&mut self, time_ns: u64, kind: EventKind) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.heap.push(Event { time_ns, seq, kind });
+    }
+
+    /// Takes the earliest event.
+    #[inline]
+    pub fn pop(&mut self) -> Option<Event> {
+        self.heap.pop()
+    }
+
+    /// Number of pending events.
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    /// True when no event is pending.
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn earliest_first_and_ties_in_scheduling_order() {
+        let mut q = EventQueue::with_capacity(4);
+        q.push(20, EventKind::Fault { index: 0 });
+        q.push(10, EventKind::Fault { index: 1 });
+        q.push(20, EventKind::Fault { index: 2 });
+        q.push(10, EventKind::Fault { index: 3 });
+        let order: Vec<u32> = std::iter::from_fn(|| q.pop())
+            .map(|e| match e.kind {
+                EventKind::Fault { index } => index,
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(order, vec![1, 3, 0, 2]);
+    }
+}

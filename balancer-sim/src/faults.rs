@@ -1,0 +1,733 @@
+//! The fault schedule and scenario files: crashes, black holes, spikes, slowdowns and fleet changes.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::backends::{BackendSpec, MAX_CONCURRENCY, MAX_SIM_BACKENDS};
+use crate::distribution::{ServiceDist, SpecError, parse_duration_ns};
+
+/// Most fault entries in one scenario, after expansion of `count`s: each is an event.
+pub const MAX_FAULTS: usize = 100_000;
+
+/// A scenario that cannot be used; says which file and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Io {
+        /// The file.
+        file: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not valid TOML, or keys or values the format does not know.
+    #[error("{file}: {message}")]
+    Parse {
+        /// The file (or "<scenario>").
+        file: String,
+        /// Why, with line and column when known.
+        message: String,
+    },
+    /// A fault names a backend that does not exist at its time, or a value out of range.
+    #[error("{file}: fault #{index} ({what}): {message}")]
+    Invalid {
+        /// The file (or "<scenario>").
+        file: String,
+        /// Position of the entry in the file, from 1 (0 for the fleet).
+        index: usize,
+        /// The entry's kind and time.
+        what: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// A user-level change at a point of virtual time. Backends are named by their sim index:
+/// the initial fleet is 0..n in order, each `add` takes the next index.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum FaultAction {
+    /// The backend crashes: its in-flight requests fail (`Crashed`); new ones fail at once
+    /// (`Connect`) until it recovers. It is marked down in the core `detect_after_ns` after
+    /// the crash, or never (`None`: an undetected crash).
+    Crash {
+        /// Sim index.
+        backend: u32,
+        /// Delay until a health check would mark it down; `None` = never.
+        detect_after_ns: Option<u64>,
+    },
+    /// A crashed backend is back, empty, and marked up.
+    Recover {
+        /// Sim index.
+        backend: u32,
+    },
+    /// The backend answers every new request with an error at once (until `until_ns`).
+    BlackHole {
+        /// Sim index.
+        backend: u32,
+        /// When it heals (absolute time), or never.
+        until_ns: Option<u64>,
+    },
+    /// Service times starting in `[at, at + duration)` are multiplied by `factor`, on one
+    /// backend or (`None`) all. Windows on the same target do not stack: the end resets to 1.
+    Spike {
+        /// Sim index, or every backend.
+        backend: Option<u32>,
+        /// Length of the window.
+        duration_ns: u64,
+        /// Multiplier of service times.
+        factor: f64,
+    },
+    /// The backend's speed becomes `speed` (until `until_ns`, then its configured speed).
+    Slowdown {
+        /// Sim index.
+        backend: u32,
+        /// New speed factor.
+        speed: f64,
+        /// When it is restored (absolute time), or never.
+        until_ns: Option<u64>,
+    },
+    /// A new backend joins.
+    Add(BackendSpec),
+    /// The backend leaves at once; in-flight requests finish on it but count as failed.
+    Remove {
+        /// Sim index.
+        backend: u32,
+    },
+    /// The backend takes no new work; in-flight work finishes.
+    Drain {
+        /// Sim index.
+        backend: u32,
+    },
+    /// Undoes a drain.
+    Undrain {
+        /// Sim index.
+        backend: u32,
+    },
+    /// The backend's weight in the core changes.
+    Weight {
+        /// Sim index.
+        backend: u32,
+        /// New weight.
+        weight: u32,
+    },
+}
+
+impl FaultAction {
+    /// The kind as written in scenario files.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FaultAction::Crash { .. } => "crash",
+            FaultAction::Recover { .. } => "recover",
+            FaultAction::BlackHole { .. } => "black-hole",
+            FaultAction::Spike { .. } => "spike",
+            FaultAction::Slowdown { .. } => "slowdown",
+            FaultAction::Add(_) => "add",
+            FaultAction::Remove { .. } => "remove",
+            FaultAction::Drain { .. } => "drain",
+            FaultAction::Undrain { .. } => "undrain",
+            FaultAction::Weight { .. } => "weight",
+        }
+    }
+
+    fn backend(&self) -> Option<u32> {
+        match *self {
+            FaultAction::Crash { backend, .. }
+            | FaultAction::Recover { backend }
+            | FaultAction::BlackHole { backend, .. }
+            | FaultAction::Slowdown { backend, .. }
+            | FaultAction::Remove { backend }
+            | FaultAction::Drain { backend }
+            | FaultAction::Undrain { backend }
+            | FaultAction::Weight { backend, .. } => Some(backend),
+            FaultAction::Spike { backend, .. } => backend,
+            FaultAction::Add(_) => None,
+        }
+    }
+}
+
+/// One scheduled change.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Fault {
+    /// When, in virtual ns from the start.
+    pub at_ns: u64,
+    /// What.
+    pub action: FaultAction,
+}
+
+/// A primitive step the engine carries out; a [`Fault`] expands into one or two of these.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Step {
+    /// Fail in-flight work, fail new work until recovery.
+    Crash(u32),
+    /// Mark down in the core if still crashed (a health check noticing the crash).
+    Detect(u32),
+    /// Back from a crash, and marked up.
+    Recover(u32),
+    /// Black hole on or off.
+    BlackHole(u32, bool),
+    /// Spike multiplier on one backend or all.
+    Spike(Option<u32>, f64),
+    /// Speed to the given value, or back to the configured one.
+    Speed(u32, Option<f64>),
+    /// A backend joins.
+    Add(BackendSpec),
+    /// A backend leaves.
+    Remove(u32),
+    /// Drain on or off.
+    Drain(u32, bool),
+    /// New weight.
+    Weight(u32, u32),
+}
+
+/// Sorts faults by time (stable: ties keep their order), checks every backend reference
+/// against the fleet at that time, and expands them into timed [`Step`]s, sorted by time.
+pub fn compile(
+    faults: &[Fault],
+    initial_backends: usize,
+    file: &str,
+) -> Result<Vec<(u64, Step)>, ScenarioError> {
+    if faults.len() > MAX_FAULTS {
+        return Err(ScenarioError::Parse {
+            file: file.to_owned(),
+            message: format!("{} faults, at most {MAX_FAULTS} are allowed", faults.len()),
+        });
+    }
+    let mut order: Vec<usize> = (0..faults.len()).collect();
+    order.sort_by_key(|&i| faults[i].at_ns);
+    let mut removed = vec![false; initial_backends];
+    let mut steps = Vec::with_capacity(faults.len() * 2);
+    for i in order {
+        let fault = &faults[i];
+        let invalid = |message: String| ScenarioError::Invalid {
+            file: file.to_owned(),
+            index: i + 1,
+            what: format!(
+                "{} at {}",
+                fault.action.kind(),
+                crate::distribution::format_duration_ns(fault.at_ns)
+            ),
+            message,
+        };
+        if let Some(b) = fault.action.backend() {
+            match removed.get(b as usize) {
+                None => {
+                    return Err(invalid(format!(
+                        "backend {b} does not exist then: backends 0..{} exist (the initial fleet, then one per add)",
+                        removed.len()
+                    )));
+                }
+                Some(true) => return Err(invalid(format!("backend {b} was removed before"))),
+                Some(false) => {}
+            }
+        }
+        let at = fault.at_ns;
+        let end = |until: u64| -> Result<u64, ScenarioError> {
+            if until < at {
+                Err(invalid("`until` is before `at`".into()))
+            } else {
+                Ok(until)
+            }
+        };
+        match fault.action {
+            FaultAction::Crash {
+                backend,
+                detect_after_ns,
+            } => {
+                steps.push((at, Step::Crash(backend)));
+                if let Some(delay) = detect_after_ns {
+                    steps.push((at.saturating_add(delay), Step::Detect(backend)));
+                }
+            }
+            FaultAction::Recover { backend } => steps.push((at, Step::Recover(backend))),
+            FaultAction::BlackHole { backend, until_ns } => {
+                steps.push((at, Step::BlackHole(backend, true)));
+                if let Some(until) = until_ns {
+                    steps.push((end(until)?, Step::BlackHole(backend, false)));
+                }
+            }
+            FaultAction::Spike {
+                backend,
+                duration_ns,
+                factor,
+            } => {
+                if !(factor.is_finite() && factor > 0.0 && factor <= 1e6) {
+                    return Err(invalid(format!("factor must be in (0, 1e6], got {factor}")));
+                }
+                steps.push((at, Step::Spike(backend, factor)));
+                steps.push((at.saturating_add(duration_ns), Step::Spike(backend, 1.0)));
+            }
+            FaultAction::Slowdown {
+                backend,
+                speed,
+                until_ns,
+            } => {
+                check_speed(speed).map_err(invalid)?;
+                steps.push((at, Step::Speed(backend, Some(speed))));
+                if let Some(until) = until_ns {
+                    steps.push((end(until)?, Step::Speed(backend, None)));
+                }
+            }
+            FaultAction::Add(spec) => {
+                check_spec(&spec).map_err(invalid)?;
+                if removed.len() >= MAX_SIM_BACKENDS {
+                    return Err(invalid(format!("more than {MAX_SIM_BACKENDS} backends")));
+                }
+                removed.push(false);
+                steps.push((at, Step::Add(spec)));
+            }
+            FaultAction::Remove { backend } => {
+                removed[backend as usize] = true;
+                steps.push((at, Step::Remove(backend)));
+            }
+            FaultAction::Drain { backend } => steps.push((at, Step::Drain(backend, true))),
+            FaultAction::Undrain { backend } => steps.push((at, Step::Drain(backend, false))),
+            FaultAction::Weight { backend, weight } => {
+                if !(1..=balancer_core::MAX_WEIGHT).contains(&weight) {
+                    return Err(invalid(format!(
+                        "weight must be in 1..={}",
+                        balancer_core::MAX_WEIGHT
+                    )));
+                }
+                steps.push((at, Step::Weight(backend, weight)));
+            }
+        }
+    }
+    // Stable: generated end steps keep their order relative to entries at the same time.
+    steps.sort_by_key(|&(at, _)| at);
+    Ok(steps)
+}
+
+fn check_speed(speed: f64) -> Result<(), String> {
+    if speed.is_finite() && (1e-3..=1e3).contains(&speed) {
+        Ok(())
+    } else {
+        Err(format!("speed must be in [0.001, 1000], got {speed}"))
+    }
+}
+
+/// Checks a backend's numbers are in range; says which one is not.
+pub fn check_spec(spec: &BackendSpec) -> Result<(), String> {
+    check_speed(spec.speed)?;
+    if !(1..=MAX_CONCURRENCY).contains(&spec.concurrency) {
+        return Err(format!(
+            "concurrency must be in 1..={MAX_CONCURRENCY}, got {}",
+            spec.concurrency
+        ));
+    }
+    if !(1..=balancer_core::MAX_WEIGHT).contains(&spec.weight) {
+        return Err(format!(
+            "weight must be in 1..={}, got {}",
+            balancer_core::MAX_WEIGHT,
+            spec.weight
+        ));
+    }
+    Ok(())
+}
+
+/// A scenario file: an optional fleet and a fault schedule. See balancer-sim/README.md.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Scenario {
+    /// The initial fleet, if the file gives one (else the CLI's `--backends` etc.).
+    pub fleet: Option<Vec<BackendSpec>>,
+    /// The schedule, in file order.
+    pub faults: Vec<Fault>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScenarioFile {
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    backend: Vec<BackendEntry>,
+    #[serde(default)]
+    fault: Vec<FaultEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackendEntry {
+    #[serde(default = "one")]
+    count: u32,
+    service: Option<String>,
+    concurrency: Option<u32>,
+    speed: Option<f64>,
+    weight: Option<u32>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+enum FaultEntry {
+    Crash {
+        at: String,
+        backend: u32,
+        /// A duration, or "never"; default: detected at once.
+        detect_after: Option<String>,
+    },
+    Recover {
+        at: String,
+        backend: u32,
+    },
+    BlackHole {
+        at: String,
+        backend: u32,
+        until: Option<String>,
+    },
+    Spike {
+        at: String,
+        backend: Option<u32>,
+        duration: String,
+        factor: f64,
+    },
+    Slowdown {
+        at: String,
+        backend: u32,
+        speed: f64,
+        until: Option<String>,
+    },
+    Add {
+        at: String,
+        #[serde(default = "one")]
+        count: u32,
+        service: Option<String>,
+        concurrency: Option<u32>,
+        speed: Option<f64>,
+        weight: Option<u32>,
+    },
+    Remove {
+        at: String,
+        backend: u32,
+    },
+    Drain {
+        at: String,
+        backend: u32,
+    },
+    Undrain {
+        at: String,
+        backend: u32,
+    },
+    Weight {
+        at: String,
+        backend: u32,
+        weight: u32,
+    },
+}
+
+impl Scenario {
+    /// Reads and parses a scenario file; `defaults` fills what a backend entry leaves out.
+    pub fn load(path: &Path, defaults: BackendSpec) -> Result<Scenario, ScenarioError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Io {
+            file: file.clone(),
+            source,
+        })?;
+        Scenario::parse(&text, &file, defaults)
+    }
+
+    /// Parses scenario TOML; `file` names it in errors.
+    pub fn parse(text: &str, file: &str, defaults: BackendSpec) -> Result<Scenario, ScenarioError> {
+        let parsed: ScenarioFile = toml::from_str(text).map_err(|e| ScenarioError::Parse {
+            file: file.to_owned(),
+            message: e.to_string(),
+        })?;
+        let _ = parsed.description;
+        let invalid = |index: usize, what: String, message: String| ScenarioError::Invalid {
+            file: file.to_owned(),
+            index,
+            what,
+            message,
+        };
+        let spec_of = |service: &Option<String>,
+                       concurrency: Option<u32>,
+                       speed: Option<f64>,
+                       weight: Option<u32>|
+         -> Result<BackendSpec, String> {
+            let service = match service {
+                Some(s) => s.parse::<ServiceDist>().map_err(|e| e.to_string())?,
+                None => defaults.service,
+            };
+            let spec = BackendSpec {
+                service,
+                concurrency: concurrency.unwrap_or(defaults.concurrency),
+                speed: speed.unwrap_or(defaults.speed),
+                weight: weight.unwrap_or(defaults.weight),
+            };
+            check_spec(&spec)?;
+            Ok(spec)
+        };
+        let fleet = if parsed.backend.is_empty() {
+            None
+        } else {
+            let mut fleet = Vec::new();
+            for (i, entry) in parsed.backend.iter().enumerate() {
+                let spec = spec_of(&entry.service, entry.concurrency, entry.speed, entry.weight)
+                    .map_err(|m| invalid(0, format!("backend entry #{}", i + 1), m))?;
+                if fleet.len() + entry.count as usize > MAX_SIM_BACKENDS {
+                    return Err(invalid(
+                        0,
+                        format!("backend entry #{}", i + 1),
+                        format!("more than {MAX_SIM_BACKENDS} backends"),
+                    ));
+                }
+                fleet.extend(std::iter::repeat_n(spec, entry.count as usize));
+            }
+            Some(fleet)
+        };
+        let mut faults = Vec::new();
+        for (i, entry) in parsed.fault.iter().enumerate() {
+            let index = i + 1;
+            let what = || format!("entry of kind {}", entry_kind(entry));
+            let dur = |s: &str| -> Result<u64, ScenarioError> {
+                parse_duration_ns(s).map_err(|e: SpecError| invalid(index, what(), e.to_string()))
+            };
+            let opt_dur = |s: &Option<String>| -> Result<Option<u64>, ScenarioError> {
+                s.as_deref().map(dur).transpose()
+            };
+            let (at, action) = match entry {
+                FaultEntry::Crash {
+                    at,
+                    backend,
+                    detect_after,
+                } => {
+                    let detect_after_ns = match detect_after.as_deref() {
+                        None => Some(0),
+                        Some("never") => None,
+                        Some(d) => Some(dur(d)?),
+                    };
+                    (
+                        at,
+                        FaultAction::Crash {
+                            backend: *backend,
+                            detect_after_ns,
+                        },
+                    )
+                }
+                FaultEntry::Recover { at, backend } => {
+                    (at, FaultAction::Recover { backend: *backend })
+                }
+                FaultEntry::BlackHole { at, backend, until } => (
+                    at,
+                    FaultAction::BlackHole {
+                        backend: *backend,
+                        until_ns: opt_dur(until)?,
+                    },
+                ),
+                FaultEntry::Spike {
+                    at,
+                    backend,
+                    duration,
+                    factor,
+                } => (
+                    at,
+                    FaultAction::Spike {
+                        backend: *backend,
+                        duration_ns: dur(duration)?,
+                        factor: *factor,
+                    },
+                ),
+                FaultEntry::Slowdown {
+                    at,
+                    backend,
+                    speed,
+                    until,
+                } => (
+                    at,
+                    FaultAction::Slowdown {
+                        backend: *backend,
+                        speed: *speed,
+                        until_ns: opt_dur(until)?,
+                    },
+                ),
+                FaultEntry::Add {
+                    at,
+                    count,
+                    service,
+                    concurrency,
+                    speed,
+                    weight,
+                } => {
+                    let spec = spec_of(service, *concurrency, *speed, *weight)
+                        .map_err(|m| invalid(index, what(), m))?;
+                    let at_ns = dur(at)?;
+                    if *count as usize > MAX_SIM_BACKENDS {
+                        return Err(invalid(index, what(), "count too large".into()));
+                    }
+                    for _ in 1..*count {
+                        faults.push(Fault {
+                            at_ns,
+                            action: FaultAction::Add(spec),
+                        });
+                    }
+                    (at, FaultAction::Add(spec))
+                }
+                FaultEntry::Remove { at, backend } => {
+                    (at, FaultAction::Remove { backend: *backend })
+                }
+                FaultEntry::Drain { at, backend } => (at, FaultAction::Drain { backend: *backend }),
+                FaultEntry::Undrain { at, backend } => {
+                    (at, FaultAction::Undrain { backend: *backend })
+                }
+                FaultEntry::Weight {
+                    at,
+                    backend,
+                    weight,
+                } => (
+                    at,
+                    FaultAction::Weight {
+                        backend: *backend,
+                        weight: *weight,
+                    },
+                ),
+            };
+            faults.push(Fault {
+                at_ns: dur(at)?,
+                action,
+            });
+            if faults.len() > MAX_FAULTS {
+                return Err(invalid(
+                    index,
+                    what(),
+                    format!("more than {MAX_FAULTS} faults"),
+                ));
+            }
+        }
+        Ok(Scenario { fleet, faults })
+    }
+}
+
+fn entry_kind(entry: &FaultEntry) -> &'static str {
+    match entry {
+        FaultEntry::Crash { .. } => "crash",
+        FaultEntry::Recover { .. } => "recover",
+        FaultEntry::BlackHole { .. } => "black-hole",
+        FaultEntry::Spike { .. } => "spike",
+        FaultEntry::Slowdown { .. } => "slowdown",
+        FaultEntry::Add { .. } => "add",
+        FaultEntry::Remove { .. } => "remove",
+        FaultEntry::Drain { .. } => "drain",
+        FaultEntry::Undrain { .. } => "undrain",
+        FaultEntry::Weight { .. } => "weight",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> BackendSpec {
+        BackendSpec::new("exp:1ms".parse().unwrap(), 1)
+    }
+
+    #[test]
+    fn parses_fleet_and_faults() {
+        let text = r#"
+            description = "two fast, one slow; the slow one black-holes"
+            [[backend]]
+            count = 2
+            [[backend]]
+            service = "lognormal:2ms:0.5"
+            speed = 0.5
+            [[fault]]
+            kind = "black-hole"
+            at = "10ms"
+            backend = 2
+            until = "20ms"
+            [[fault]]
+            kind = "crash"
+            at = "5ms"
+            backend = 0
+            detect_after = "never"
+            [[fault]]
+            kind = "add"
+            at = "30ms"
+            count = 2
+        "#;
+        let s = Scenario::parse(text, "t.toml", defaults()).unwrap();
+        assert_eq!(s.fleet.as_ref().unwrap().len(), 3);
+        assert_eq!(s.faults.len(), 4);
+        let steps = compile(&s.faults, 3, "t.toml").unwrap();
+        assert_eq!(steps[0], (5_000_000, Step::Crash(0)));
+        assert_eq!(steps[1], (10_000_000, Step::BlackHole(2, true)));
+        assert_eq!(steps[2], (20_000_000, Step::BlackHole(2, false)));
+        assert_eq!(steps.len(), 5);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors_naming_the_file() {
+        for (text, needle) in [
+            ("colour = 1", "unknown field"),
+            (
+                "[[fault]]\nkind = \"crash\"\nat = \"1ms\"\nbackend = 0\nwhen = 3",
+                "unknown field",
+            ),
+            (
+                "[[fault]]\nkind = \"explode\"\nat = \"1ms\"",
+                "unknown variant",
+            ),
+            (
+                "[[fault]]\nkind = \"crash\"\nat = \"1 parsec\"\nbackend = 0",
+                "bad duration",
+            ),
+            ("[[backend]]\nservice = \"exp:0ms\"", "positive"),
+            ("[[backend]]\nspeed = 0", "speed"),
+        ] {
+            let err = Scenario::parse(text, "bad.toml", defaults())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("bad.toml") && err.contains(needle),
+                "{text:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn faults_on_missing_or_removed_backends_are_errors() {
+        let crash = |backend| FaultAction::Crash {
+            backend,
+            detect_after_ns: Some(0),
+        };
+        let faults = [Fault {
+            at_ns: 1,
+            action: crash(3),
+        }];
+        assert!(
+            compile(&faults, 3, "x")
+                .unwrap_err()
+                .to_string()
+                .contains("does not exist")
+        );
+        let faults = [
+            Fault {
+                at_ns: 1,
+                action: FaultAction::Remove { backend: 1 },
+            },
+            Fault {
+                at_ns: 2,
+                action: crash(1),
+            },
+        ];
+        assert!(
+            compile(&faults, 3, "x")
+                .unwrap_err()
+                .to_string()
+                .contains("removed")
+        );
+        let faults = [
+            Fault {
+                at_ns: 2,
+                action: crash(3),
+            },
+            Fault {
+                at_ns: 1,
+                action: FaultAction::Add(defaults()),
+            },
+        ];
+        assert!(compile(&faults, 3, "x").is_ok());
+    }
+}

@@ -1,0 +1,211 @@
+//! The `balancer-sim` command line: `run` one simulation, or `compare` policies over loads.
+#![deny(unsafe_code)]
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use balancer_core::PolicyKind;
+use balancer_sim::compare::{Grid, run_grid, write_report};
+use balancer_sim::{ArrivalSpec, BackendSpec, Scenario, ServiceDist, SimConfig, Summary, run};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Deterministic discrete-event simulator of the balancer's core.
+#[derive(Parser)]
+#[command(name = "balancer-sim", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one simulation and print its summary.
+    Run {
+        /// Policy: least-pending, p2c, round-robin, random, peak-ewma.
+        #[arg(long, default_value = "least-pending")]
+        policy: PolicyKind,
+        /// Offered load ρ = arrival rate ÷ fleet capacity (open-loop arrivals only).
+        #[arg(long, default_value_t = 0.9)]
+        load: f64,
+        #[command(flatten)]
+        common: Common,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Run every policy × load and write DIR/report.md, DIR/p99_vs_load.svg, DIR/mean_vs_load.svg.
+    Compare {
+        /// Comma-separated policies.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "least-pending,p2c,round-robin,random,peak-ewma"
+        )]
+        policies: Vec<PolicyKind>,
+        /// Comma-separated loads.
+        #[arg(long, value_delimiter = ',', default_value = "0.5,0.7,0.9,0.95")]
+        loads: Vec<f64>,
+        #[command(flatten)]
+        common: Common,
+        /// Output directory.
+        #[arg(long, default_value = "sim-report")]
+        out: PathBuf,
+        /// Worker threads (default: the machine's cores). The output does not depend on it.
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+}
+
+#[derive(Args)]
+struct Common {
+    /// Number of identical backends (ignored when the scenario file has a [[backend]] fleet).
+    #[arg(long, default_value_t = 10)]
+    backends: usize,
+    /// Requests to simulate.
+    #[arg(long, default_value_t = 100_000)]
+    requests: u64,
+    /// Seed of every random stream; the same seed replays the same run.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Service time: const:MEAN | exp:MEAN | lognormal:MEAN:SIGMA | pareto:MEAN:ALPHA | bimodal:FAST:SLOW:P_SLOW.
+    #[arg(long, default_value = "exp:1ms")]
+    service: ServiceDist,
+    /// Requests each backend serves in parallel (the rest queue FIFO).
+    #[arg(long, default_value_t = 1)]
+    concurrency: u32,
+    /// Arrivals: poisson | bursty[:ON:OFF] | closed:N[:THINK].
+    #[arg(long, default_value = "poisson")]
+    arrivals: ArrivalSpec,
+    /// Scenario file (TOML): a fleet and/or a fault schedule.
+    #[arg(long)]
+    faults: Option<PathBuf>,
+    /// Check the core's invariants after every event (slower).
+    #[arg(long)]
+    check_invariants: bool,
+    /// Report wall time as zero, so that the whole output is deterministic.
+    #[arg(long)]
+    zero_wall: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+impl Common {
+    fn config(&self, policy: PolicyKind, load: f64) -> anyhow::Result<SimConfig> {
+        let defaults = BackendSpec::new(self.service, self.concurrency);
+        balancer_sim::faults::check_spec(&defaults)
+            .map_err(|e| anyhow::anyhow!("--concurrency: {e}"))?;
+        if self.backends == 0 || self.backends > balancer_sim::backends::MAX_SIM_BACKENDS {
+            anyhow::bail!(
+                "--backends must be in 1..={}",
+                balancer_sim::backends::MAX_SIM_BACKENDS
+            );
+        }
+        let mut config = SimConfig::new(policy, self.backends, defaults);
+        config.load = load;
+        config.requests = self.requests;
+        config.seed = self.seed;
+        config.arrivals = self.arrivals;
+        config.check_invariants = self.check_invariants;
+        if let Some(path) = &self.faults {
+            let scenario = Scenario::load(path, defaults)?;
+            if let Some(fleet) = scenario.fleet {
+                config.fleet = fleet;
+            }
+            config.faults = scenario.faults;
+            // Check the schedule against the fleet now, so the error names the file.
+            balancer_sim::faults::compile(
+                &config.faults,
+                config.fleet.len(),
+                &path.display().to_string(),
+            )?;
+        }
+        Ok(config)
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run {
+            policy,
+            load,
+            common,
+            format,
+        } => {
+            let config = common.config(policy, load)?;
+            let started = Instant::now();
+            let stats = run(&config).with_context(|| {
+                format!(
+                    "simulation failed; replay with: cargo run -p balancer-sim -- {}",
+                    replay_args()
+                )
+            })?;
+            let wall_s = if common.zero_wall {
+                0.0
+            } else {
+                started.elapsed().as_secs_f64()
+            };
+            let summary = Summary::new(&config, &stats, wall_s);
+            match format {
+                Format::Table => print!("{}", summary.to_table()),
+                Format::Json => println!("{}", summary.to_json()),
+            }
+        }
+        Command::Compare {
+            policies,
+            loads,
+            common,
+            out,
+            threads,
+        } => {
+            if loads
+                .iter()
+                .any(|&l| !(l > 0.0 && l <= balancer_sim::engine::MAX_LOAD))
+            {
+                anyhow::bail!(
+                    "--loads must each be in (0, {}]",
+                    balancer_sim::engine::MAX_LOAD
+                );
+            }
+            let base = common.config(PolicyKind::LeastPending, loads[0])?;
+            let grid = Grid {
+                policies,
+                loads,
+                base,
+            };
+            let cells = (grid.policies.len() * grid.loads.len()) as u64;
+            let bar = indicatif::ProgressBar::new(cells);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{elapsed_precise} [{bar:40}] {pos}/{len} runs",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let threads = threads.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            });
+            let results = run_grid(&grid, threads, &|| bar.inc(1))?;
+            bar.finish_and_clear();
+            write_report(&out, &grid, &results, &command_line())?;
+            print!(
+                "{}",
+                std::fs::read_to_string(out.join("report.md")).unwrap_or_default()
+            );
+            eprintln!("wrote {}", out.join("report.md").display());
+        }
+    }
+    Ok(())
+}
+
+fn command_line() -> String {
+    format!("balancer-sim {}", replay_args())
+}
+
+fn replay_args() -> String {
+    std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+}
