@@ -62,6 +62,8 @@ pub struct SimConfig {
     pub check_invariants: bool,
     /// The core's bound on requests in flight; also bounds the sum of backend queues.
     pub max_in_flight: u32,
+    /// Keep a record of every request's end in [`RunStats::trace`] (tests; costs 40 B a request).
+    pub record_trace: bool,
 }
 
 impl SimConfig {
@@ -77,6 +79,7 @@ impl SimConfig {
             faults: Vec::new(),
             check_invariants: false,
             max_in_flight: balancer_core::DEFAULT_MAX_IN_FLIGHT,
+            record_trace: false,
         }
     }
 
@@ -171,6 +174,36 @@ pub struct RunStats {
     pub trace_hash: u64,
     /// Events handled.
     pub events: u64,
+    /// Every request's end, in order, if [`SimConfig::record_trace`] was set.
+    pub trace: Vec<Ended>,
+}
+
+/// How a request ended, as recorded in [`RunStats::trace`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndKind {
+    /// Served.
+    Completed,
+    /// Failed (crash, black hole, removed backend).
+    Failed,
+    /// Rejected by the core.
+    Rejected,
+}
+
+/// One request's life, for checks from outside the engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ended {
+    /// The core's id (ids are reused after the done, with a new generation).
+    pub request: u64,
+    /// Sim index of the backend, or `u32::MAX` if rejected.
+    pub backend: u32,
+    /// When it arrived.
+    pub arrived_ns: u64,
+    /// Service time it was given (0 unless it was served).
+    pub service_ns: u64,
+    /// When it ended.
+    pub ended_ns: u64,
+    /// How.
+    pub kind: EndKind,
 }
 
 impl RunStats {
@@ -229,6 +262,7 @@ struct Sim<'a> {
     sojourn_sum_ns: u128,
     trace: TraceHash,
     events: u64,
+    ended_log: Vec<Ended>,
 }
 
 impl<'a> Sim<'a> {
@@ -283,6 +317,7 @@ impl<'a> Sim<'a> {
             sojourn_sum_ns: 0,
             trace: TraceHash(TraceHash::OFFSET),
             events: 0,
+            ended_log: Vec::new(),
         };
         for spec in &config.fleet {
             sim.add_backend(*spec)?;
@@ -410,6 +445,7 @@ impl<'a> Sim<'a> {
             backends,
             trace_hash: self.trace.0,
             events: self.events,
+            trace: self.ended_log,
         })
     }
 
@@ -449,6 +485,16 @@ impl<'a> Sim<'a> {
                 self.trace.word(request.as_u64());
                 self.trace
                     .word((u64::from(backend.generation()) << 32) | backend.index() as u64);
+                if self.config.check_invariants {
+                    // The core's own view, apart from the driver's flags checked in dispatch.
+                    let state = self.scheduler.backend(backend, now).map(|b| b.state);
+                    if state != Some(balancer_core::BackendState::Up) {
+                        return Err(SimError::Causality {
+                            time_ns: self.now_ns,
+                            what: format!("the core dispatched to {backend} in state {state:?}"),
+                        });
+                    }
+                }
                 let index = self.by_slot[backend.index()];
                 let job = Job {
                     request,
@@ -465,6 +511,16 @@ impl<'a> Sim<'a> {
                 });
                 self.rejected += 1;
                 self.ended += 1;
+                if self.config.record_trace {
+                    self.ended_log.push(Ended {
+                        request: u64::MAX,
+                        backend: u32::MAX,
+                        arrived_ns: self.now_ns,
+                        service_ns: 0,
+                        ended_ns: self.now_ns,
+                        kind: EndKind::Rejected,
+                    });
+                }
                 self.client_done(client);
                 Ok(())
             }
@@ -570,7 +626,25 @@ impl<'a> Sim<'a> {
             .word(self.now_ns ^ job.request.as_u64().rotate_left(17));
         self.ended += 1;
         let b = &mut self.backends[index as usize];
-        match self.scheduler.handle_done(now, job.request, outcome) {
+        let result = self.scheduler.handle_done(now, job.request, outcome);
+        if self.config.record_trace {
+            self.ended_log.push(Ended {
+                request: job.request.as_u64(),
+                backend: index,
+                arrived_ns: job.arrived_ns,
+                service_ns: if outcome == Outcome::Success {
+                    job.service_ns
+                } else {
+                    0
+                },
+                ended_ns: self.now_ns,
+                kind: match (&result, outcome) {
+                    (Ok(_), Outcome::Success) => EndKind::Completed,
+                    _ => EndKind::Failed,
+                },
+            });
+        }
+        match result {
             Ok(_) if outcome == Outcome::Success => {
                 b.served += 1;
                 self.completed += 1;

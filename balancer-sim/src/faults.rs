@@ -600,6 +600,82 @@ impl Scenario {
     }
 }
 
+/// Writes `fleet` and `faults` as a scenario file that [`Scenario::parse`] reads back to the
+/// same values (durations are whole nanoseconds, floats print in round-trip form).
+pub fn scenario_toml(fleet: &[BackendSpec], faults: &[Fault]) -> String {
+    use crate::distribution::format_duration_ns as d;
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let spec_fields = |out: &mut String, spec: &BackendSpec| {
+        let _ = writeln!(
+            out,
+            "service = \"{}\"\nconcurrency = {}\nspeed = {:?}\nweight = {}",
+            spec.service, spec.concurrency, spec.speed, spec.weight
+        );
+    };
+    for spec in fleet {
+        let _ = writeln!(out, "[[backend]]");
+        spec_fields(&mut out, spec);
+    }
+    for fault in faults {
+        let _ = writeln!(
+            out,
+            "\n[[fault]]\nkind = \"{}\"\nat = \"{}\"",
+            fault.action.kind(),
+            d(fault.at_ns)
+        );
+        let _ = match fault.action {
+            FaultAction::Crash {
+                backend,
+                detect_after_ns,
+            } => writeln!(
+                out,
+                "backend = {backend}\ndetect_after = \"{}\"",
+                detect_after_ns.map_or("never".to_owned(), d)
+            ),
+            FaultAction::BlackHole { backend, until_ns }
+            | FaultAction::Slowdown {
+                backend, until_ns, ..
+            } => {
+                let _ = writeln!(out, "backend = {backend}");
+                if let FaultAction::Slowdown { speed, .. } = fault.action {
+                    let _ = writeln!(out, "speed = {speed:?}");
+                }
+                match until_ns {
+                    Some(until) => writeln!(out, "until = \"{}\"", d(until)),
+                    None => Ok(()),
+                }
+            }
+            FaultAction::Spike {
+                backend,
+                duration_ns,
+                factor,
+            } => {
+                if let Some(b) = backend {
+                    let _ = writeln!(out, "backend = {b}");
+                }
+                writeln!(
+                    out,
+                    "duration = \"{}\"\nfactor = {factor:?}",
+                    d(duration_ns)
+                )
+            }
+            FaultAction::Add(spec) => {
+                spec_fields(&mut out, &spec);
+                Ok(())
+            }
+            FaultAction::Weight { backend, weight } => {
+                writeln!(out, "backend = {backend}\nweight = {weight}")
+            }
+            FaultAction::Recover { backend }
+            | FaultAction::Remove { backend }
+            | FaultAction::Drain { backend }
+            | FaultAction::Undrain { backend } => writeln!(out, "backend = {backend}"),
+        };
+    }
+    out
+}
+
 fn entry_kind(entry: &FaultEntry) -> &'static str {
     match entry {
         FaultEntry::Crash { .. } => "crash",
@@ -729,5 +805,62 @@ mod tests {
             },
         ];
         assert!(compile(&faults, 3, "x").is_ok());
+    }
+
+    #[test]
+    fn scenarios_round_trip_through_toml() {
+        let fleet = vec![
+            defaults(),
+            BackendSpec {
+                service: "pareto:1500us:1.7".parse().unwrap(),
+                concurrency: 3,
+                speed: 0.75,
+                weight: 2,
+            },
+        ];
+        let faults = vec![
+            Fault {
+                at_ns: 5,
+                action: FaultAction::Crash {
+                    backend: 1,
+                    detect_after_ns: None,
+                },
+            },
+            Fault {
+                at_ns: 7,
+                action: FaultAction::Spike {
+                    backend: None,
+                    duration_ns: 9,
+                    factor: 2.5,
+                },
+            },
+            Fault {
+                at_ns: 8,
+                action: FaultAction::Slowdown {
+                    backend: 0,
+                    speed: 0.5,
+                    until_ns: Some(20),
+                },
+            },
+            Fault {
+                at_ns: 9,
+                action: FaultAction::Add(defaults()),
+            },
+            Fault {
+                at_ns: 10,
+                action: FaultAction::Weight {
+                    backend: 2,
+                    weight: 3,
+                },
+            },
+            Fault {
+                at_ns: 11,
+                action: FaultAction::Drain { backend: 2 },
+            },
+        ];
+        let text = scenario_toml(&fleet, &faults);
+        let back = Scenario::parse(&text, "rt.toml", defaults()).unwrap();
+        assert_eq!(back.fleet.unwrap(), fleet);
+        assert_eq!(back.faults, faults);
     }
 }

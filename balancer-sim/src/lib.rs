@@ -29,6 +29,6 @@ pub mod theory;
 pub use arrivals::ArrivalSpec;
 pub use backends::BackendSpec;
 pub use distribution::ServiceDist;
-pub use engine::{RunStats, SimConfig, SimError, run};
+pub use engine::{EndKind, Ended, RunStats, SimConfig, SimError, run};
 pub use faults::{Fault, FaultAction, Scenario, ScenarioError};
 pub use report::Summary;

@@ -83,6 +83,9 @@ struct Common {
     /// Check the core's invariants after every event (slower).
     #[arg(long)]
     check_invariants: bool,
+    /// The core's bound on requests in flight (beyond it, requests are rejected).
+    #[arg(long, default_value_t = balancer_core::DEFAULT_MAX_IN_FLIGHT)]
+    max_in_flight: u32,
     /// Report wall time as zero, so that the whole output is deterministic.
     #[arg(long)]
     zero_wall: bool,
@@ -111,6 +114,7 @@ impl Common {
         config.seed = self.seed;
         config.arrivals = self.arrivals;
         config.check_invariants = self.check_invariants;
+        config.max_in_flight = self.max_in_flight;
         if let Some(path) = &self.faults {
             let scenario = Scenario::load(path, defaults)?;
             if let Some(fleet) = scenario.fleet {
@@ -141,7 +145,8 @@ fn main() -> anyhow::Result<()> {
             let started = Instant::now();
             let stats = run(&config).with_context(|| {
                 format!(
-                    "simulation failed; replay with: cargo run -p balancer-sim -- {}",
+                    "simulation failed (seed {}); replay with: cargo run -p balancer-sim -- {}",
+                    config.seed,
                     replay_args()
                 )
             })?;

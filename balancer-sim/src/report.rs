@@ -219,3 +219,41 @@ impl Summary {
         out
     }
 }
+
+/// A command line that replays `config` exactly. Fleets and faults that the flags cannot say
+/// are written to a scenario file in the temp directory, named by the seed.
+pub fn replay_command(config: &SimConfig) -> String {
+    let mut cmd = format!(
+        "cargo run --release -p balancer-sim -- run --policy {} --load {:?} --requests {} --seed {} --arrivals {} --max-in-flight {} --check-invariants",
+        config.policy,
+        config.load,
+        config.requests,
+        config.seed,
+        config.arrivals,
+        config.max_in_flight
+    );
+    let first = config.fleet[0];
+    let uniform =
+        config.fleet.iter().all(|s| *s == first) && first.speed == 1.0 && first.weight == 1;
+    if uniform && config.faults.is_empty() {
+        let _ = write!(
+            cmd,
+            " --backends {} --service {} --concurrency {}",
+            config.fleet.len(),
+            first.service,
+            first.concurrency
+        );
+    } else {
+        let path = std::env::temp_dir().join(format!("balancer-sim-replay-{}.toml", config.seed));
+        let text = crate::faults::scenario_toml(&config.fleet, &config.faults);
+        match std::fs::write(&path, text) {
+            Ok(()) => {
+                let _ = write!(cmd, " --faults {}", path.display());
+            }
+            Err(e) => {
+                let _ = write!(cmd, " --faults <could not write {}: {e}>", path.display());
+            }
+        }
+    }
+    cmd
+}

@@ -1,0 +1,272 @@
+//! Property tests: conservation, invariants after every event, determinism, causality, and
+//! least-pending against random, over random fleets, policies, arrivals and faults.
+//!
+//! Proptest runs from a fixed seed, so a failure reproduces on every run; each failing case
+//! also prints the simulator's own seed and a `cargo run` line that replays it.
+
+use balancer_core::PolicyKind;
+use balancer_sim::report::replay_command;
+use balancer_sim::{
+    ArrivalSpec, BackendSpec, EndKind, Fault, FaultAction, ServiceDist, SimConfig, Summary, run,
+};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngSeed};
+
+fn config(cases: u32) -> Config {
+    Config {
+        cases,
+        rng_seed: RngSeed::Fixed(0x5eed_ba1a),
+        // Shrinking reruns whole simulations; a few hundred steps is enough to get small.
+        max_shrink_iters: 512,
+        ..Config::default()
+    }
+}
+
+fn service() -> impl Strategy<Value = ServiceDist> {
+    // Means in whole microseconds so that replay files round-trip exactly.
+    let mean = (100u64..2_000).prop_map(|us| us as f64 * 1e3);
+    prop_oneof![
+        mean.clone()
+            .prop_map(|mean_ns| ServiceDist::Constant { mean_ns }),
+        mean.clone()
+            .prop_map(|mean_ns| ServiceDist::Exponential { mean_ns }),
+        (mean.clone(), 0.1f64..1.5).prop_map(|(mean_ns, sigma)| ServiceDist::LogNormal {
+            mean_ns,
+            sigma: (sigma * 100.0).round() / 100.0
+        }),
+        (mean.clone(), 1.2f64..3.0).prop_map(|(mean_ns, alpha)| ServiceDist::Pareto {
+            mean_ns,
+            alpha: (alpha * 100.0).round() / 100.0
+        }),
+        (mean.clone(), 2u64..20, 0.0f64..0.3).prop_map(|(fast_ns, k, p)| ServiceDist::Bimodal {
+            fast_ns,
+            slow_ns: fast_ns * k as f64,
+            p_slow: (p * 100.0).round() / 100.0
+        }),
+    ]
+}
+
+fn backend() -> impl Strategy<Value = BackendSpec> {
+    (
+        service(),
+        1u32..=3,
+        prop_oneof![Just(1.0), Just(0.5), Just(2.0)],
+        1u32..=4,
+    )
+        .prop_map(|(service, concurrency, speed, weight)| BackendSpec {
+            service,
+            concurrency,
+            speed,
+            weight,
+        })
+}
+
+fn policy() -> impl Strategy<Value = PolicyKind> {
+    proptest::sample::select(PolicyKind::ALL.to_vec())
+}
+
+fn arrivals() -> impl Strategy<Value = ArrivalSpec> {
+    prop_oneof![
+        3 => Just(ArrivalSpec::Poisson),
+        1 => Just(ArrivalSpec::Bursty { on_ns: 0, off_ns: 0 }),
+        1 => (1u32..=6, prop_oneof![Just(0u64), Just(500_000u64)])
+            .prop_map(|(clients, think_ns)| ArrivalSpec::Closed { clients, think_ns }),
+    ]
+}
+
+/// A fault with a raw backend number; [`valid_faults`] keeps those that fit the fleet.
+fn fault() -> impl Strategy<Value = Fault> {
+    let at = (0u64..100).prop_map(|ms| ms * 1_000_000);
+    let b = 0u32..8;
+    let action = prop_oneof![
+        (
+            b.clone(),
+            prop_oneof![Just(Some(0u64)), Just(Some(2_000_000)), Just(None)]
+        )
+            .prop_map(|(backend, detect_after_ns)| FaultAction::Crash {
+                backend,
+                detect_after_ns
+            }),
+        b.clone()
+            .prop_map(|backend| FaultAction::Recover { backend }),
+        (b.clone(), prop::option::of(50u64..150)).prop_map(|(backend, until)| {
+            FaultAction::BlackHole {
+                backend,
+                until_ns: until.map(|ms| ms * 1_000_000),
+            }
+        }),
+        (prop::option::of(b.clone()), 1u64..30, 1u32..10).prop_map(|(backend, ms, f)| {
+            FaultAction::Spike {
+                backend,
+                duration_ns: ms * 1_000_000,
+                factor: f64::from(f),
+            }
+        }),
+        (b.clone(), prop::option::of(50u64..150)).prop_map(|(backend, until)| {
+            FaultAction::Slowdown {
+                backend,
+                speed: 0.25,
+                until_ns: until.map(|ms| ms * 1_000_000),
+            }
+        }),
+        backend().prop_map(FaultAction::Add),
+        b.clone()
+            .prop_map(|backend| FaultAction::Remove { backend }),
+        b.clone().prop_map(|backend| FaultAction::Drain { backend }),
+        b.clone()
+            .prop_map(|backend| FaultAction::Undrain { backend }),
+        (b, 1u32..=5).prop_map(|(backend, weight)| FaultAction::Weight { backend, weight }),
+    ];
+    (at, action).prop_map(|(at_ns, action)| Fault { at_ns, action })
+}
+
+/// Keeps the faults that name a backend existing at their time (in time order).
+fn valid_faults(faults: Vec<Fault>, fleet: usize) -> Vec<Fault> {
+    let mut kept: Vec<Fault> = Vec::new();
+    let mut sorted = faults;
+    sorted.sort_by_key(|f| f.at_ns);
+    for fault in sorted {
+        kept.push(fault);
+        if balancer_sim::faults::compile(&kept, fleet, "prop").is_err() {
+            kept.pop();
+        }
+    }
+    kept
+}
+
+prop_compose! {
+    /// A small random scenario: up to 6 backends, 50–400 requests, up to 8 faults.
+    fn scenario()(
+        policy in policy(),
+        fleet in prop::collection::vec(backend(), 1..=6),
+        load in 0.3f64..1.5,
+        requests in 50u64..=400,
+        seed in any::<u64>(),
+        arrivals in arrivals(),
+        faults in prop::collection::vec(fault(), 0..=8),
+        small_limit in any::<bool>(),
+    ) -> SimConfig {
+        let n = fleet.len();
+        SimConfig {
+            policy,
+            fleet,
+            load: (load * 100.0).round() / 100.0,
+            requests,
+            seed,
+            arrivals,
+            faults: valid_faults(faults, n),
+            check_invariants: false,
+            // Sometimes small enough to make the core reject with Overloaded.
+            max_in_flight: if small_limit { 8 } else { balancer_core::DEFAULT_MAX_IN_FLIGHT },
+            record_trace: true,
+        }
+    }
+}
+
+fn replay(config: &SimConfig) -> String {
+    format!("seed {}; replay: {}", config.seed, replay_command(config))
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    /// Every submitted request ends exactly once: completed, failed or rejected; none is
+    /// left in flight, and the trace accounts for each.
+    #[test]
+    fn conservation(config in scenario()) {
+        let stats = run(&config).map_err(|e| TestCaseError::fail(format!("{e}; {}", replay(&config))))?;
+        prop_assert_eq!(stats.submitted, config.requests, "{}", replay(&config));
+        prop_assert_eq!(
+            stats.submitted,
+            stats.completed + stats.failed + stats.rejected,
+            "{}", replay(&config)
+        );
+        prop_assert_eq!(stats.trace.len() as u64, stats.submitted, "{}", replay(&config));
+        let count = |kind| stats.trace.iter().filter(|e| e.kind == kind).count() as u64;
+        prop_assert_eq!(count(EndKind::Completed), stats.completed, "{}", replay(&config));
+        prop_assert_eq!(count(EndKind::Failed), stats.failed, "{}", replay(&config));
+        prop_assert_eq!(count(EndKind::Rejected), stats.rejected, "{}", replay(&config));
+        let served: u64 = stats.backends.iter().map(|b| b.served).sum();
+        let failed: u64 = stats.backends.iter().map(|b| b.failed).sum();
+        prop_assert_eq!(served, stats.completed, "{}", replay(&config));
+        prop_assert_eq!(failed, stats.failed, "{}", replay(&config));
+        prop_assert_eq!(stats.sojourn_ns.len(), stats.completed, "{}", replay(&config));
+    }
+
+    /// The core's `check_invariants()` holds after every event of any scenario.
+    #[test]
+    fn core_invariants_hold_after_every_event(mut config in scenario()) {
+        config.check_invariants = true;
+        let result = run(&config);
+        prop_assert!(result.is_ok(), "{}; {}", result.unwrap_err(), replay(&config));
+    }
+
+    /// Same scenario and seed: identical results, byte-identical summary, same trace hash.
+    #[test]
+    fn determinism(config in scenario()) {
+        let a = run(&config).map_err(|e| TestCaseError::fail(format!("{e}; {}", replay(&config))))?;
+        let b = run(&config).map_err(|e| TestCaseError::fail(format!("{e}; {}", replay(&config))))?;
+        prop_assert_eq!(a.trace_hash, b.trace_hash, "{}", replay(&config));
+        prop_assert_eq!(&a.trace, &b.trace, "{}", replay(&config));
+        prop_assert_eq!(
+            Summary::new(&config, &a, 0.0).to_json(),
+            Summary::new(&config, &b, 0.0).to_json(),
+            "{}", replay(&config)
+        );
+    }
+
+    /// Nothing completes before arrival + service; nothing ends before it arrived; and (checked
+    /// inside the engine when `check_invariants` is on) nothing is dispatched to a backend the
+    /// core or the driver has marked down, draining or removed.
+    #[test]
+    fn causality(mut config in scenario()) {
+        config.check_invariants = true;
+        let stats = run(&config).map_err(|e| TestCaseError::fail(format!("{e}; {}", replay(&config))))?;
+        let mut last_end = 0;
+        for e in &stats.trace {
+            prop_assert!(e.ended_ns >= last_end, "ends out of order; {}", replay(&config));
+            last_end = e.ended_ns;
+            prop_assert!(e.ended_ns >= e.arrived_ns, "{:?}; {}", e, replay(&config));
+            if e.kind == EndKind::Completed {
+                prop_assert!(e.service_ns >= 1, "{:?}; {}", e, replay(&config));
+                prop_assert!(
+                    e.ended_ns >= e.arrived_ns + e.service_ns,
+                    "completed before arrival + service: {:?}; {}", e, replay(&config)
+                );
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    /// Least-pending never does worse in mean sojourn than random on the same seed and fleet,
+    /// at ρ ≥ 0.5 with exponential service.
+    ///
+    /// Size: 3 000 requests over 2–12 FIFO servers. At ρ = 0.5 random's mean is 2 service
+    /// times against ≤ 1.34 for JSQ (N ≥ 2); the gap grows with ρ and N. Over 20 000 seeds
+    /// (release build) the smallest ratio random/least-pending seen was recorded in the
+    /// README; it stays well above 1, so this is not a coin flip.
+    #[test]
+    fn least_pending_beats_random(
+        n in 2usize..=12,
+        load in 0.5f64..0.95,
+        seed in any::<u64>(),
+    ) {
+        let spec = BackendSpec::new(ServiceDist::Exponential { mean_ns: 1e6 }, 1);
+        let mut lp = SimConfig::new(PolicyKind::LeastPending, n, spec);
+        lp.load = (load * 100.0).round() / 100.0;
+        lp.requests = 3_000;
+        lp.seed = seed;
+        let mut random = lp.clone();
+        random.policy = PolicyKind::Random;
+        let a = run(&lp).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let b = run(&random).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert!(
+            a.mean_sojourn_ns() <= b.mean_sojourn_ns(),
+            "least-pending mean {:.0}ns > random {:.0}ns; {} / {}",
+            a.mean_sojourn_ns(), b.mean_sojourn_ns(), replay(&lp), replay(&random)
+        );
+    }
+}
