@@ -1,5 +1,165 @@
-//! The live HTTP load balancer (being built: see issue 5).
-fn main() {
-    eprintln!("balancer: the live proxy is not built yet; see issue 5");
-    std::process::exit(2);
+//! `balancer`: the command line of the live load balancer (demo mode, run, check, demo-backend).
+#![deny(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use balancer_tokio::shutdown::os_signal;
+use balancer_tokio::{Config, Demo, DemoBackend, DemoBackendConfig, DemoPorts};
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// An HTTP load balancer. With no arguments: demo mode (4 backends on 127.0.0.1:9001-9004 and
+/// the balancer on 127.0.0.1:8080).
+#[derive(Parser, Debug)]
+#[command(name = "balancer", version, about)]
+struct Cli {
+    /// Serve from this TOML config (same as `balancer run FILE`).
+    #[arg(long, value_name = "FILE", global = false)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve from a TOML config.
+    Run {
+        /// The config file.
+        file: PathBuf,
+    },
+    /// Validate a config: exit 0 with a summary, or non-zero naming the file, line and column.
+    Check {
+        /// The config file.
+        file: PathBuf,
+    },
+    /// Demo mode with explicit ports (the default with no arguments).
+    Demo {
+        /// The balancer's port.
+        #[arg(long, default_value_t = balancer_tokio::demo::DEMO_BALANCER_PORT)]
+        port: u16,
+        /// The first backend's port; the other three follow it.
+        #[arg(long, default_value_t = balancer_tokio::demo::DEMO_FIRST_BACKEND_PORT)]
+        backend_port: u16,
+    },
+    /// Run one demo backend alone (for docker compose and load tests).
+    DemoBackend {
+        /// Address to listen on, e.g. 127.0.0.1:9001.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// The number in its `Hello from #N` answer.
+        #[arg(long)]
+        id: u32,
+        /// Delay before every response, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        /// Random extra delay in 0..=jitter, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        jitter_ms: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let result = match (cli.config, cli.command) {
+        (Some(_), Some(_)) => Err(anyhow::anyhow!(
+            "--config and a subcommand cannot be combined; use `balancer --config FILE` or `balancer run FILE`"
+        )),
+        (Some(file), None) | (None, Some(Command::Run { file })) => {
+            runtime().and_then(|rt| rt.block_on(run(&file)))
+        }
+        (None, Some(Command::Check { file })) => check(&file),
+        (None, None) => runtime().and_then(|rt| rt.block_on(demo(DemoPorts::default()))),
+        (None, Some(Command::Demo { port, backend_port })) => runtime().and_then(|rt| {
+            rt.block_on(demo(DemoPorts {
+                balancer: port,
+                first_backend: backend_port,
+            }))
+        }),
+        (
+            None,
+            Some(Command::DemoBackend {
+                listen,
+                id,
+                latency_ms,
+                jitter_ms,
+            }),
+        ) => runtime().and_then(|rt| {
+            rt.block_on(demo_backend(DemoBackendConfig {
+                listen,
+                id,
+                latency_ms,
+                jitter_ms,
+            }))
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("balancer: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")
+}
+
+fn check(file: &Path) -> anyhow::Result<()> {
+    let config = Config::load(file)?;
+    println!("ok: {}: {}", file.display(), config.summary());
+    Ok(())
+}
+
+async fn run(file: &Path) -> anyhow::Result<()> {
+    let config = Config::load(file)?;
+    let summary = config.summary();
+    let balancer = balancer_tokio::start(config).await?;
+    for address in balancer.local_addrs() {
+        eprintln!("balancer listening on http://{address}/");
+    }
+    tracing::info!(config = %file.display(), %summary, "serving");
+    let signal = os_signal().await.context("cannot listen for signals")?;
+    tracing::info!(signal, "shutting down: draining in-flight requests");
+    let report = balancer.shutdown().await;
+    tracing::info!(?report, "stopped");
+    Ok(())
+}
+
+async fn demo(ports: DemoPorts) -> anyhow::Result<()> {
+    let demo = Demo::start(ports).await?;
+    for line in demo.banner() {
+        println!("{line}");
+    }
+    let signal = os_signal().await.context("cannot listen for signals")?;
+    tracing::info!(signal, "shutting down the demo");
+    let report = demo.stop().await;
+    tracing::info!(?report, "stopped");
+    Ok(())
+}
+
+async fn demo_backend(config: DemoBackendConfig) -> anyhow::Result<()> {
+    let backend = DemoBackend::start(config).await?;
+    println!(
+        "demo backend #{} listening on http://{}/",
+        config.id,
+        backend.local_addr()
+    );
+    let signal = os_signal().await.context("cannot listen for signals")?;
+    tracing::info!(signal, "stopping the demo backend");
+    backend.stop().await;
+    Ok(())
 }

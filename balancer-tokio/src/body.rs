@@ -1,0 +1,296 @@
+//! Body wrappers: the request body with its size limit, and the response body whose end reports
+//! the request's done to the core exactly once (finished, failed, or dropped by the client).
+//!
+//! Done is reported when the response body has finished streaming, not at the response headers,
+//! so a long download counts as pending for least-pending for as long as it lasts.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use balancer_core::{FailureKind, Outcome, RequestId};
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use crate::access_log::{AccessLog, AccessRecord};
+use crate::pool::SharedPool;
+
+/// Why a request body could not be forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyError {
+    /// The client sent more than `max_body_bytes`.
+    #[error("request body is larger than the limit of {limit_bytes} bytes")]
+    TooLarge {
+        /// The configured limit.
+        limit_bytes: u64,
+    },
+    /// Reading from the client failed (it went away, or sent a malformed chunk).
+    #[error("reading the request body from the client failed: {0}")]
+    Client(#[source] hyper::Error),
+}
+
+/// The client's request body, streamed to the backend, cut off past `max_body_bytes`.
+pub struct RequestBody {
+    inner: Incoming,
+    limit_bytes: u64,
+    remaining_bytes: u64,
+}
+
+impl RequestBody {
+    /// Wraps `inner`, allowing at most `limit_bytes`.
+    pub fn new(inner: Incoming, limit_bytes: u64) -> Self {
+        RequestBody {
+            inner,
+            limit_bytes,
+            remaining_bytes: limit_bytes,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
+        let this = self.get_mut();
+        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    let len = data.len() as u64;
+                    if len > this.remaining_bytes {
+                        return Poll::Ready(Some(Err(RequestBodyError::TooLarge {
+                            limit_bytes: this.limit_bytes,
+                        })));
+                    }
+                    this.remaining_bytes -= len;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(err)) => Poll::Ready(Some(Err(RequestBodyError::Client(err)))),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// How a response ended, as the done guard records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// The body was delivered in full.
+    Complete,
+    /// The backend failed while the body streamed.
+    Failed(FailureKind),
+    /// The client went away first.
+    Cancelled,
+}
+
+/// Reports the done (to the core) and the access-log line, exactly once: explicitly through
+/// [`DoneGuard::finish`], or as `Cancelled` when dropped unfinished.
+pub struct DoneGuard {
+    dispatched: Option<(SharedPool, RequestId)>,
+    backend_server_error: bool,
+    log: Option<(AccessLog, AccessRecord)>,
+    started: Instant,
+    rejected: bool,
+}
+
+impl DoneGuard {
+    /// A guard for a request dispatched as `request` in `pool`.
+    pub fn dispatched(
+        pool: SharedPool,
+        request: RequestId,
+        log: Option<(AccessLog, AccessRecord)>,
+        started: Instant,
+    ) -> Self {
+        DoneGuard {
+            dispatched: Some((pool, request)),
+            backend_server_error: false,
+            log,
+            started,
+            rejected: false,
+        }
+    }
+
+    /// A guard for a response the proxy made itself (no dispatch): it only logs.
+    pub fn local(log: Option<(AccessLog, AccessRecord)>, started: Instant) -> Self {
+        DoneGuard {
+            dispatched: None,
+            backend_server_error: false,
+            log,
+            started,
+            rejected: true,
+        }
+    }
+
+    /// Records the status sent to the client; a 5xx turns a complete body into a
+    /// `ServerError` failure for the core.
+    pub fn set_status(&mut self, status: http::StatusCode) {
+        self.backend_server_error = status.is_server_error();
+        if let Some((_, record)) = &mut self.log {
+            record.status = status.as_u16();
+        }
+    }
+
+    /// Reports the end once; later calls (and the drop) do nothing.
+    pub fn finish(&mut self, end: End, bytes: u64) {
+        let outcome = match end {
+            End::Complete if self.backend_server_error => {
+                Outcome::Failure(FailureKind::ServerError)
+            }
+            End::Complete => Outcome::Success,
+            End::Failed(kind) => Outcome::Failure(kind),
+            End::Cancelled => Outcome::Cancelled,
+        };
+        if let Some((pool, request)) = self.dispatched.take() {
+            pool.handle_done(request, outcome);
+        }
+        if let Some((log, mut record)) = self.log.take() {
+            record.bytes = bytes;
+            record.duration_ms = self.started.elapsed();
+            record.outcome = if self.rejected {
+                "rejected"
+            } else {
+                outcome_name(outcome)
+            };
+            log.write(&record);
+        }
+    }
+}
+
+impl Drop for DoneGuard {
+    fn drop(&mut self) {
+        self.finish(End::Cancelled, 0);
+    }
+}
+
+fn outcome_name(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Success => "success",
+        Outcome::Cancelled => "cancelled",
+        Outcome::Failure(FailureKind::Connect) => "failure:connect",
+        Outcome::Failure(FailureKind::Reset) => "failure:reset",
+        Outcome::Failure(FailureKind::Timeout) => "failure:timeout",
+        Outcome::Failure(FailureKind::ServerError) => "failure:server-error",
+        Outcome::Failure(FailureKind::Crashed) => "failure:crashed",
+    }
+}
+
+enum Source {
+    Backend(Incoming),
+    Full(Option<Bytes>),
+}
+
+/// The body of every response the proxy sends: streamed from a backend or made locally,
+/// with the done guard that fires when it ends.
+pub struct ProxyBody {
+    source: Source,
+    guard: Option<DoneGuard>,
+    sent_bytes: u64,
+}
+
+impl ProxyBody {
+    /// A backend's body, streamed through.
+    pub fn backend(body: Incoming, guard: DoneGuard) -> Self {
+        ProxyBody {
+            source: Source::Backend(body),
+            guard: Some(guard),
+            sent_bytes: 0,
+        }
+    }
+
+    /// A body made by the proxy (error pages, 101 for tunnels).
+    pub fn full(bytes: Bytes, guard: Option<DoneGuard>) -> Self {
+        ProxyBody {
+            source: Source::Full((!bytes.is_empty()).then_some(bytes)),
+            guard,
+            sent_bytes: 0,
+        }
+    }
+
+    fn finish(&mut self, end: End) {
+        if let Some(mut guard) = self.guard.take() {
+            guard.finish(end, self.sent_bytes);
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.source {
+            Source::Backend(body) => ready!(Pin::new(body).poll_frame(cx)),
+            Source::Full(bytes) => bytes.take().map(|b| Ok(Frame::data(b))),
+        };
+        match polled {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    this.sent_bytes += data.len() as u64;
+                }
+                // hyper stops polling once `is_end_stream` says so, so the end must be seen here.
+                if this.source_is_end_stream() {
+                    this.finish(End::Complete);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(err)) => {
+                this.finish(End::Failed(FailureKind::Reset));
+                Poll::Ready(Some(Err(err)))
+            }
+            None => {
+                this.finish(End::Complete);
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.source_is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.source {
+            Source::Backend(body) => body.size_hint(),
+            Source::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
+    }
+}
+
+impl ProxyBody {
+    fn source_is_end_stream(&self) -> bool {
+        match &self.source {
+            Source::Backend(body) => body.is_end_stream(),
+            Source::Full(bytes) => bytes.is_none(),
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // Dropped without being polled to the end: either there was nothing left to send
+        // (an empty body hyper never polled), or the client went away.
+        let end = if self.source_is_end_stream() {
+            End::Complete
+        } else {
+            End::Cancelled
+        };
+        self.finish(end);
+    }
+}

@@ -1,0 +1,452 @@
+//! Listeners and connections: bind, accept within the connection limit, serve HTTP/1.1 and h2c,
+//! and shut down gracefully.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::StatusCode;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+use crate::access_log::AccessRecord;
+use crate::config::{Config, Limits, ListenerConfig};
+use crate::errors::raw_response;
+use crate::pool::PoolError;
+use crate::proxy::{ConnectionInfo, Proxy};
+use crate::shutdown::{Drain, DrainGuard, Phase, PhaseWatcher, Shutdown};
+
+/// Concurrent HTTP/2 streams per client connection: bounds the work one connection can start.
+pub const MAX_H2_STREAMS_PER_CONNECTION: u32 = 256;
+/// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+/// After an error answered before parsing (408, 431), how long to keep reading and discarding
+/// so that closing does not reset the connection before the client has read the answer.
+const LINGER: Duration = Duration::from_millis(500);
+/// Bytes discarded during that linger, at most.
+const LINGER_MAX_BYTES: usize = 256 * 1024;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A listener could not bind.
+    #[error("cannot listen on {address}: {reason}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// What the OS said, in words.
+        reason: String,
+    },
+    /// A pool could not be built.
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+}
+
+/// A started balancer: its bound addresses and the handle to stop it.
+pub struct RunningBalancer {
+    addresses: Vec<(String, SocketAddr)>,
+    proxy: Arc<Proxy>,
+    shutdown: Shutdown,
+    drain: Drain,
+    accept_tasks: Vec<JoinHandle<()>>,
+    shutdown_grace: Duration,
+}
+
+/// How a shutdown went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShutdownReport {
+    /// Every connection finished within the grace period.
+    Drained,
+    /// The grace period ran out; the remaining connections were closed.
+    GraceExpired,
+}
+
+/// Binds every listener of `config` and starts serving.
+pub async fn start(config: Config) -> Result<RunningBalancer, ServeError> {
+    let proxy = Arc::new(Proxy::new(&config)?);
+    let mut bound = Vec::with_capacity(config.listeners.len());
+    for listener in &config.listeners {
+        let socket = TcpListener::bind(listener.address)
+            .await
+            .map_err(|err| bind_error(listener.address, &err))?;
+        let local = socket
+            .local_addr()
+            .map_err(|err| bind_error(listener.address, &err))?;
+        bound.push((listener.clone(), socket, local));
+    }
+    let shutdown = Shutdown::new();
+    let drain = Drain::new();
+    let builder = connection_builder(proxy.limits());
+    let mut addresses = Vec::new();
+    let mut accept_tasks = Vec::new();
+    for (listener, socket, local) in bound {
+        addresses.push((listener.name.clone(), local));
+        accept_tasks.push(tokio::spawn(accept_loop(
+            socket,
+            listener,
+            local.port(),
+            proxy.clone(),
+            builder.clone(),
+            shutdown.watcher(),
+            drain.guard(),
+        )));
+    }
+    Ok(RunningBalancer {
+        addresses,
+        proxy,
+        shutdown,
+        drain,
+        accept_tasks,
+        shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
+    })
+}
+
+fn bind_error(address: SocketAddr, err: &io::Error) -> ServeError {
+    let reason = match err.kind() {
+        io::ErrorKind::AddrInUse => {
+            format!(
+                "port {} is already in use by another program; stop it or choose another port",
+                address.port()
+            )
+        }
+        io::ErrorKind::AddrNotAvailable => "the address is not one of this machine's".into(),
+        io::ErrorKind::PermissionDenied => {
+            format!("permission denied (ports below 1024 need privileges): {err}")
+        }
+        _ => err.to_string(),
+    };
+    ServeError::Bind { address, reason }
+}
+
+impl RunningBalancer {
+    /// The bound address of each listener, in configuration order.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.addresses.iter().map(|(_, a)| *a).collect()
+    }
+
+    /// The bound address of the listener named `name`.
+    pub fn local_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.addresses
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+    }
+
+    /// The proxy (pools and their schedulers), for inspection.
+    pub fn proxy(&self) -> &Arc<Proxy> {
+        &self.proxy
+    }
+
+    /// Stops accepting, lets in-flight requests finish within the grace period, then closes
+    /// whatever is left.
+    pub async fn shutdown(self) -> ShutdownReport {
+        self.shutdown.advance(Phase::Draining);
+        for task in self.accept_tasks {
+            let _ = task.await;
+        }
+        let report = match tokio::time::timeout(self.shutdown_grace, self.drain.wait()).await {
+            Ok(()) => ShutdownReport::Drained,
+            Err(_) => ShutdownReport::GraceExpired,
+        };
+        self.shutdown.advance(Phase::Stopped);
+        report
+    }
+}
+
+fn connection_builder(limits: Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // The first request's head is read (and timed) by `read_first_head`; this covers the
+        // following requests on a keep-alive connection, and closes idle ones.
+        .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
+        .max_buf_size(limits.max_header_bytes)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_H2_STREAMS_PER_CONNECTION)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
+
+async fn accept_loop(
+    socket: TcpListener,
+    listener: ListenerConfig,
+    port: u16,
+    proxy: Arc<Proxy>,
+    builder: auto::Builder<TokioExecutor>,
+    mut watcher: PhaseWatcher,
+    drain: Option<DrainGuard>,
+) {
+    let Some(drain) = drain else { return };
+    let permits = Arc::new(Semaphore::new(listener.max_connections));
+    loop {
+        // Waiting for a permit before accepting leaves excess clients in the kernel's backlog.
+        let permit = tokio::select! {
+            biased;
+            _ = watcher.reached(Phase::Draining) => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            biased;
+            _ = watcher.reached(Phase::Draining) => break,
+            accepted = socket.accept() => accepted,
+        };
+        let (stream, client) = match accepted {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                tracing::warn!(listener = %listener.name, %err, "accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                continue;
+            }
+        };
+        let connection = Connection {
+            info: ConnectionInfo {
+                client,
+                listener_port: port,
+            },
+            proxy: proxy.clone(),
+            builder: builder.clone(),
+            watcher: watcher.clone(),
+            drain: drain.clone(),
+        };
+        tokio::spawn(async move {
+            connection.serve(stream).await;
+            drop(permit);
+        });
+    }
+    tracing::debug!(listener = %listener.name, "stopped accepting");
+}
+
+struct Connection {
+    info: ConnectionInfo,
+    proxy: Arc<Proxy>,
+    builder: auto::Builder<TokioExecutor>,
+    watcher: PhaseWatcher,
+    drain: DrainGuard,
+}
+
+impl Connection {
+    async fn serve(mut self, mut stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let limits = self.proxy.limits();
+        let started = Instant::now();
+        let first = tokio::select! {
+            biased;
+            _ = self.watcher.reached(Phase::Draining) => return,
+            first = read_first_head(&mut stream, limits) => first,
+        };
+        let head = match first {
+            FirstHead::Ready(head) => head,
+            FirstHead::Closed => return,
+            FirstHead::TimedOut => {
+                let message = format!(
+                    "request headers not received within {} ms",
+                    limits.header_read_timeout_ms
+                );
+                self.answer_raw(stream, StatusCode::REQUEST_TIMEOUT, &message, started)
+                    .await;
+                return;
+            }
+            FirstHead::TooLarge => {
+                let message = format!(
+                    "request headers are larger than the limit of {} bytes",
+                    limits.max_header_bytes
+                );
+                self.answer_raw(
+                    stream,
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    &message,
+                    started,
+                )
+                .await;
+                return;
+            }
+        };
+
+        let io = TokioIo::new(Prefixed {
+            prefix: head.freeze(),
+            stream,
+        });
+        let proxy = self.proxy.clone();
+        let info = self.info;
+        let drain = self.drain.clone();
+        let service = service_fn(move |request| proxy.clone().handle(request, info, drain.clone()));
+        let connection = self.builder.serve_connection_with_upgrades(io, service);
+        tokio::pin!(connection);
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(err) = result {
+                    tracing::debug!(client = %info.client, %err, "connection ended with an error");
+                }
+                return;
+            }
+            _ = self.watcher.reached(Phase::Draining) => connection.as_mut().graceful_shutdown(),
+        }
+        tokio::select! {
+            _ = connection.as_mut() => {}
+            _ = self.watcher.reached(Phase::Stopped) => {}
+        }
+    }
+
+    /// Answers an error found before hyper saw the request, then closes politely.
+    async fn answer_raw(
+        &self,
+        mut stream: TcpStream,
+        status: StatusCode,
+        message: &str,
+        started: Instant,
+    ) {
+        let response = raw_response(status, message);
+        let _ = tokio::time::timeout(LINGER, async {
+            stream.write_all(&response).await?;
+            stream.shutdown().await?;
+            let mut sink = [0u8; 8192];
+            let mut discarded = 0;
+            while discarded < LINGER_MAX_BYTES {
+                match stream.read(&mut sink).await? {
+                    0 => break,
+                    n => discarded += n,
+                }
+            }
+            io::Result::Ok(())
+        })
+        .await;
+        let log = self.proxy.access_log();
+        if log.enabled() {
+            log.write(&AccessRecord {
+                request_id: "-".into(),
+                client: self.info.client,
+                method: "-".into(),
+                host: "-".into(),
+                path: "-".into(),
+                route: "-".into(),
+                backend: "-".into(),
+                status: status.as_u16(),
+                bytes: (message.len() + 1) as u64,
+                duration_ms: started.elapsed(),
+                outcome: "rejected",
+            });
+        }
+    }
+}
+
+enum FirstHead {
+    /// The bytes read so far, holding at least one complete request head (or the h2 preface).
+    Ready(BytesMut),
+    /// The client closed (or reset) before sending a head.
+    Closed,
+    /// `header_read_timeout_ms` passed first.
+    TimedOut,
+    /// The head is over `max_header_bytes`.
+    TooLarge,
+}
+
+/// Reads until the first request head is complete, within the header timeout and size limit.
+///
+/// hyper's own header timeout only closes the connection, and its size limit is a buffer size;
+/// reading the first head here gives the client a proper 408 or 431.
+async fn read_first_head(stream: &mut TcpStream, limits: Limits) -> FirstHead {
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(limits.header_read_timeout_ms);
+    let mut buffer = BytesMut::with_capacity(4096);
+    loop {
+        let searched_from = buffer.len().saturating_sub(3);
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buffer)).await {
+            Err(_) => return FirstHead::TimedOut,
+            Ok(Err(_)) | Ok(Ok(0)) => return FirstHead::Closed,
+            Ok(Ok(_)) => {}
+        }
+        if head_complete(&buffer[searched_from..]) {
+            return FirstHead::Ready(buffer);
+        }
+        if buffer.len() >= limits.max_header_bytes {
+            return FirstHead::TooLarge;
+        }
+    }
+}
+
+/// A blank line ends a head; bare LF line ends are tolerated as hyper does.
+fn head_complete(bytes: &[u8]) -> bool {
+    bytes.windows(4).any(|w| w == b"\r\n\r\n") || bytes.windows(2).any(|w| w == b"\n\n")
+}
+
+/// The client stream with the bytes already read in front of it.
+struct Prefixed {
+    prefix: Bytes,
+    stream: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.prefix.has_remaining() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_end_at_a_blank_line() {
+        assert!(head_complete(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(head_complete(b"GET / HTTP/1.1\nHost: a\n\n"));
+        assert!(head_complete(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
+        assert!(!head_complete(b"GET / HTTP/1.1\r\nHost: a\r\n"));
+    }
+}
