@@ -1,1 +1,353 @@
-//! End-to-end tests of the live balancer over loopback (being built: see issue 5).
+//! End-to-end check helper: start demo backends and the balancer on loopback ports, talk to
+//! them over real sockets, stop them. Tests read like a user's session:
+//!
+//! ```no_run
+//! # async fn session() {
+//! use tests::{Proxy, start_backends};
+//! let backends = start_backends(&[0, 0]).await;
+//! let proxy = Proxy::start(&format!(
+//!     "listen = \"127.0.0.1:0\"\nbackends = {}\n",
+//!     tests::toml_list(&backends)
+//! ))
+//! .await;
+//! let reply = proxy.get("/").await;
+//! assert_eq!(reply.status, 200);
+//! proxy.stop().await;
+//! # }
+//! ```
+#![deny(unsafe_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use balancer_tokio::{Config, DemoBackend, DemoBackendConfig, RunningBalancer, ShutdownReport};
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Longest any single exchange in these tests may take; a hang fails instead of blocking CI.
+pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Runs `future`, failing the test if it takes longer than `EXCHANGE_TIMEOUT`.
+pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(EXCHANGE_TIMEOUT, future).await {
+        Ok(value) => value,
+        Err(_) => panic!("{what} took longer than {EXCHANGE_TIMEOUT:?}"),
+    }
+}
+
+/// Starts one demo backend per entry of `latencies_ms` (ids 1, 2, …) on free loopback ports.
+pub async fn start_backends(latencies_ms: &[u64]) -> Vec<DemoBackend> {
+    let mut backends = Vec::new();
+    for (index, latency_ms) in latencies_ms.iter().enumerate() {
+        let backend = DemoBackend::start(DemoBackendConfig {
+            listen: "127.0.0.1:0".parse().expect("loopback address"),
+            id: index as u32 + 1,
+            latency_ms: *latency_ms,
+            jitter_ms: 0,
+        })
+        .await
+        .expect("demo backend starts on a free port");
+        backends.push(backend);
+    }
+    backends
+}
+
+/// `["127.0.0.1:p1", "127.0.0.1:p2"]` for a TOML `backends = …` line.
+pub fn toml_list(backends: &[DemoBackend]) -> String {
+    let quoted: Vec<String> = backends
+        .iter()
+        .map(|b| format!("\"{}\"", b.local_addr()))
+        .collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// A loopback port that was free a moment ago (for configs that route by listener port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A response as the client saw it.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body, as text (lossy).
+    pub body: String,
+}
+
+impl Reply {
+    /// A header's value as text, or "" if absent.
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+/// The balancer under test, started in-process from a TOML config.
+pub struct Proxy {
+    running: RunningBalancer,
+}
+
+impl Proxy {
+    /// Starts the balancer from `toml` (listeners should use port 0 or `free_port()`).
+    pub async fn start(toml: &str) -> Proxy {
+        let config = Config::from_toml_str(toml, "test.toml")
+            .unwrap_or_else(|err| panic!("test config is invalid: {err}\n{toml}"));
+        let running = balancer_tokio::start(config)
+            .await
+            .unwrap_or_else(|err| panic!("balancer does not start: {err}"));
+        Proxy { running }
+    }
+
+    /// Wraps a balancer started some other way (e.g. demo mode).
+    pub fn from_running(running: RunningBalancer) -> Proxy {
+        Proxy { running }
+    }
+
+    /// The first listener's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.running.local_addrs()[0]
+    }
+
+    /// The running balancer (pools, schedulers, other listeners).
+    pub fn running(&self) -> &RunningBalancer {
+        &self.running
+    }
+
+    /// Requests in flight in every pool, per the core.
+    pub fn in_flight(&self) -> u32 {
+        self.running
+            .proxy()
+            .pools()
+            .iter()
+            .map(|p| p.in_flight())
+            .sum()
+    }
+
+    /// `GET path` on the first listener.
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(self.addr(), get(path, "test.local")).await
+    }
+
+    /// Sends `request` to `address` over a fresh HTTP/1.1 connection.
+    pub async fn send<B>(&self, address: SocketAddr, request: Request<B>) -> Reply
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        within("an HTTP exchange", send_http1(address, request)).await
+    }
+
+    /// Writes `bytes` on a fresh connection and returns everything read until the proxy closes
+    /// it (or 5 s pass): for requests no well-behaved client would send.
+    pub async fn raw(&self, bytes: &[u8]) -> String {
+        raw_exchange(self.addr(), bytes, Duration::ZERO).await
+    }
+
+    /// Stops the balancer gracefully.
+    pub async fn stop(self) -> ShutdownReport {
+        within("shutdown", self.running.shutdown()).await
+    }
+}
+
+/// A `GET path` with `Host: host`.
+pub fn get(path: &str, host: &str) -> Request<Empty<Bytes>> {
+    Request::get(path)
+        .header(http::header::HOST, host)
+        .body(Empty::new())
+        .expect("valid request")
+}
+
+/// One request over a fresh HTTP/1.1 connection; the body is read to the end.
+pub async fn send_http1<B>(address: SocketAddr, request: Request<B>) -> Reply
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = TcpStream::connect(address).await.expect("connect to proxy");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("HTTP/1.1 handshake");
+    tokio::spawn(connection);
+    let response = sender.send_request(request).await.expect("response head");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("response body").to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// Writes `bytes`, waits `pause`, then reads until the peer closes (at most 5 s).
+pub async fn raw_exchange(address: SocketAddr, bytes: &[u8], pause: Duration) -> String {
+    let mut stream = TcpStream::connect(address).await.expect("connect to proxy");
+    stream.write_all(bytes).await.expect("write request");
+    tokio::time::sleep(pause).await;
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut received)).await;
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+/// The status code of a raw HTTP/1.1 response, or 0 if there is none.
+pub fn raw_status(response: &str) -> u16 {
+    response
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A backend that counts the bytes it produces (`/download?bytes=N`) and consumes (`/upload`,
+/// which stops reading for `upload_pause` after its first MiB): the tests compare these counts
+/// with the client's to prove the proxy streams instead of buffering.
+pub struct CountingBackend {
+    address: SocketAddr,
+    /// Bytes the download handler has handed to hyper.
+    pub produced: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Bytes the upload handler has read.
+    pub consumed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Chunk size of the counting backend and the counting client body.
+pub const COUNTING_CHUNK_BYTES: usize = 64 * 1024;
+
+impl CountingBackend {
+    /// Starts it on a free loopback port.
+    pub async fn start(upload_pause: Duration) -> CountingBackend {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicU64;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let produced = Arc::new(AtomicU64::new(0));
+        let consumed = Arc::new(AtomicU64::new(0));
+        let (p, c) = (produced.clone(), consumed.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (p, c) = (p.clone(), c.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |request: Request<hyper::body::Incoming>| {
+                            let (p, c) = (p.clone(), c.clone());
+                            async move {
+                                let response = if request.uri().path() == "/upload" {
+                                    let mut body = request.into_body();
+                                    let mut paused = false;
+                                    while let Some(frame) = body.frame().await {
+                                        let n = frame
+                                            .ok()
+                                            .and_then(|f| f.into_data().ok())
+                                            .map_or(0, |d| d.len());
+                                        let total = c.fetch_add(
+                                            n as u64,
+                                            std::sync::atomic::Ordering::SeqCst,
+                                        ) + n as u64;
+                                        if !paused && total >= 1 << 20 {
+                                            paused = true;
+                                            tokio::time::sleep(upload_pause).await;
+                                        }
+                                    }
+                                    let total = c.load(std::sync::atomic::Ordering::SeqCst);
+                                    http::Response::new(CountingBody::text(format!(
+                                        "received {total} bytes"
+                                    )))
+                                } else {
+                                    let bytes = request
+                                        .uri()
+                                        .query()
+                                        .and_then(|q| q.strip_prefix("bytes="))
+                                        .and_then(|n| n.parse().ok())
+                                        .unwrap_or(0);
+                                    http::Response::new(CountingBody::new(bytes, p))
+                                };
+                                Ok::<_, std::convert::Infallible>(response)
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        CountingBackend {
+            address,
+            produced,
+            consumed,
+        }
+    }
+
+    /// Its address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.address
+    }
+}
+
+/// A generated body of `remaining` bytes in 64 KiB chunks that counts what it hands out.
+pub struct CountingBody {
+    remaining: u64,
+    chunk: Bytes,
+    counter: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+}
+
+impl CountingBody {
+    /// `bytes` bytes, counted in `counter`.
+    pub fn new(bytes: u64, counter: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Self {
+        CountingBody {
+            remaining: bytes,
+            chunk: Bytes::from(vec![b'z'; COUNTING_CHUNK_BYTES]),
+            counter: Some(counter),
+        }
+    }
+
+    fn text(text: String) -> Self {
+        CountingBody {
+            remaining: text.len() as u64,
+            chunk: Bytes::from(text),
+            counter: None,
+        }
+    }
+}
+
+impl hyper::body::Body for CountingBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.remaining == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let n = (this.chunk.len() as u64).min(this.remaining) as usize;
+        this.remaining -= n as u64;
+        if let Some(counter) = &this.counter {
+            counter.fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
+        }
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(this.chunk.slice(..n)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.remaining)
+    }
+}
