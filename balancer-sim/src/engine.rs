@@ -10,7 +10,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::arrivals::{ArrivalSpec, BURSTY_DEFAULT_PERIOD_SERVICES, OpenLoop, think_ns};
 use crate::backends::{BackendSpec, MAX_SIM_BACKENDS, SimBackend};
-use crate::events::{EventKind, EventQueue, Job, NO_CLIENT};
+use crate::events::{EventKind, EventQueue, FailingJob, Job, NO_CLIENT};
 use crate::faults::{Fault, ScenarioError, Step, check_spec, compile};
 
 /// Most requests in one run: 10¹¹ is days of CPU; keeps counters and time sums far from overflow.
@@ -263,6 +263,9 @@ struct Sim<'a> {
     trace: TraceHash,
     events: u64,
     ended_log: Vec<Ended>,
+    /// Jobs waiting for their `Failed` event, and the free slots among them.
+    failing: Vec<FailingJob>,
+    free_failing: Vec<u32>,
 }
 
 impl<'a> Sim<'a> {
@@ -318,6 +321,8 @@ impl<'a> Sim<'a> {
             trace: TraceHash(TraceHash::OFFSET),
             events: 0,
             ended_log: Vec::new(),
+            failing: Vec::new(),
+            free_failing: Vec::new(),
         };
         for spec in &config.fleet {
             sim.add_backend(*spec)?;
@@ -400,7 +405,9 @@ impl<'a> Sim<'a> {
                     server,
                     epoch,
                 } => self.service_done(backend, server, epoch)?,
-                EventKind::Failed { job, backend, kind } => {
+                EventKind::Failed { slot } => {
+                    let FailingJob { job, backend, kind } = self.failing[slot as usize];
+                    self.free_failing.push(slot);
                     self.finish(job, backend, Outcome::Failure(kind))?;
                 }
                 EventKind::Fault { index } => {
@@ -553,14 +560,22 @@ impl<'a> Sim<'a> {
             } else {
                 FailureKind::ServerError
             };
-            self.queue.push(
-                now_ns,
-                EventKind::Failed {
-                    job,
-                    backend: index,
-                    kind,
-                },
-            );
+            let failing = FailingJob {
+                job,
+                backend: index,
+                kind,
+            };
+            let slot = match self.free_failing.pop() {
+                Some(slot) => {
+                    self.failing[slot as usize] = failing;
+                    slot
+                }
+                None => {
+                    self.failing.push(failing);
+                    (self.failing.len() - 1) as u32
+                }
+            };
+            self.queue.push(now_ns, EventKind::Failed { slot });
             return Ok(());
         }
         job.service_ns = b.spec.service.sample_ns(&mut b.rng);

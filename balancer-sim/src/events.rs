@@ -3,7 +3,7 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
-use balancer_core::RequestId;
+use balancer_core::{FailureKind, RequestId};
 
 /// One request as the simulated world sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,6 +16,17 @@ pub struct Job {
     pub service_ns: u64,
     /// The closed-loop client that sent it, or [`NO_CLIENT`].
     pub client: u32,
+}
+
+/// A job that fails without service, waiting for its `Failed` event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FailingJob {
+    /// The job.
+    pub job: Job,
+    /// Sim backend index it had been sent to.
+    pub backend: u32,
+    /// How it fails.
+    pub kind: FailureKind,
 }
 
 /// `Job::client` of open-loop requests.
@@ -41,14 +52,11 @@ pub enum EventKind {
         /// The backend's epoch when service started.
         epoch: u32,
     },
-    /// A job answered with an error without being served (black hole, crashed backend).
+    /// A job answered with an error without being served (black hole, crashed backend);
+    /// the job waits in the driver's slab at `slot`, which keeps events small.
     Failed {
-        /// The job.
-        job: Job,
-        /// Sim backend index it had been sent to.
-        backend: u32,
-        /// How it failed.
-        kind: balancer_core::FailureKind,
+        /// Index into the driver's slab of failing jobs.
+        slot: u32,
     },
     /// Entry `index` of the fault schedule takes effect.
     Fault {
@@ -93,9 +101,15 @@ impl Ord for Event {
 ///
 /// Sequence numbers are unique, so the order is total and independent of the heap's
 /// internals: the same pushes give the same pops on every machine.
+///
+/// The open-loop process has at most one arrival pending at a time; it waits in its own slot
+/// instead of the heap, which halves heap traffic per request. It takes its sequence number
+/// when scheduled like any other event, so the order is exactly that of one heap.
 #[derive(Debug, Default)]
 pub struct EventQueue {
     heap: BinaryHeap<Event>,
+    /// The pending open-loop arrival: (time, seq).
+    arrival: Option<(u64, u64)>,
     next_seq: u64,
 }
 
@@ -104,32 +118,53 @@ impl EventQueue {
     pub fn with_capacity(capacity: usize) -> Self {
         EventQueue {
             heap: BinaryHeap::with_capacity(capacity),
+            arrival: None,
             next_seq: 0,
         }
     }
 
-    /// Schedules `kind` at `time_ns`.
+    /// Schedules `kind` at `time_ns`. [`EventKind::Arrival`] goes to the arrival slot, which
+    /// holds one: scheduling a second before the first is popped replaces it (a driver bug).
     #[inline]
     pub fn push(&mut self, time_ns: u64, kind: EventKind) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.heap.push(Event { time_ns, seq, kind });
+        if kind == EventKind::Arrival {
+            debug_assert!(self.arrival.is_none(), "one open-loop arrival at a time");
+            self.arrival = Some((time_ns, seq));
+        } else {
+            self.heap.push(Event { time_ns, seq, kind });
+        }
     }
 
     /// Takes the earliest event.
     #[inline]
     pub fn pop(&mut self) -> Option<Event> {
+        if let Some((time_ns, seq)) = self.arrival {
+            let arrival_first = match self.heap.peek() {
+                Some(top) => (time_ns, seq) < (top.time_ns, top.seq),
+                None => true,
+            };
+            if arrival_first {
+                self.arrival = None;
+                return Some(Event {
+                    time_ns,
+                    seq,
+                    kind: EventKind::Arrival,
+                });
+            }
+        }
         self.heap.pop()
     }
 
     /// Number of pending events.
     pub fn len(&self) -> usize {
-        self.heap.len()
+        self.heap.len() + usize::from(self.arrival.is_some())
     }
 
     /// True when no event is pending.
     pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
+        self.len() == 0
     }
 }
 
@@ -151,5 +186,28 @@ mod tests {
             })
             .collect();
         assert_eq!(order, vec![1, 3, 0, 2]);
+    }
+
+    #[test]
+    fn the_arrival_slot_orders_like_the_heap() {
+        let mut q = EventQueue::with_capacity(4);
+        q.push(10, EventKind::Fault { index: 0 });
+        q.push(10, EventKind::Arrival);
+        q.push(10, EventKind::Fault { index: 1 });
+        q.push(5, EventKind::Fault { index: 2 });
+        assert_eq!(q.len(), 4);
+        let order: Vec<String> = std::iter::from_fn(|| q.pop())
+            .map(|e| format!("{:?}@{}", e.kind, e.time_ns))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "Fault { index: 2 }@5",
+                "Fault { index: 0 }@10",
+                "Arrival@10",
+                "Fault { index: 1 }@10"
+            ]
+        );
+        assert!(q.is_empty());
     }
 }
