@@ -75,6 +75,12 @@ pub struct BackendSnapshot {
     pub succeeded: u64,
     /// Requests done with a failure.
     pub failed: u64,
+    /// Takes new work now: up, not draining, not ejected, under its in-flight cap.
+    pub eligible: bool,
+    /// Ejected by outlier detection until this time.
+    pub ejected_until: Option<Timestamp>,
+    /// Failures in a row (reset by a success).
+    pub consecutive_failures: u32,
 }
 
 /// One slot of the table. A slot with `live == false` is free (its backend was removed).
@@ -90,11 +96,29 @@ pub(crate) struct Slot {
     pub dispatched: u64,
     pub succeeded: u64,
     pub failed: u64,
+    /// Outlier detection: ejected until then.
+    pub ejected_until: Option<Timestamp>,
+    pub consecutive_failures: u32,
+    /// Ejections so far, less one for each base ejection time spent back in rotation.
+    pub times_ejected: u32,
+    /// When the last ejection ended.
+    pub returned_at: Timestamp,
+    /// Active health: probe results in a row of the kind that would change `up`.
+    pub probe_streak: u32,
+    /// At its per-backend in-flight cap.
+    pub full: bool,
+    /// Set aside for the duration of one retry dispatch.
+    pub excluded: bool,
 }
 
 impl Slot {
     pub fn eligible(&self) -> bool {
-        self.live && self.up && !self.draining
+        self.live
+            && self.up
+            && !self.draining
+            && self.ejected_until.is_none()
+            && !self.full
+            && !self.excluded
     }
 }
 
@@ -135,6 +159,13 @@ impl BackendTable {
             dispatched: 0,
             succeeded: 0,
             failed: 0,
+            ejected_until: None,
+            consecutive_failures: 0,
+            times_ejected: 0,
+            returned_at: Timestamp::ZERO,
+            probe_streak: 0,
+            full: false,
+            excluded: false,
         };
         let index = match self.free.pop() {
             Some(index) => {
@@ -274,6 +305,9 @@ impl BackendTable {
             dispatched: slot.dispatched,
             succeeded: slot.succeeded,
             failed: slot.failed,
+            eligible: slot.eligible(),
+            ejected_until: slot.ejected_until,
+            consecutive_failures: slot.consecutive_failures,
         }
     }
 

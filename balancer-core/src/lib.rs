@@ -34,15 +34,21 @@
 
 mod backend;
 mod error;
+mod health;
 mod load;
+mod outlier;
 pub mod policy;
+mod retry;
 mod scheduler;
 mod time;
 
 pub use backend::{BackendId, BackendSnapshot, BackendState, MAX_BACKENDS, MAX_WEIGHT};
 pub use error::{CoreError, InvariantViolation};
+pub use health::{HealthCheckConfig, HealthTransition};
 pub use load::PeakEwma;
+pub use outlier::OutlierConfig;
 pub use policy::{PolicyKind, UnknownPolicy};
+pub use retry::{FailedTry, NoRetryReason, RetryConfig, RetryDecision};
 pub use scheduler::{
     Completion, DEFAULT_MAX_IN_FLIGHT, Decision, FailureKind, Outcome, RejectReason, Removal,
     RequestId, Scheduler, SchedulerConfig,

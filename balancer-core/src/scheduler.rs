@@ -1,5 +1,7 @@
 //! The work/done protocol: a request arrives, a decision comes back, exactly one done follows.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::fmt;
 use std::time::Duration;
 
@@ -7,8 +9,11 @@ use rand::Rng;
 
 use crate::backend::{BackendId, BackendSnapshot, BackendTable, MAX_WEIGHT};
 use crate::error::{CoreError, InvariantViolation};
+use crate::health::{HealthCheckConfig, HealthTransition};
 use crate::load::PeakEwma;
+use crate::outlier::OutlierConfig;
 use crate::policy::{Policy, PolicyKind};
+use crate::retry::{self, FailedTry, RetryBudget, RetryConfig, RetryDecision};
 use crate::time::Timestamp;
 
 /// Default bound on requests in flight in one scheduler. Above any connection limit a proxy
@@ -27,6 +32,15 @@ pub struct SchedulerConfig {
     pub ewma_decay_ns: u64,
     /// Latency estimate a new backend starts with, in nanoseconds.
     pub ewma_initial_ns: u64,
+    /// Circuit breaking: a backend with this many requests in flight takes no more until one
+    /// finishes. `None`: no per-backend cap.
+    pub max_pending_per_backend: Option<u32>,
+    /// Passive health (outlier ejection). `None`: failures never eject a backend.
+    pub outlier: Option<OutlierConfig>,
+    /// Rise and fall thresholds for active health-check results.
+    pub health_check: HealthCheckConfig,
+    /// Retry decisions and budget. `None`: [`Scheduler::decide_retry`] always gives up.
+    pub retry: Option<RetryConfig>,
 }
 
 impl SchedulerConfig {
@@ -37,6 +51,10 @@ impl SchedulerConfig {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             ewma_decay_ns: 100_000_000,
             ewma_initial_ns: 1_000_000,
+            max_pending_per_backend: None,
+            outlier: None,
+            health_check: HealthCheckConfig::default(),
+            retry: None,
         }
     }
 }
@@ -67,9 +85,10 @@ impl fmt::Display for RequestId {
 /// Why a request was not dispatched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RejectReason {
-    /// No backend is up, undrained and in the set.
+    /// No backend is up, undrained, unejected and in the set.
     NoBackend,
-    /// `max_in_flight` requests are already in flight.
+    /// `max_in_flight` requests are already in flight, or every backend that would take work
+    /// is at its `max_pending_per_backend` cap.
     Overloaded,
 }
 
@@ -137,6 +156,8 @@ pub struct Completion {
     pub latency: Duration,
     /// How it ended.
     pub outcome: Outcome,
+    /// This done ejected the backend (outlier detection) until the given time.
+    pub ejected_until: Option<Timestamp>,
 }
 
 /// What removing a backend left behind.
@@ -179,11 +200,21 @@ pub struct Scheduler {
     orphaned: u32,
     /// Dispatches so far; the next request's sequence number.
     dispatches: u64,
+    /// Backends at their per-backend cap.
+    full: u32,
+    /// Backends ejected by outlier detection.
+    ejected: u32,
+    /// Ends of ejections: (until, slot, generation). May hold stale entries for backends
+    /// that were removed; at most one live entry per backend.
+    ejections: BinaryHeap<Reverse<(Timestamp, u32, u32)>>,
+    retry_budget: RetryBudget,
 }
 
 impl Scheduler {
-    /// An empty scheduler.
-    pub fn new(config: SchedulerConfig) -> Self {
+    /// An empty scheduler. A `max_pending_per_backend` of 0 is taken as 1: a backend that
+    /// may take no request at all is expressed by draining it.
+    pub fn new(mut config: SchedulerConfig) -> Self {
+        config.max_pending_per_backend = config.max_pending_per_backend.map(|cap| cap.max(1));
         Scheduler {
             policy: Policy::new(config.policy),
             config,
@@ -193,6 +224,14 @@ impl Scheduler {
             in_flight: 0,
             orphaned: 0,
             dispatches: 0,
+            full: 0,
+            ejected: 0,
+            ejections: BinaryHeap::new(),
+            retry_budget: RetryBudget::new(
+                config
+                    .retry
+                    .map_or(Duration::from_secs(10), |r| r.budget_window),
+            ),
         }
     }
 
@@ -222,10 +261,13 @@ impl Scheduler {
     /// [`CoreError::BackendRemoved`]. Use [`Scheduler::drain`] first for a graceful removal.
     pub fn remove_backend(&mut self, id: BackendId) -> Result<Removal, CoreError> {
         let index = self.resolve(id)?;
-        let pending = self.backends.slots[index].pending;
-        if self.backends.slots[index].eligible() {
+        let slot = &self.backends.slots[index];
+        let pending = slot.pending;
+        if slot.eligible() {
             self.policy.on_ineligible(id.index, pending);
         }
+        self.full -= u32::from(slot.full);
+        self.ejected -= u32::from(slot.ejected_until.is_some());
         self.backends.remove(id.index);
         self.orphaned += pending;
         Ok(Removal { orphaned: pending })
@@ -242,8 +284,43 @@ impl Scheduler {
     }
 
     /// Marks the backend up (takes work) or down (takes none; in-flight requests finish).
+    /// An operator's word: it also restarts the health-check streak.
     pub fn set_up(&mut self, id: BackendId, up: bool) -> Result<(), CoreError> {
-        self.update_state(id, |slot| slot.up = up)
+        self.update_state(id, |slot| {
+            slot.up = up;
+            slot.probe_streak = 0;
+        })
+    }
+
+    /// An active health-check result for the backend: `rise` passes in a row bring a down
+    /// backend up, `fall` failures in a row take an up one down.
+    pub fn handle_health_check(
+        &mut self,
+        id: BackendId,
+        passed: bool,
+    ) -> Result<Option<HealthTransition>, CoreError> {
+        let index = self.resolve(id)?;
+        let HealthCheckConfig { rise, fall } = self.config.health_check;
+        let slot = &mut self.backends.slots[index];
+        // The streak counts results that argue for a change of state; others reset it.
+        if passed != slot.up {
+            slot.probe_streak += 1;
+        } else {
+            slot.probe_streak = 0;
+        }
+        let threshold = if slot.up { fall } else { rise };
+        if slot.probe_streak < threshold.max(1) {
+            return Ok(None);
+        }
+        self.update_state(id, |slot| {
+            slot.up = passed;
+            slot.probe_streak = 0;
+        })?;
+        Ok(Some(if passed {
+            HealthTransition::WentUp
+        } else {
+            HealthTransition::WentDown
+        }))
     }
 
     /// Changes the backend's weight.
@@ -258,6 +335,82 @@ impl Scheduler {
     ///
     /// The RNG is the caller's, seeded by the caller, so that runs replay exactly.
     pub fn handle_work<R: Rng + ?Sized>(&mut self, now: Timestamp, rng: &mut R) -> Decision {
+        self.handle_timeout(now);
+        if self.config.retry.is_some() {
+            self.retry_budget.record_request(now);
+        }
+        self.dispatch(now, rng)
+    }
+
+    /// Work for a retry: as [`Scheduler::handle_work`], but never to a backend in `exclude`
+    /// (those that already failed this request), and not counted as a new request by the
+    /// retry budget. Same policy, same rules, over the remaining backends.
+    pub fn handle_retry_work<R: Rng + ?Sized>(
+        &mut self,
+        now: Timestamp,
+        rng: &mut R,
+        exclude: &[BackendId],
+    ) -> Decision {
+        self.handle_timeout(now);
+        let mut set_aside = Vec::with_capacity(exclude.len());
+        for &id in exclude {
+            if let Some(index) = self.backends.resolve(id)
+                && self.backends.slots[index].eligible()
+            {
+                self.update_index_state(index, |slot| slot.excluded = true);
+                set_aside.push(index);
+            }
+        }
+        let decision = self.dispatch(now, rng);
+        for index in set_aside {
+            self.update_index_state(index, |slot| slot.excluded = false);
+        }
+        decision
+    }
+
+    /// Decides whether a failed try is retried (on another backend, via
+    /// [`Scheduler::handle_retry_work`]) and after what jittered backoff. A retry is charged
+    /// to the pool's retry budget, which caps retries at a ratio of recent requests so that
+    /// a broad outage is not multiplied by retries.
+    pub fn decide_retry<R: Rng + ?Sized>(
+        &mut self,
+        now: Timestamp,
+        failed: &FailedTry,
+        rng: &mut R,
+    ) -> RetryDecision {
+        match &self.config.retry {
+            Some(config) => retry::decide(config, &mut self.retry_budget, now, failed, rng),
+            None => RetryDecision::GiveUp {
+                reason: retry::NoRetryReason::AttemptsExhausted,
+            },
+        }
+    }
+
+    /// Ends the ejections whose time is up. [`Scheduler::handle_work`] calls it; a driver
+    /// that wants ejections to end while no work arrives calls it at [`Scheduler::next_timeout`].
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        while let Some(&Reverse((until, index, generation))) = self.ejections.peek() {
+            if until > now {
+                break;
+            }
+            self.ejections.pop();
+            let slot = &self.backends.slots[index as usize];
+            if slot.live && slot.generation == generation && slot.ejected_until == Some(until) {
+                self.ejected -= 1;
+                self.update_index_state(index as usize, |slot| {
+                    slot.ejected_until = None;
+                    slot.returned_at = until;
+                });
+            }
+        }
+    }
+
+    /// The earliest time at which [`Scheduler::handle_timeout`] has something to do.
+    pub fn next_timeout(&self) -> Option<Timestamp> {
+        self.ejections.peek().map(|Reverse((until, _, _))| *until)
+    }
+
+    fn dispatch<R: Rng + ?Sized>(&mut self, now: Timestamp, rng: &mut R) -> Decision {
         if self.in_flight >= self.config.max_in_flight {
             return Decision::Reject {
                 reason: RejectReason::Overloaded,
@@ -265,9 +418,12 @@ impl Scheduler {
         }
         let decay_ns = self.config.ewma_decay_ns as f64;
         let Some(index) = self.policy.pick(&self.backends, now, decay_ns, rng) else {
-            return Decision::Reject {
-                reason: RejectReason::NoBackend,
+            let reason = if self.full > 0 {
+                RejectReason::Overloaded
+            } else {
+                RejectReason::NoBackend
             };
+            return Decision::Reject { reason };
         };
         let slot = &mut self.backends.slots[index as usize];
         debug_assert!(slot.eligible(), "policy chose an ineligible backend");
@@ -275,6 +431,12 @@ impl Scheduler {
         slot.pending += 1;
         slot.dispatched += 1;
         self.policy.on_pending_changed(index, old, old + 1);
+        if let Some(cap) = self.config.max_pending_per_backend
+            && old + 1 >= cap
+        {
+            self.full += 1;
+            self.update_index_state(index as usize, |slot| slot.full = true);
+        }
         let backend = self.backends.id_of(index);
         let request = self.start_request(InFlight {
             backend,
@@ -316,8 +478,14 @@ impl Scheduler {
         let old = slot.pending;
         slot.pending -= 1;
         match outcome {
-            Outcome::Success => slot.succeeded += 1,
-            Outcome::Failure(_) => slot.failed += 1,
+            Outcome::Success => {
+                slot.succeeded += 1;
+                slot.consecutive_failures = 0;
+            }
+            Outcome::Failure(_) => {
+                slot.failed += 1;
+                slot.consecutive_failures += 1;
+            }
             Outcome::Cancelled => {}
         }
         if outcome != Outcome::Cancelled {
@@ -326,11 +494,22 @@ impl Scheduler {
         if slot.eligible() {
             self.policy.on_pending_changed(index as u32, old, old - 1);
         }
+        if slot.full
+            && self
+                .config
+                .max_pending_per_backend
+                .is_none_or(|cap| old - 1 < cap)
+        {
+            self.full -= 1;
+            self.update_index_state(index, |slot| slot.full = false);
+        }
+        let ejected_until = self.maybe_eject(index, now);
         Ok(Completion {
             request,
             backend: entry.backend,
             latency,
             outcome,
+            ejected_until,
         })
     }
 
@@ -412,6 +591,42 @@ impl Scheduler {
                 )));
             }
         }
+        let live = || self.backends.slots.iter().filter(|s| s.live);
+        let full = live().filter(|s| s.full).count();
+        let ejected = live().filter(|s| s.ejected_until.is_some()).count();
+        if full != self.full as usize || ejected != self.ejected as usize {
+            return Err(InvariantViolation(format!(
+                "{full} full and {ejected} ejected backends, but counters say {} and {}",
+                self.full, self.ejected
+            )));
+        }
+        if let Some(cap) = self.config.max_pending_per_backend {
+            for slot in live() {
+                if slot.pending > cap || slot.full != (slot.pending >= cap) {
+                    return Err(InvariantViolation(format!(
+                        "a backend has {} pending with a cap of {cap} (full: {})",
+                        slot.pending, slot.full
+                    )));
+                }
+            }
+        }
+        for slot in live().filter(|s| s.ejected_until.is_some()) {
+            let (until, generation) = (slot.ejected_until, slot.generation);
+            let queued = self
+                .ejections
+                .iter()
+                .any(|Reverse((t, _, g))| Some(*t) == until && *g == generation);
+            if !queued {
+                return Err(InvariantViolation(
+                    "an ejected backend has no scheduled end of ejection".into(),
+                ));
+            }
+        }
+        if live().any(|s| s.excluded) {
+            return Err(InvariantViolation(
+                "a backend is still set aside after a retry dispatch".into(),
+            ));
+        }
         if self.free_requests.len() + entries as usize != self.requests.len() {
             return Err(InvariantViolation(
                 "request slots leak: free + used != allocated".into(),
@@ -432,18 +647,54 @@ impl Scheduler {
         change: impl FnOnce(&mut crate::backend::Slot),
     ) -> Result<(), CoreError> {
         let index = self.resolve(id)?;
+        self.update_index_state(index, change);
+        Ok(())
+    }
+
+    /// Applies `change` to a live slot and moves it in or out of the policy's index to match.
+    fn update_index_state(&mut self, index: usize, change: impl FnOnce(&mut crate::backend::Slot)) {
         let slot = &mut self.backends.slots[index];
         let was_eligible = slot.eligible();
         change(slot);
         let pending = slot.pending;
-        if self.backends.refresh_eligibility(id.index) {
+        if self.backends.refresh_eligibility(index as u32) {
             if was_eligible {
-                self.policy.on_ineligible(id.index, pending);
+                self.policy.on_ineligible(index as u32, pending);
             } else {
-                self.policy.on_eligible(id.index, pending);
+                self.policy.on_eligible(index as u32, pending);
             }
         }
-        Ok(())
+    }
+
+    /// Ejects the backend if outlier detection is on, its failure streak reached the
+    /// threshold, and the pool's ejection cap allows. Returns the end of the ejection.
+    fn maybe_eject(&mut self, index: usize, now: Timestamp) -> Option<Timestamp> {
+        let config = self.config.outlier?;
+        let slot = &self.backends.slots[index];
+        if slot.consecutive_failures < config.consecutive_failures.max(1)
+            || slot.ejected_until.is_some()
+            || self.ejected as usize >= config.max_ejected(self.backends.len())
+        {
+            return None;
+        }
+        // Time back in rotation earns forgiveness: one ejection forgotten per base period.
+        let base_ns = config.base_ejection.as_nanos().max(1);
+        let forgiven = now.saturating_since(slot.returned_at).as_nanos() / base_ns;
+        let times = slot
+            .times_ejected
+            .saturating_sub(u32::try_from(forgiven).unwrap_or(u32::MAX))
+            + 1;
+        let until = now + config.ejection_time(times);
+        let generation = slot.generation;
+        self.ejected += 1;
+        self.update_index_state(index, |slot| {
+            slot.times_ejected = times;
+            slot.consecutive_failures = 0;
+            slot.ejected_until = Some(until);
+        });
+        self.ejections
+            .push(Reverse((until, index as u32, generation)));
+        Some(until)
     }
 
     fn start_request(&mut self, entry: InFlight) -> RequestId {

@@ -5,9 +5,11 @@
 
 use std::collections::HashMap;
 
+use std::time::Duration;
+
 use balancer_core::{
-    BackendId, BackendState, CoreError, Decision, FailureKind, Outcome, PolicyKind, RequestId,
-    Scheduler, SchedulerConfig, Timestamp,
+    BackendId, CoreError, Decision, FailureKind, HealthCheckConfig, Outcome, OutlierConfig,
+    PolicyKind, RejectReason, RequestId, Scheduler, SchedulerConfig, Timestamp,
 };
 use proptest::prelude::*;
 use rand::SeedableRng;
@@ -51,6 +53,14 @@ enum Op {
     Advance {
         nanos: u32,
     },
+    HealthCheck {
+        pick: usize,
+        passed: bool,
+    },
+    /// A retry that must avoid up to two backends.
+    RetryWork {
+        avoid: [usize; 2],
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -65,12 +75,36 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (any::<usize>(), 0u8..4).prop_map(|(pick, outcome)| Op::Done { pick, outcome }),
         1 => any::<usize>().prop_map(|pick| Op::DoneAgain { pick }),
         1 => any::<u8>().prop_map(|works| Op::DoneForeign { works }),
-        1 => (0u32..5_000_000).prop_map(|nanos| Op::Advance { nanos }),
+                1 => (0u32..5_000_000).prop_map(|nanos| Op::Advance { nanos }),
+        2 => (any::<usize>(), any::<bool>()).prop_map(|(pick, passed)| Op::HealthCheck { pick, passed }),
+        2 => any::<[usize; 2]>().prop_map(|avoid| Op::RetryWork { avoid }),
     ]
 }
 
 fn policy() -> impl Strategy<Value = PolicyKind> {
     prop::sample::select(PolicyKind::ALL.to_vec())
+}
+
+/// Any policy, with or without per-backend caps, outlier ejection and health thresholds.
+fn scheduler_config() -> impl Strategy<Value = SchedulerConfig> {
+    (
+        policy(),
+        prop::option::of(1u32..4),
+        prop::option::of((1u32..4, 1u64..3_000_000, 0u8..=100)),
+        (1u32..4, 1u32..4),
+    )
+        .prop_map(|(policy, cap, outlier, (rise, fall))| {
+            let mut config = SchedulerConfig::new(policy);
+            config.max_pending_per_backend = cap;
+            config.outlier = outlier.map(|(failures, base_ns, percent)| OutlierConfig {
+                consecutive_failures: failures,
+                base_ejection: Duration::from_nanos(base_ns),
+                max_ejection: Duration::from_nanos(base_ns * 3),
+                max_ejected_percent: percent,
+            });
+            config.health_check = HealthCheckConfig { rise, fall };
+            config
+        })
 }
 
 fn config() -> ProptestConfig {
@@ -98,8 +132,9 @@ fn pick<T: Copy>(items: &[T], index: usize) -> Option<T> {
     (!items.is_empty()).then(|| items[index % items.len()])
 }
 
-fn run(policy: PolicyKind, seed: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let mut s = Scheduler::new(SchedulerConfig::new(policy));
+fn run(config: SchedulerConfig, seed: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let policy = config.policy;
+    let mut s = Scheduler::new(config);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut m = Model::default();
     let mut now = Timestamp::ZERO;
@@ -147,13 +182,25 @@ fn run(policy: PolicyKind, seed: u64, ops: Vec<Op>) -> Result<(), TestCaseError>
                     prop_assert_eq!(result.is_ok(), weight >= 1);
                 }
             }
-            Op::Work => {
+            Op::Work | Op::RetryWork { .. } => {
+                s.handle_timeout(now);
+                let avoid: Vec<BackendId> = match op {
+                    Op::RetryWork { avoid } => {
+                        avoid.iter().filter_map(|&p| pick(&m.backends, p)).collect()
+                    }
+                    _ => vec![],
+                };
                 let before: Vec<_> = s.backends(now).collect();
                 let eligible: Vec<_> = before
                     .iter()
-                    .filter(|b| b.state == BackendState::Up)
+                    .filter(|b| b.eligible && !avoid.contains(&b.id))
                     .collect();
-                match s.handle_work(now, &mut rng) {
+                let decision = if avoid.is_empty() {
+                    s.handle_work(now, &mut rng)
+                } else {
+                    s.handle_retry_work(now, &mut rng, &avoid)
+                };
+                match decision {
                     Decision::Dispatch { request, backend } => {
                         let chosen = eligible.iter().find(|b| b.id == backend);
                         prop_assert!(
@@ -172,7 +219,17 @@ fn run(policy: PolicyKind, seed: u64, ops: Vec<Op>) -> Result<(), TestCaseError>
                         m.in_flight.push((request, backend));
                         *m.pending.entry(backend).or_default() += 1;
                     }
-                    Decision::Reject { .. } => prop_assert!(eligible.is_empty()),
+                    Decision::Reject { reason } => {
+                        prop_assert!(eligible.is_empty());
+                        if reason == RejectReason::NoBackend
+                            && let Some(cap) = config.max_pending_per_backend
+                        {
+                            prop_assert!(
+                                before.iter().all(|b| b.pending < cap),
+                                "a full backend must make it Overloaded"
+                            );
+                        }
+                    }
                 }
             }
             Op::Done { pick: p, outcome } => {
@@ -224,7 +281,12 @@ fn run(policy: PolicyKind, seed: u64, ops: Vec<Op>) -> Result<(), TestCaseError>
                     );
                 }
             }
-            Op::Advance { nanos } => now = now + std::time::Duration::from_nanos(nanos.into()),
+            Op::Advance { nanos } => now = now + Duration::from_nanos(nanos.into()),
+            Op::HealthCheck { pick: p, passed } => {
+                if let Some(id) = pick(&m.backends, p) {
+                    s.handle_health_check(id, passed).unwrap();
+                }
+            }
         }
         if let Err(violation) = s.check_invariants() {
             return Err(TestCaseError::fail(violation.to_string()));
@@ -247,11 +309,11 @@ proptest! {
     /// always picks a backend whose pending count is minimal among eligible ones.
     #[test]
     fn invariants_hold_after_every_operation(
-        policy in policy(),
+                config in scheduler_config(),
         seed in any::<u64>(),
         ops in prop::collection::vec(op(), 1..200),
     ) {
-        run(policy, seed, ops)?;
+        run(config, seed, ops)?;
     }
 
     /// The same seed and operations give the same decisions.

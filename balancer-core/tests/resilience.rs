@@ -1,0 +1,350 @@
+//! Outlier ejection, active health checks, retries with a budget and per-backend caps.
+
+use std::time::Duration;
+
+use balancer_core::{
+    BackendId, Decision, FailedTry, FailureKind, HealthCheckConfig, HealthTransition,
+    NoRetryReason, Outcome, OutlierConfig, PolicyKind, RejectReason, RequestId, RetryConfig,
+    RetryDecision, Scheduler, SchedulerConfig, Timestamp,
+};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+fn rng() -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(3)
+}
+
+fn pool(config: SchedulerConfig, backends: usize) -> (Scheduler, Vec<BackendId>) {
+    let mut s = Scheduler::new(config);
+    let ids = (0..backends)
+        .map(|_| s.add_backend(Timestamp::ZERO, 1).unwrap())
+        .collect();
+    (s, ids)
+}
+
+fn dispatch(s: &mut Scheduler, now: Timestamp, rng: &mut ChaCha8Rng) -> (RequestId, BackendId) {
+    match s.handle_work(now, rng) {
+        Decision::Dispatch { request, backend } => (request, backend),
+        Decision::Reject { reason } => panic!("rejected: {reason}"),
+    }
+}
+
+fn at_ms(ms: u64) -> Timestamp {
+    Timestamp::from_nanos(ms * 1_000_000)
+}
+
+fn outlier_config() -> SchedulerConfig {
+    let mut config = SchedulerConfig::new(PolicyKind::LeastPending);
+    config.outlier = Some(OutlierConfig {
+        consecutive_failures: 3,
+        base_ejection: Duration::from_secs(10),
+        max_ejection: Duration::from_secs(25),
+        max_ejected_percent: 50,
+    });
+    config
+}
+
+/// Sends requests until `target` has failed `n` times in a row (others succeed).
+fn fail_on(
+    s: &mut Scheduler,
+    target: BackendId,
+    n: u32,
+    now: Timestamp,
+    rng: &mut ChaCha8Rng,
+) -> Option<Timestamp> {
+    let mut failures = 0;
+    let mut ejected = None;
+    while failures < n {
+        let (r, b) = dispatch(s, now, rng);
+        let outcome = if b == target {
+            failures += 1;
+            Outcome::Failure(FailureKind::ServerError)
+        } else {
+            Outcome::Success
+        };
+        let done = s.handle_done(now, r, outcome).unwrap();
+        if done.ejected_until.is_some() {
+            ejected = done.ejected_until;
+        }
+    }
+    ejected
+}
+
+#[test]
+fn a_black_hole_is_ejected_after_consecutive_failures_and_returns_later() {
+    let (mut s, ids) = pool(outlier_config(), 4);
+    let mut rng = rng();
+    let until =
+        fail_on(&mut s, ids[0], 3, at_ms(0), &mut rng).expect("ejected at the third failure");
+    assert_eq!(until, at_ms(10_000));
+    let snapshot = s.backend(ids[0], at_ms(1)).unwrap();
+    assert_eq!(
+        (snapshot.eligible, snapshot.ejected_until),
+        (false, Some(until))
+    );
+    // While ejected, it gets nothing.
+    for _ in 0..50 {
+        let (r, b) = dispatch(&mut s, at_ms(5_000), &mut rng);
+        assert_ne!(b, ids[0]);
+        s.handle_done(at_ms(5_000), r, Outcome::Success).unwrap();
+    }
+    // The ejection ends by itself when time passes it.
+    assert_eq!(s.next_timeout(), Some(until));
+    s.handle_timeout(at_ms(10_000));
+    assert!(s.backend(ids[0], at_ms(10_000)).unwrap().eligible);
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn repeated_ejections_last_longer_up_to_the_cap_and_are_forgiven_with_time() {
+    let (mut s, ids) = pool(outlier_config(), 4);
+    let mut rng = rng();
+    let first = fail_on(&mut s, ids[0], 3, at_ms(0), &mut rng).unwrap();
+    assert_eq!(first, at_ms(10_000));
+    let second = fail_on(&mut s, ids[0], 3, at_ms(10_000), &mut rng).unwrap();
+    assert_eq!(second, at_ms(30_000), "second ejection lasts 2 x 10 s");
+    let third = fail_on(&mut s, ids[0], 3, at_ms(30_000), &mut rng).unwrap();
+    assert_eq!(third, at_ms(55_000), "third capped at 25 s");
+    // A long healthy spell (100 s back in rotation) forgives all of them.
+    let fourth = fail_on(&mut s, ids[0], 3, at_ms(155_000), &mut rng).unwrap();
+    assert_eq!(fourth, at_ms(165_000));
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn ejection_respects_the_max_ejected_fraction() {
+    let (mut s, ids) = pool(outlier_config(), 4);
+    let mut rng = rng();
+    // 50% of 4: two may be ejected, the third failing backend stays in.
+    assert!(fail_on(&mut s, ids[0], 3, at_ms(0), &mut rng).is_some());
+    assert!(fail_on(&mut s, ids[1], 3, at_ms(0), &mut rng).is_some());
+    assert!(fail_on(&mut s, ids[2], 3, at_ms(0), &mut rng).is_none());
+    assert!(s.backend(ids[2], at_ms(0)).unwrap().eligible);
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn success_resets_the_failure_streak_and_cancel_is_neutral() {
+    let (mut s, _) = pool(outlier_config(), 1);
+    let mut rng = rng();
+    let mut report = |outcome| {
+        let (r, _) = dispatch(&mut s, at_ms(0), &mut rng);
+        s.handle_done(at_ms(0), r, outcome).unwrap().ejected_until
+    };
+    let fail = Outcome::Failure(FailureKind::Connect);
+    for outcome in [fail, fail, Outcome::Success, fail, fail, Outcome::Cancelled] {
+        assert_eq!(report(outcome), None);
+    }
+    assert!(
+        report(fail).is_some(),
+        "third failure in a row (the cancel does not break it)"
+    );
+}
+
+#[test]
+fn active_health_checks_use_rise_and_fall() {
+    let mut config = SchedulerConfig::new(PolicyKind::RoundRobin);
+    config.health_check = HealthCheckConfig { rise: 2, fall: 3 };
+    let (mut s, ids) = pool(config, 2);
+    let b = ids[0];
+    assert_eq!(s.handle_health_check(b, false), Ok(None));
+    assert_eq!(s.handle_health_check(b, false), Ok(None));
+    assert_eq!(
+        s.handle_health_check(b, true),
+        Ok(None),
+        "a pass breaks the streak"
+    );
+    assert_eq!(s.handle_health_check(b, false), Ok(None));
+    assert_eq!(s.handle_health_check(b, false), Ok(None));
+    assert_eq!(
+        s.handle_health_check(b, false),
+        Ok(Some(HealthTransition::WentDown))
+    );
+    assert!(!s.backend(b, at_ms(0)).unwrap().eligible);
+    let mut rng = rng();
+    for _ in 0..10 {
+        let (r, chosen) = dispatch(&mut s, at_ms(0), &mut rng);
+        assert_eq!(chosen, ids[1]);
+        s.handle_done(at_ms(0), r, Outcome::Success).unwrap();
+    }
+    assert_eq!(s.handle_health_check(b, true), Ok(None));
+    assert_eq!(
+        s.handle_health_check(b, true),
+        Ok(Some(HealthTransition::WentUp))
+    );
+    assert!(s.backend(b, at_ms(0)).unwrap().eligible);
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn per_backend_cap_rejects_as_overloaded_and_reopens_on_done() {
+    let mut config = SchedulerConfig::new(PolicyKind::LeastPending);
+    config.max_pending_per_backend = Some(2);
+    let (mut s, _) = pool(config, 2);
+    let mut rng = rng();
+    let requests: Vec<_> = (0..4)
+        .map(|_| dispatch(&mut s, at_ms(0), &mut rng).0)
+        .collect();
+    assert_eq!(
+        s.handle_work(at_ms(0), &mut rng),
+        Decision::Reject {
+            reason: RejectReason::Overloaded
+        }
+    );
+    s.check_invariants().unwrap();
+    s.handle_done(at_ms(1), requests[0], Outcome::Success)
+        .unwrap();
+    let _ = dispatch(&mut s, at_ms(1), &mut rng);
+    s.check_invariants().unwrap();
+}
+
+fn failed_try(failure: FailureKind) -> FailedTry {
+    FailedTry {
+        retries_so_far: 0,
+        idempotent: true,
+        failure,
+        status_503: false,
+        response_started: false,
+        body_consumed: false,
+    }
+}
+
+fn retry_config() -> SchedulerConfig {
+    let mut config = SchedulerConfig::new(PolicyKind::P2c);
+    config.retry = Some(RetryConfig::default());
+    config
+}
+
+#[test]
+fn retries_only_what_is_safe() {
+    let (mut s, _) = pool(retry_config(), 3);
+    let mut rng = rng();
+    let now = at_ms(0);
+    let give_up = |reason| RetryDecision::GiveUp { reason };
+    assert!(matches!(
+        s.decide_retry(now, &failed_try(FailureKind::Connect), &mut rng),
+        RetryDecision::Retry { .. }
+    ));
+    let post = FailedTry {
+        idempotent: false,
+        ..failed_try(FailureKind::Connect)
+    };
+    assert_eq!(
+        s.decide_retry(now, &post, &mut rng),
+        give_up(NoRetryReason::NotIdempotent)
+    );
+    assert_eq!(
+        s.decide_retry(now, &failed_try(FailureKind::ServerError), &mut rng),
+        give_up(NoRetryReason::NotRetryable)
+    );
+    let started = FailedTry {
+        response_started: true,
+        ..failed_try(FailureKind::Reset)
+    };
+    assert_eq!(
+        s.decide_retry(now, &started, &mut rng),
+        give_up(NoRetryReason::NotRetryable)
+    );
+    let third = FailedTry {
+        retries_so_far: 2,
+        ..failed_try(FailureKind::Reset)
+    };
+    assert_eq!(
+        s.decide_retry(now, &third, &mut rng),
+        give_up(NoRetryReason::AttemptsExhausted)
+    );
+}
+
+#[test]
+fn retry_backoff_is_jittered_within_the_exponential_ceiling() {
+    let (mut s, _) = pool(retry_config(), 3);
+    let mut rng = rng();
+    for retries_so_far in 0..2 {
+        let ceiling = Duration::from_millis(2) * (1 << retries_so_far);
+        let failed = FailedTry {
+            retries_so_far,
+            ..failed_try(FailureKind::Timeout)
+        };
+        let RetryDecision::Retry { backoff } = s.decide_retry(at_ms(0), &failed, &mut rng) else {
+            panic!("a timeout on an idempotent request is retried");
+        };
+        assert!(backoff <= ceiling, "{backoff:?} > {ceiling:?}");
+    }
+}
+
+#[test]
+fn the_retry_budget_bounds_amplification_under_total_outage() {
+    // Every request fails. Each gets up to 2 retries if the budget allows. Over 60 s at
+    // 1,000 requests per second the retries must stay near 20% of requests plus the floor
+    // of 10 per second: amplification (tries / requests) ≤ 1.2 + 10/1000 + slack.
+    let (mut s, _) = pool(retry_config(), 4);
+    let mut rng = rng();
+    let (mut requests, mut tries) = (0u64, 0u64);
+    for i in 0..60_000u64 {
+        let now = at_ms(i);
+        requests += 1;
+        let (mut request, mut backend) = dispatch(&mut s, now, &mut rng);
+        let mut tried = vec![];
+        for retries_so_far in 0.. {
+            tries += 1;
+            let _ = s
+                .handle_done(now, request, Outcome::Failure(FailureKind::Connect))
+                .unwrap();
+            tried.push(backend);
+            let failed = FailedTry {
+                retries_so_far,
+                ..failed_try(FailureKind::Connect)
+            };
+            if let RetryDecision::GiveUp { .. } = s.decide_retry(now, &failed, &mut rng) {
+                break;
+            }
+            match s.handle_retry_work(now, &mut rng, &tried) {
+                Decision::Dispatch {
+                    request: r,
+                    backend: b,
+                } => {
+                    assert!(
+                        !tried.contains(&b),
+                        "a retry went back to a backend that failed it"
+                    );
+                    (request, backend) = (r, b);
+                }
+                Decision::Reject { .. } => break,
+            }
+        }
+    }
+    let amplification = tries as f64 / requests as f64;
+    eprintln!("total outage: {requests} requests, {tries} tries, amplification {amplification:.4}");
+    assert!(amplification <= 1.22, "amplification {amplification:.3}");
+    assert!(
+        amplification >= 1.15,
+        "the budget should be used, got {amplification:.3}"
+    );
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn retry_work_never_returns_to_excluded_backends() {
+    for policy in PolicyKind::ALL {
+        let mut config = SchedulerConfig::new(policy);
+        config.retry = Some(RetryConfig::default());
+        let (mut s, ids) = pool(config, 3);
+        let mut rng = rng();
+        for _ in 0..50 {
+            match s.handle_retry_work(at_ms(0), &mut rng, &ids[..2]) {
+                Decision::Dispatch { request, backend } => {
+                    assert_eq!(backend, ids[2], "{policy}");
+                    s.handle_done(at_ms(0), request, Outcome::Success).unwrap();
+                }
+                Decision::Reject { reason } => panic!("{policy}: {reason}"),
+            }
+        }
+        assert_eq!(
+            s.handle_retry_work(at_ms(0), &mut rng, &ids),
+            Decision::Reject {
+                reason: RejectReason::NoBackend
+            }
+        );
+        s.check_invariants().unwrap();
+    }
+}
