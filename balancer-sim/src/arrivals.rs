@@ -46,9 +46,9 @@ impl FromStr for ArrivalSpec {
     /// `poisson` | `bursty` | `bursty:ON:OFF` | `closed:N` | `closed:N:THINK`.
     /// `bursty` without periods is written here with zeros and resolved against the fleet.
     fn from_str(spec: &str) -> Result<Self, SpecError> {
-        let bad = |why: &str| SpecError::Distribution {
+        let bad = |why: &str| SpecError::Arrivals {
             spec: spec.to_owned(),
-            why: format!("{why}; arrivals grammar: poisson | bursty[:ON:OFF] | closed:N[:THINK]"),
+            why: why.to_owned(),
         };
         let parts: Vec<&str> = spec.trim().split(':').collect();
         let dur = |s: &str| parse_duration_ns(s).map_err(|e| bad(&e.to_string()));

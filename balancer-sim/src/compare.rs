@@ -225,7 +225,19 @@ fn plot(
         .configure_mesh()
         .x_desc("offered load ρ (arrival rate ÷ fleet capacity)")
         .y_desc(y_label)
-        .y_label_formatter(&|v| format!("{v:.3}"))
+        .y_labels(12)
+        .y_label_formatter(&|v| {
+            // Log-scale labels span decades: keep about three significant digits.
+            if *v >= 10.0 {
+                format!("{v:.0}")
+            } else if *v >= 1.0 {
+                format!("{v:.1}")
+            } else {
+                format!("{v:.2}")
+            }
+        })
+        .max_light_lines(1)
+        .light_line_style(RGBColor(0xee, 0xee, 0xee))
         .draw()
         .map_err(|e| fail(&e))?;
     for (p, policy) in grid.policies.iter().enumerate() {

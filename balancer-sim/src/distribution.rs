@@ -24,6 +24,16 @@ pub enum SpecError {
         /// What is wrong with it.
         why: String,
     },
+    /// An arrival process that does not follow the grammar.
+    #[error(
+        "bad arrival process {spec:?}: {why}; grammar: poisson | bursty[:ON:OFF] | closed:N[:THINK]"
+    )]
+    Arrivals {
+        /// The spec as written.
+        spec: String,
+        /// What is wrong with it.
+        why: String,
+    },
 }
 
 /// Longest duration accepted anywhere: one day of virtual time. Keeps every sum of event

@@ -83,6 +83,36 @@ impl SimConfig {
         }
     }
 
+    /// Checks every setting is in range and the fault schedule fits the fleet.
+    pub fn validate(&self) -> Result<(), SimError> {
+        let config = self;
+        if config.fleet.is_empty() || config.fleet.len() > MAX_SIM_BACKENDS {
+            return Err(SimError::Config(format!(
+                "the initial fleet must have 1..={MAX_SIM_BACKENDS} backends, got {}",
+                config.fleet.len()
+            )));
+        }
+        for spec in &config.fleet {
+            check_spec(spec).map_err(SimError::Config)?;
+        }
+        if !(config.load > 0.0 && config.load <= MAX_LOAD) {
+            return Err(SimError::Config(format!(
+                "load must be in (0, {MAX_LOAD}], got {}",
+                config.load
+            )));
+        }
+        if !(1..=MAX_REQUESTS).contains(&config.requests) {
+            return Err(SimError::Config(format!(
+                "requests must be in 1..={MAX_REQUESTS}"
+            )));
+        }
+        if config.max_in_flight == 0 {
+            return Err(SimError::Config("max_in_flight must be positive".into()));
+        }
+        compile(&config.faults, config.fleet.len(), "<scenario>")?;
+        Ok(())
+    }
+
     /// Requests per nanosecond the initial fleet completes when all servers are busy.
     pub fn capacity_per_ns(&self) -> f64 {
         self.fleet.iter().map(BackendSpec::capacity_per_ns).sum()
@@ -270,28 +300,7 @@ struct Sim<'a> {
 
 impl<'a> Sim<'a> {
     fn new(config: &'a SimConfig) -> Result<Self, SimError> {
-        let bad = |m: String| Err(SimError::Config(m));
-        if config.fleet.is_empty() || config.fleet.len() > MAX_SIM_BACKENDS {
-            return bad(format!(
-                "the initial fleet must have 1..={MAX_SIM_BACKENDS} backends, got {}",
-                config.fleet.len()
-            ));
-        }
-        for spec in &config.fleet {
-            check_spec(spec).map_err(SimError::Config)?;
-        }
-        if !(config.load > 0.0 && config.load <= MAX_LOAD) {
-            return bad(format!(
-                "load must be in (0, {MAX_LOAD}], got {}",
-                config.load
-            ));
-        }
-        if !(1..=MAX_REQUESTS).contains(&config.requests) {
-            return bad(format!("requests must be in 1..={MAX_REQUESTS}"));
-        }
-        if config.max_in_flight == 0 {
-            return bad("max_in_flight must be positive".into());
-        }
+        config.validate()?;
         let steps = compile(&config.faults, config.fleet.len(), "<scenario>")?;
         let mut core_config = SchedulerConfig::new(config.policy);
         core_config.max_in_flight = config.max_in_flight;
