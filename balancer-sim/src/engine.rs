@@ -19,6 +19,10 @@ pub const MAX_REQUESTS: u64 = 100_000_000_000;
 /// Highest load accepted: beyond 4× capacity a run only measures the core's rejections.
 pub const MAX_LOAD: f64 = 4.0;
 
+/// Longest a run may be expected to last in virtual time: 10¹⁸ ns (≈ 32 years) keeps every
+/// event time well inside `u64` nanoseconds (≈ 584 years), so no timestamp saturates.
+pub const MAX_EXPECTED_HORIZON_NS: f64 = 1e18;
+
 /// RNG streams: each is `ChaCha8Rng::seed_from_u64(seed)` moved to its own stream number, so
 /// the streams are independent and adding a consumer to one never shifts the others.
 pub mod streams {
@@ -104,6 +108,23 @@ impl SimConfig {
         if !(1..=MAX_REQUESTS).contains(&config.requests) {
             return Err(SimError::Config(format!(
                 "requests must be in 1..={MAX_REQUESTS}"
+            )));
+        }
+        let capacity = config.capacity_per_ns();
+        let slowest_service_ns = config
+            .fleet
+            .iter()
+            .map(|s| s.service.mean_ns() / s.speed)
+            .fold(0.0, f64::max);
+        let horizon_ns = match config.arrivals {
+            ArrivalSpec::Closed { clients, think_ns } => {
+                (think_ns as f64 + slowest_service_ns) * config.requests as f64 / f64::from(clients)
+            }
+            _ => config.requests as f64 / (config.load * capacity),
+        };
+        if horizon_ns.is_nan() || horizon_ns > MAX_EXPECTED_HORIZON_NS {
+            return Err(SimError::Config(format!(
+                "the run would last about {horizon_ns:.3e} ns of virtual time, beyond the {MAX_EXPECTED_HORIZON_NS:e} ns horizon; raise the load or shorten the service times"
             )));
         }
         if config.max_in_flight == 0 {
@@ -607,7 +628,7 @@ impl<'a> Sim<'a> {
         b.started_ns[server as usize] = self.now_ns;
         let epoch = b.epoch;
         self.queue.push(
-            self.now_ns + job.service_ns,
+            self.now_ns.saturating_add(job.service_ns),
             EventKind::ServiceDone {
                 backend: index,
                 server,
@@ -625,12 +646,14 @@ impl<'a> Sim<'a> {
         let Some(job) = b.servers[server as usize].take() else {
             return Ok(());
         };
-        b.busy_ns += self.now_ns - b.started_ns[server as usize];
+        b.busy_ns = b
+            .busy_ns
+            .saturating_add(self.now_ns - b.started_ns[server as usize]);
         match b.queue.pop_front() {
             Some(next) => self.start(index, server, next),
             None => b.idle.push(server),
         }
-        if self.now_ns < job.arrived_ns + job.service_ns {
+        if self.now_ns < job.arrived_ns.saturating_add(job.service_ns) {
             return Err(SimError::Causality {
                 time_ns: self.now_ns,
                 what: format!(
@@ -688,7 +711,9 @@ impl<'a> Sim<'a> {
 
     fn client_done(&mut self, client: u32) {
         if client != NO_CLIENT {
-            let at = self.now_ns + think_ns(self.think_ns, &mut self.client_rng);
+            let at = self
+                .now_ns
+                .saturating_add(think_ns(self.think_ns, &mut self.client_rng));
             self.queue.push(at, EventKind::ClientWakes { client });
         }
     }
@@ -708,7 +733,9 @@ impl<'a> Sim<'a> {
                 let mut lost = Vec::with_capacity(backend.in_system());
                 for server in 0..backend.servers.len() {
                     if let Some(job) = backend.servers[server].take() {
-                        backend.busy_ns += now_ns - backend.started_ns[server];
+                        backend.busy_ns = backend
+                            .busy_ns
+                            .saturating_add(now_ns - backend.started_ns[server]);
                         lost.push(job);
                     }
                 }
