@@ -5,7 +5,7 @@ use balancer_core::{
     SchedulerConfig, Timestamp,
 };
 use hdrhistogram::Histogram;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::arrivals::{ArrivalSpec, BURSTY_DEFAULT_PERIOD_SERVICES, OpenLoop, think_ns};
@@ -30,7 +30,8 @@ pub mod streams {
     pub const ARRIVALS: u64 = 1;
     /// The RNG handed to the core's `handle_work` (p2c, random).
     pub const POLICY: u64 = 2;
-    /// Reserved for randomised faults; the current fault kinds are all scheduled exactly.
+    /// Randomised faults: which requests a flaky backend fails. Drawn only while a backend
+    /// is flaky, so a scenario without `flaky` faults never touches it.
     pub const FAULTS: u64 = 3;
     /// Closed-loop think times.
     pub const CLIENTS: u64 = 4;
@@ -225,6 +226,8 @@ pub struct RunStats {
     pub trace_hash: u64,
     /// Events handled.
     pub events: u64,
+    /// Requests the core still counted in flight at the end (0 unless a request was lost).
+    pub in_flight_at_end: u32,
     /// Every request's end, in order, if [`SimConfig::record_trace`] was set.
     pub trace: Vec<Ended>,
 }
@@ -299,6 +302,7 @@ struct Sim<'a> {
     steps: Vec<(u64, Step)>,
     policy_rng: ChaCha8Rng,
     arrival_rng: ChaCha8Rng,
+    fault_rng: ChaCha8Rng,
     client_rng: ChaCha8Rng,
     open_loop: Option<OpenLoop>,
     think_ns: u64,
@@ -334,6 +338,7 @@ impl<'a> Sim<'a> {
             steps,
             policy_rng: stream_rng(config.seed, streams::POLICY),
             arrival_rng: stream_rng(config.seed, streams::ARRIVALS),
+            fault_rng: stream_rng(config.seed, streams::FAULTS),
             client_rng: stream_rng(config.seed, streams::CLIENTS),
             open_loop: None,
             think_ns: 0,
@@ -482,6 +487,7 @@ impl<'a> Sim<'a> {
             backends,
             trace_hash: self.trace.0,
             events: self.events,
+            in_flight_at_end: self.scheduler.in_flight(),
             trace: self.ended_log,
         })
     }
@@ -584,7 +590,8 @@ impl<'a> Sim<'a> {
                 ),
             });
         }
-        if b.crashed || b.black_hole {
+        let flaky_fails = b.error_rate > 0.0 && self.fault_rng.random::<f64>() < b.error_rate;
+        if b.crashed || b.black_hole || flaky_fails {
             let kind = if b.crashed {
                 FailureKind::Connect
             } else {
@@ -755,6 +762,7 @@ impl<'a> Sim<'a> {
                 self.set_up(b, true)?;
             }
             Step::BlackHole(b, on) => self.backends[b as usize].black_hole = on,
+            Step::Flaky(b, rate) => self.backends[b as usize].error_rate = rate,
             Step::Spike(None, factor) => self.global_spike = factor,
             Step::Spike(Some(b), factor) => self.backends[b as usize].spike = factor,
             Step::Speed(b, speed) => {
@@ -806,6 +814,7 @@ fn step_backend(step: &Step) -> Option<u32> {
         | Step::Detect(b)
         | Step::Recover(b)
         | Step::BlackHole(b, _)
+        | Step::Flaky(b, _)
         | Step::Spike(Some(b), _)
         | Step::Speed(b, _)
         | Step::Remove(b)

@@ -68,6 +68,16 @@ pub enum FaultAction {
         /// When it heals (absolute time), or never.
         until_ns: Option<u64>,
     },
+    /// A fraction `error_rate` of new requests fail at once with a server error (until
+    /// `until_ns`); which ones is drawn from the faults RNG stream.
+    Flaky {
+        /// Sim index.
+        backend: u32,
+        /// Probability that a request fails, in (0, 1].
+        error_rate: f64,
+        /// When it heals (absolute time), or never.
+        until_ns: Option<u64>,
+    },
     /// Service times starting in `[at, at + duration)` are multiplied by `factor`, on one
     /// backend or (`None`) all. Windows on the same target do not stack: the end resets to 1.
     Spike {
@@ -120,6 +130,7 @@ impl FaultAction {
             FaultAction::Crash { .. } => "crash",
             FaultAction::Recover { .. } => "recover",
             FaultAction::BlackHole { .. } => "black-hole",
+            FaultAction::Flaky { .. } => "flaky",
             FaultAction::Spike { .. } => "spike",
             FaultAction::Slowdown { .. } => "slowdown",
             FaultAction::Add(_) => "add",
@@ -135,6 +146,7 @@ impl FaultAction {
             FaultAction::Crash { backend, .. }
             | FaultAction::Recover { backend }
             | FaultAction::BlackHole { backend, .. }
+            | FaultAction::Flaky { backend, .. }
             | FaultAction::Slowdown { backend, .. }
             | FaultAction::Remove { backend }
             | FaultAction::Drain { backend }
@@ -166,6 +178,8 @@ pub enum Step {
     Recover(u32),
     /// Black hole on or off.
     BlackHole(u32, bool),
+    /// Error rate of a flaky backend (0 = healthy).
+    Flaky(u32, f64),
     /// Spike multiplier on one backend or all.
     Spike(Option<u32>, f64),
     /// Speed to the given value, or back to the configured one.
@@ -244,6 +258,21 @@ pub fn compile(
                 steps.push((at, Step::BlackHole(backend, true)));
                 if let Some(until) = until_ns {
                     steps.push((end(until)?, Step::BlackHole(backend, false)));
+                }
+            }
+            FaultAction::Flaky {
+                backend,
+                error_rate,
+                until_ns,
+            } => {
+                if !(error_rate > 0.0 && error_rate <= 1.0) {
+                    return Err(invalid(format!(
+                        "error_rate must be in (0, 1], got {error_rate}"
+                    )));
+                }
+                steps.push((at, Step::Flaky(backend, error_rate)));
+                if let Some(until) = until_ns {
+                    steps.push((end(until)?, Step::Flaky(backend, 0.0)));
                 }
             }
             FaultAction::Spike {
@@ -376,6 +405,12 @@ enum FaultEntry {
     BlackHole {
         at: String,
         backend: u32,
+        until: Option<String>,
+    },
+    Flaky {
+        at: String,
+        backend: u32,
+        error_rate: f64,
         until: Option<String>,
     },
     Spike {
@@ -517,6 +552,19 @@ impl Scenario {
                         until_ns: opt_dur(until)?,
                     },
                 ),
+                FaultEntry::Flaky {
+                    at,
+                    backend,
+                    error_rate,
+                    until,
+                } => (
+                    at,
+                    FaultAction::Flaky {
+                        backend: *backend,
+                        error_rate: *error_rate,
+                        until_ns: opt_dur(until)?,
+                    },
+                ),
                 FaultEntry::Spike {
                     at,
                     backend,
@@ -646,6 +694,17 @@ pub fn scenario_toml(fleet: &[BackendSpec], faults: &[Fault]) -> String {
                     None => Ok(()),
                 }
             }
+            FaultAction::Flaky {
+                backend,
+                error_rate,
+                until_ns,
+            } => {
+                let _ = writeln!(out, "backend = {backend}\nerror_rate = {error_rate:?}");
+                match until_ns {
+                    Some(until) => writeln!(out, "until = \"{}\"", d(until)),
+                    None => Ok(()),
+                }
+            }
             FaultAction::Spike {
                 backend,
                 duration_ns,
@@ -681,6 +740,7 @@ fn entry_kind(entry: &FaultEntry) -> &'static str {
         FaultEntry::Crash { .. } => "crash",
         FaultEntry::Recover { .. } => "recover",
         FaultEntry::BlackHole { .. } => "black-hole",
+        FaultEntry::Flaky { .. } => "flaky",
         FaultEntry::Spike { .. } => "spike",
         FaultEntry::Slowdown { .. } => "slowdown",
         FaultEntry::Add { .. } => "add",
