@@ -204,11 +204,38 @@ struct RawListener {
     max_connections: Option<Spanned<usize>>,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
+/// A backend is `"host:port"` or `{ address = "host:port", weight = N }`.
 enum RawBackend {
     Address(String),
     Weighted(RawWeightedBackend),
+}
+
+// Written by hand rather than `#[serde(untagged)]` so that a mistake inside the table form
+// (e.g. a misspelt key) is reported as such instead of "did not match any variant".
+impl<'de> Deserialize<'de> for RawBackend {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawBackend;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"host:port\" or { address = \"host:port\", weight = N }")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<RawBackend, E> {
+                Ok(RawBackend::Address(value.to_owned()))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawBackend, A::Error> {
+                RawWeightedBackend::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawBackend::Weighted)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Deserialize)]
@@ -754,6 +781,18 @@ mod tests {
             (
                 "listen = \"127.0.0.1:80\"\nbackends = [{ address = \"a:1\", weight = 0 }]",
                 "weight",
+            ),
+            (
+                "listen = \"127.0.0.1:80\"\nbackends = [{ adress = \"a:1\" }]",
+                "unknown field `adress`",
+            ),
+            (
+                "listen = \"127.0.0.1:80\"\nbackends = [3]",
+                "expected \"host:port\"",
+            ),
+            (
+                "listen = \"127.0.0.1:80\"\nbackends = [\"a:1\"]\nmax_header_bytes = 100",
+                "at least 8192",
             ),
         ];
         for (text, expected) in cases {

@@ -4,7 +4,8 @@
 //! One `std::sync::Mutex` per pool: work and done are tens of nanoseconds, the lock is never held
 //! across an `.await`, and one lock keeps pending counts exact (least-pending needs that).
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use balancer_core::{
@@ -72,6 +73,7 @@ pub struct Pool {
     /// Backends by `BackendId::index()`.
     backends: Vec<Backend>,
     scheduling: Mutex<Scheduling>,
+    contended_locks: AtomicU64,
     /// Keep-alive connections to the pool's backends (one pool of connections per backend).
     pub client: BackendClient,
     /// Connect timeout (also used for upgrade connections).
@@ -152,6 +154,7 @@ impl Pool {
                 scheduler,
                 rng: ChaCha8Rng::seed_from_u64(config.seed),
             }),
+            contended_locks: AtomicU64::new(0),
             client,
             connect_timeout,
             response_header_timeout: Duration::from_millis(config.response_header_timeout_ms),
@@ -204,10 +207,24 @@ impl Pool {
             .collect()
     }
 
+    /// Lock acquisitions that found the scheduler held by another thread (the measure of
+    /// whether one mutex per pool is a bottleneck; see the README's load-test section).
+    pub fn contended_locks(&self) -> u64 {
+        self.contended_locks.load(Ordering::Relaxed)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Scheduling> {
         // A panic while holding the lock cannot leave the scheduler half-updated in a way
         // that matters more than stopping all traffic would, so poisoning is ignored.
-        self.scheduling.lock().unwrap_or_else(|p| p.into_inner())
+        match self.scheduling.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                // Counted only when contended, so the uncontended path stays one atomic.
+                self.contended_locks.fetch_add(1, Ordering::Relaxed);
+                self.scheduling.lock().unwrap_or_else(|p| p.into_inner())
+            }
+        }
     }
 }
 

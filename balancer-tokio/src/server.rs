@@ -158,6 +158,18 @@ impl RunningBalancer {
             Err(_) => ShutdownReport::GraceExpired,
         };
         self.shutdown.advance(Phase::Stopped);
+        for pool in self.proxy.pools() {
+            tracing::info!(
+                pool = %pool.name,
+                dispatched = pool
+                    .dispatched_per_backend()
+                    .iter()
+                    .map(|(_, n)| n)
+                    .sum::<u64>(),
+                contended_locks = pool.contended_locks(),
+                "scheduler lock statistics"
+            );
+        }
         report
     }
 }

@@ -1,0 +1,277 @@
+//! The real `balancer` binary: `check`, default demo mode, SIGTERM with a request in flight,
+//! and bounded memory while a 50 MB body streams through it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_balancer");
+const IO_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn balancer(args: &[&str]) -> Output {
+    Command::new(BINARY)
+        .args(args)
+        .output()
+        .expect("run the balancer binary")
+}
+
+fn example(name: &str) -> String {
+    let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "examples", name]
+        .iter()
+        .collect();
+    path.display().to_string()
+}
+
+#[test]
+fn check_accepts_the_examples_and_the_compose_config() {
+    let compose: PathBuf = [env!("CARGO_MANIFEST_DIR"), "..", "config", "compose.toml"]
+        .iter()
+        .collect();
+    for file in [
+        example("minimal.toml"),
+        example("full.toml"),
+        compose.display().to_string(),
+    ] {
+        let output = balancer(&["check", &file]);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{file}: {output:?}");
+        assert!(stdout.starts_with(&format!("ok: {file}: ")), "{stdout}");
+    }
+}
+
+#[test]
+fn check_rejects_a_bad_config_naming_file_line_and_column() {
+    let dir = std::env::temp_dir().join(format!("balancer-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:8080\"\nbackends = [\"127.0.0.1:9001\"]\n[[routes]]\npool = \"missing\"\n",
+    )
+    .unwrap();
+    let output = balancer(&["check", &file.display().to_string()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "{}:4:8: route refers to unknown pool \"missing\"; known pools: default",
+            file.display()
+        )),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A child process that is killed if the test fails before stopping it.
+struct Running(Child);
+
+impl Running {
+    fn spawn(args: &[&str]) -> Running {
+        Running(
+            Command::new(BINARY)
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn the balancer binary"),
+        )
+    }
+
+    fn signal(&self, name: &str) {
+        // `kill` from procps: the crate forbids unsafe code, so no libc::kill.
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.0.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    fn wait_for_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the balancer did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/PID/status")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_until_listening(address: SocketAddr) {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while TcpStream::connect(address).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {address}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET path` with `Connection: close`; returns the whole response as text.
+fn http_get(address: SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+/// Starts a demo backend and the balancer in front of it (from a config file) on free ports.
+fn backend_and_balancer(tag: &str) -> (Running, Running, SocketAddr, PathBuf) {
+    let backend_address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let balancer_address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let backend = Running::spawn(&[
+        "demo-backend",
+        "--listen",
+        &backend_address.to_string(),
+        "--id",
+        "1",
+    ]);
+    wait_until_listening(backend_address);
+    let config = std::env::temp_dir().join(format!("balancer-{tag}-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"{balancer_address}\"\naccess_log = \"off\"\nmax_body_bytes = 104857600\nbackends = [\"{backend_address}\"]\n"
+        ),
+    )
+    .unwrap();
+    let balancer = Running::spawn(&["--config", &config.display().to_string()]);
+    wait_until_listening(balancer_address);
+    (backend, balancer, balancer_address, config)
+}
+
+#[test]
+fn sigterm_lets_the_request_in_flight_finish_and_exits_zero() {
+    let (_backend, mut balancer, address, config) = backend_and_balancer("sigterm");
+    let in_flight = std::thread::spawn(move || http_get(address, "/sleep/800"));
+    std::thread::sleep(Duration::from_millis(300));
+    balancer.signal("TERM");
+    let response = in_flight.join().unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("Hello from #1\n"), "{response}");
+    assert!(balancer.wait_for_exit().success());
+    let _ = std::fs::remove_file(config);
+}
+
+#[test]
+fn a_50_mb_body_streams_through_with_bounded_memory() {
+    const BODY_BYTES: u64 = 50 * 1024 * 1024;
+    let (_backend, balancer, address, config) = backend_and_balancer("rss");
+    let before_kib = balancer.peak_rss_kib();
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    write!(
+        stream,
+        "GET /stream?bytes={BODY_BYTES} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        head.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // Read slowly at first (the proxy must not race ahead into memory), then drain.
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut received: u64 = 0;
+    for _ in 0..16 {
+        received += reader.read(&mut chunk).unwrap() as u64;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    received += std::io::copy(&mut reader, &mut std::io::sink()).unwrap();
+    // Chunked framing adds a few bytes per chunk; the payload is at least the body.
+    assert!(received >= BODY_BYTES, "received {received}");
+    let growth_kib = balancer.peak_rss_kib().saturating_sub(before_kib);
+    eprintln!("peak RSS before {before_kib} KiB, growth {growth_kib} KiB");
+    assert!(
+        growth_kib < 24 * 1024,
+        "peak RSS grew by {growth_kib} KiB while streaming 50 MiB"
+    );
+    let _ = std::fs::remove_file(config);
+}
+
+/// The binary with no arguments: demo mode on 8080 and 9001-9004. Skipped (with a note) when
+/// any of those ports is taken on this machine, e.g. by a developer's own demo.
+#[test]
+fn default_run_is_the_demo_on_the_documented_ports() {
+    let ports = [8080, 9001, 9002, 9003, 9004];
+    if ports
+        .iter()
+        .any(|p| TcpListener::bind(("127.0.0.1", *p)).is_err())
+    {
+        eprintln!("skipped: one of ports {ports:?} is in use");
+        return;
+    }
+    let mut demo = Running::spawn(&[]);
+    let mut stdout = BufReader::new(demo.0.stdout.take().unwrap());
+    let mut banner = Vec::new();
+    while banner
+        .last()
+        .is_none_or(|l: &String| !l.starts_with("try: "))
+    {
+        let mut line = String::new();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "banner ended early: {banner:?}"
+        );
+        banner.push(line.trim_end().to_owned());
+    }
+    assert_eq!(banner.len(), 6, "{banner:?}");
+    assert_eq!(banner[5], "try: curl http://127.0.0.1:8080/");
+    // Keep draining stdout (access-log lines) so the child never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let address: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+    let mut answers: Vec<String> = (0..8)
+        .map(|_| http_get(address, "/"))
+        .map(|r| r.rsplit("\r\n\r\n").next().unwrap_or("").to_owned())
+        .collect();
+    answers.sort();
+    answers.dedup();
+    assert_eq!(
+        answers,
+        [
+            "Hello from #1\n",
+            "Hello from #2\n",
+            "Hello from #3\n",
+            "Hello from #4\n"
+        ]
+    );
+    demo.signal("INT");
+    assert!(demo.wait_for_exit().success());
+}
