@@ -13,6 +13,22 @@
 //! - [`report`]: one run's summary as JSON or a table;
 //! - [`compare`]: the policy comparison grid, its report and plots;
 //! - [`theory`]: closed forms the theory checks compare against.
+//!
+//! ```
+//! use balancer_core::PolicyKind;
+//! use balancer_sim::{BackendSpec, SimConfig, Summary, run};
+//!
+//! let spec = BackendSpec::new("exp:1ms".parse().unwrap(), 1);
+//! let mut config = SimConfig::new(PolicyKind::P2c, 10, spec);
+//! config.load = 0.8;
+//! config.requests = 10_000;
+//! config.check_invariants = true; // the core's invariants after every event
+//! let stats = run(&config).unwrap();
+//! assert_eq!(stats.completed + stats.failed + stats.rejected, 10_000);
+//! // Same config and seed: the same run, decision for decision.
+//! assert_eq!(run(&config).unwrap().trace_hash, stats.trace_hash);
+//! println!("{}", Summary::new(&config, &stats, 0.0).to_table());
+//! ```
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
