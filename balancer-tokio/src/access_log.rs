@@ -73,26 +73,27 @@ impl AccessLog {
 
     /// Writes one line. A failed write (closed stdout) is ignored: logging never fails a request.
     pub fn write(&self, record: &AccessRecord) {
-        let line = match self.format {
-            AccessLogFormat::Off => return,
+        if let Some(line) = self.format_line(record, &rfc3339_now()) {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+        }
+    }
+
+    /// The line for `record` stamped `time`, or `None` when the log is off.
+    pub fn format_line(&self, record: &AccessRecord, time: &str) -> Option<String> {
+        match self.format {
+            AccessLogFormat::Off => None,
             AccessLogFormat::Json => {
                 #[derive(Serialize)]
                 struct Line<'a> {
-                    time: String,
+                    time: &'a str,
                     #[serde(flatten)]
                     record: &'a AccessRecord,
                 }
-                match serde_json::to_string(&Line {
-                    time: rfc3339_now(),
-                    record,
-                }) {
-                    Ok(json) => json,
-                    Err(_) => return,
-                }
+                serde_json::to_string(&Line { time, record }).ok()
             }
-            AccessLogFormat::Text => format!(
-                "{} {} {} \"{} {}{}\" route={} backend={} status={} bytes={} duration_ms={:.3} outcome={}",
-                rfc3339_now(),
+            AccessLogFormat::Text => Some(format!(
+                "{time} {} {} \"{} {}{}\" route={} backend={} status={} bytes={} duration_ms={:.3} outcome={}",
                 record.request_id,
                 record.client,
                 record.method,
@@ -104,10 +105,8 @@ impl AccessLog {
                 record.bytes,
                 record.duration_ms.as_secs_f64() * 1e3,
                 record.outcome
-            ),
-        };
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}");
+            )),
+        }
     }
 }
 
@@ -145,6 +144,46 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record() -> AccessRecord {
+        AccessRecord {
+            request_id: "abc-1".into(),
+            client: "127.0.0.1:5000".parse().unwrap(),
+            method: "GET".into(),
+            host: "shop.example.com".into(),
+            path: "/cart?x=1".into(),
+            route: "shop".into(),
+            backend: "127.0.0.1:9001".into(),
+            status: 200,
+            bytes: 14,
+            duration_ms: Duration::from_micros(1_250),
+            outcome: "success",
+        }
+    }
+
+    #[test]
+    fn text_and_json_lines() {
+        let time = "2026-11-26T07:29:40.123Z";
+        let text = AccessLog::new(AccessLogFormat::Text).format_line(&record(), time);
+        assert_eq!(
+            text.as_deref(),
+            Some(
+                "2026-11-26T07:29:40.123Z abc-1 127.0.0.1:5000 \"GET shop.example.com/cart?x=1\" route=shop backend=127.0.0.1:9001 status=200 bytes=14 duration_ms=1.250 outcome=success"
+            )
+        );
+        let json = AccessLog::new(AccessLogFormat::Json)
+            .format_line(&record(), time)
+            .unwrap();
+        assert_eq!(
+            json,
+            r#"{"time":"2026-11-26T07:29:40.123Z","request_id":"abc-1","client":"127.0.0.1:5000","method":"GET","host":"shop.example.com","path":"/cart?x=1","route":"shop","backend":"127.0.0.1:9001","status":200,"bytes":14,"duration_ms":1.25,"outcome":"success"}"#
+        );
+        assert!(
+            AccessLog::new(AccessLogFormat::Off)
+                .format_line(&record(), time)
+                .is_none()
+        );
+    }
 
     #[test]
     fn civil_dates() {

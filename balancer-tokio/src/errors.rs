@@ -38,7 +38,15 @@ pub enum ProxyError {
         /// The backend address.
         backend: String,
     },
-    /// The backend did not connect or answer with headers in time.
+    /// The backend did not accept the connection in time.
+    #[error("backend {backend} did not accept the connection within {timeout_ms} ms")]
+    ConnectTimeout {
+        /// The backend address.
+        backend: String,
+        /// The timeout that fired.
+        timeout_ms: u64,
+    },
+    /// The backend did not answer with headers in time.
     #[error("backend {backend} did not answer within {timeout_ms} ms")]
     Timeout {
         /// The backend address.
@@ -69,7 +77,9 @@ impl ProxyError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::Connect { .. } | ProxyError::Reset { .. } => StatusCode::BAD_GATEWAY,
-            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Timeout { .. } | ProxyError::ConnectTimeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
         }

@@ -64,8 +64,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Adds X-Forwarded-For (appended to any earlier hops), X-Forwarded-Proto, X-Forwarded-Host
-/// (kept if an earlier proxy set it) and Via.
+/// Adds X-Forwarded-For (appended to any earlier hops), sets X-Forwarded-Proto and
+/// X-Forwarded-Host (replacing what the client sent), and appends Via.
 pub fn add_forwarding(
     headers: &mut HeaderMap,
     client_ip: IpAddr,
@@ -80,14 +80,13 @@ pub fn add_forwarding(
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    }
-    if !headers.contains_key(&X_FORWARDED_HOST) {
-        if let Some(value) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
-            headers.insert(X_FORWARDED_HOST.clone(), value);
-        }
-    }
+    // This proxy is where the client's connection ends, so it alone knows the scheme and the
+    // host the client used: values a client sent are overwritten, not trusted.
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    match host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        Some(value) => headers.insert(X_FORWARDED_HOST.clone(), value),
+        None => headers.remove(&X_FORWARDED_HOST),
+    };
     append_via(headers, via);
 }
 
@@ -166,6 +165,11 @@ mod tests {
     fn forwarded_for_appends() {
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        headers.insert(
+            "x-forwarded-host",
+            HeaderValue::from_static("spoofed.example"),
+        );
         let via = HeaderValue::from_static("1.1 balancer");
         add_forwarding(
             &mut headers,

@@ -273,7 +273,7 @@ impl Proxy {
                 );
             }
             Err(_) => {
-                let error = ProxyError::Timeout {
+                let error = ProxyError::ConnectTimeout {
                     backend: backend.address.clone(),
                     timeout_ms: pool.connect_timeout.as_millis() as u64,
                 };
@@ -456,7 +456,7 @@ fn classify_client_error(
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
             if io.kind() == std::io::ErrorKind::TimedOut {
                 return (
-                    ProxyError::Timeout {
+                    ProxyError::ConnectTimeout {
                         backend: backend.address.clone(),
                         timeout_ms: pool.connect_timeout.as_millis() as u64,
                     },

@@ -191,3 +191,60 @@ async fn unknown_route_is_404() {
     );
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn backend_closing_without_answer_is_502() {
+    // A backend that reads the request and hangs up without a word.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buffer = [0u8; 1024];
+            let _ = stream.read(&mut buffer).await;
+            drop(stream);
+        }
+    });
+    let proxy = proxy_with("", &format!("[\"{backend}\"]")).await;
+    let reply = proxy.get("/").await;
+    assert_eq!(reply.status, 502);
+    assert_eq!(
+        reply.body,
+        format!("backend {backend} closed the connection before answering\n")
+    );
+    assert_eq!(proxy.in_flight(), 0);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn backend_connect_timeout_is_504() {
+    // A listener whose accept queue is full: the kernel drops further SYNs, so connecting
+    // to it hangs, like a backend behind a black hole, while staying on loopback.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let backend = socket.local_addr().unwrap();
+    let _listener = socket.listen(1).unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        match tokio::time::timeout(
+            Duration::from_millis(100),
+            tokio::net::TcpStream::connect(backend),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => fillers.push(stream),
+            _ => break,
+        }
+    }
+    let proxy = Proxy::start(&format!(
+        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n[pools.p]\nconnect_timeout_ms = 200\nbackends = [\"{backend}\"]\n"
+    ))
+    .await;
+    let reply = proxy.get("/").await;
+    assert_eq!(reply.status, 504, "{}", reply.body);
+    assert_eq!(
+        reply.body,
+        format!("backend {backend} did not accept the connection within 200 ms\n")
+    );
+    assert_eq!(proxy.in_flight(), 0);
+    proxy.stop().await;
+}
