@@ -175,6 +175,7 @@ fn bad_input_is_a_clear_error_not_a_panic() {
         );
         assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -244,6 +245,7 @@ fn compare_writes_report_and_plots_independent_of_threads() {
         }
         // The command line differs (--threads, --out); compare the tables only.
         reports.push(report.lines().skip(3).collect::<Vec<_>>().join("\n"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
     assert_eq!(reports[0], reports[1]);
 }
