@@ -34,6 +34,7 @@
 
 mod backend;
 mod error;
+mod explain;
 mod health;
 mod load;
 mod outlier;
@@ -44,6 +45,10 @@ mod time;
 
 pub use backend::{BackendId, BackendSnapshot, BackendState, MAX_BACKENDS, MAX_WEIGHT};
 pub use error::{CoreError, InvariantViolation};
+pub use explain::{
+    Candidate, DecisionRecord, EXPLAIN_LIST_SKIPPED_UP_TO, EXPLAIN_SKIPPED_NAMED,
+    EXPLAIN_TIE_LIMIT, SkipReason, Skipped,
+};
 pub use health::{HealthCheckConfig, HealthTransition};
 pub use load::PeakEwma;
 pub use outlier::OutlierConfig;

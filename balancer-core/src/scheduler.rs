@@ -9,10 +9,14 @@ use rand::Rng;
 
 use crate::backend::{BackendId, BackendSnapshot, BackendTable, MAX_WEIGHT};
 use crate::error::{CoreError, InvariantViolation};
+use crate::explain::{
+    Candidate, DecisionRecord, EXPLAIN_LIST_SKIPPED_UP_TO, EXPLAIN_SKIPPED_NAMED,
+    EXPLAIN_TIE_LIMIT, SkipReason, Skipped,
+};
 use crate::health::{HealthCheckConfig, HealthTransition};
 use crate::load::PeakEwma;
 use crate::outlier::OutlierConfig;
-use crate::policy::{Policy, PolicyKind};
+use crate::policy::{Pick, Policy, PolicyKind};
 use crate::retry::{self, FailedTry, RetryBudget, RetryConfig, RetryDecision};
 use crate::time::Timestamp;
 
@@ -335,11 +339,33 @@ impl Scheduler {
     ///
     /// The RNG is the caller's, seeded by the caller, so that runs replay exactly.
     pub fn handle_work<R: Rng + ?Sized>(&mut self, now: Timestamp, rng: &mut R) -> Decision {
+        self.work(now, rng, None)
+    }
+
+    /// As [`Scheduler::handle_work`], and also says why: the candidates the policy weighed,
+    /// the rule that decided, and the backends it passed over. Same decision, same RNG draws.
+    pub fn handle_work_explained<R: Rng + ?Sized>(
+        &mut self,
+        now: Timestamp,
+        rng: &mut R,
+    ) -> (Decision, DecisionRecord) {
+        let mut record = DecisionRecord::empty(now, self.config.policy);
+        let decision = self.work(now, rng, Some(&mut record));
+        (decision, record)
+    }
+
+    #[inline]
+    fn work<R: Rng + ?Sized>(
+        &mut self,
+        now: Timestamp,
+        rng: &mut R,
+        record: Option<&mut DecisionRecord>,
+    ) -> Decision {
         self.handle_timeout(now);
         if self.config.retry.is_some() {
             self.retry_budget.record_request(now);
         }
-        self.dispatch(now, rng)
+        self.dispatch(now, rng, record)
     }
 
     /// Work for a retry: as [`Scheduler::handle_work`], but never to a backend in `exclude`
@@ -351,6 +377,29 @@ impl Scheduler {
         rng: &mut R,
         exclude: &[BackendId],
     ) -> Decision {
+        self.retry_work(now, rng, exclude, None)
+    }
+
+    /// As [`Scheduler::handle_retry_work`], and also says why (see [`Scheduler::handle_work_explained`]).
+    pub fn handle_retry_work_explained<R: Rng + ?Sized>(
+        &mut self,
+        now: Timestamp,
+        rng: &mut R,
+        exclude: &[BackendId],
+    ) -> (Decision, DecisionRecord) {
+        let mut record = DecisionRecord::empty(now, self.config.policy);
+        record.retry = true;
+        let decision = self.retry_work(now, rng, exclude, Some(&mut record));
+        (decision, record)
+    }
+
+    fn retry_work<R: Rng + ?Sized>(
+        &mut self,
+        now: Timestamp,
+        rng: &mut R,
+        exclude: &[BackendId],
+        record: Option<&mut DecisionRecord>,
+    ) -> Decision {
         self.handle_timeout(now);
         let mut set_aside = Vec::with_capacity(exclude.len());
         for &id in exclude {
@@ -361,7 +410,7 @@ impl Scheduler {
                 set_aside.push(index);
             }
         }
-        let decision = self.dispatch(now, rng);
+        let decision = self.dispatch(now, rng, record);
         for index in set_aside {
             self.update_index_state(index, |slot| slot.excluded = false);
         }
@@ -410,20 +459,33 @@ impl Scheduler {
         self.ejections.peek().map(|Reverse((until, _, _))| *until)
     }
 
-    fn dispatch<R: Rng + ?Sized>(&mut self, now: Timestamp, rng: &mut R) -> Decision {
-        if self.in_flight >= self.config.max_in_flight {
-            return Decision::Reject {
-                reason: RejectReason::Overloaded,
-            };
+    #[inline]
+    fn dispatch<R: Rng + ?Sized>(
+        &mut self,
+        now: Timestamp,
+        rng: &mut R,
+        mut record: Option<&mut DecisionRecord>,
+    ) -> Decision {
+        let pick = if self.in_flight >= self.config.max_in_flight {
+            None
+        } else {
+            let decay_ns = self.config.ewma_decay_ns as f64;
+            self.policy.pick(&self.backends, now, decay_ns, rng)
+        };
+        if let Some(record) = record.as_deref_mut() {
+            self.describe(now, pick, record);
         }
-        let decay_ns = self.config.ewma_decay_ns as f64;
-        let Some(index) = self.policy.pick(&self.backends, now, decay_ns, rng) else {
-            let reason = if self.full > 0 {
+        let Some(Pick { chosen: index, .. }) = pick else {
+            let reason = if self.in_flight >= self.config.max_in_flight || self.full > 0 {
                 RejectReason::Overloaded
             } else {
                 RejectReason::NoBackend
             };
-            return Decision::Reject { reason };
+            let decision = Decision::Reject { reason };
+            if let Some(record) = record {
+                record.decision = decision;
+            }
+            return decision;
         };
         let slot = &mut self.backends.slots[index as usize];
         debug_assert!(slot.eligible(), "policy chose an ineligible backend");
@@ -442,7 +504,67 @@ impl Scheduler {
             backend,
             dispatched_at: now,
         });
-        Decision::Dispatch { request, backend }
+        let decision = Decision::Dispatch { request, backend };
+        if let Some(record) = record {
+            record.decision = decision;
+        }
+        decision
+    }
+
+    /// Fills a record with the state the policy decided on, before the dispatch counts.
+    fn describe(&self, now: Timestamp, pick: Option<Pick>, record: &mut DecisionRecord) {
+        let decay_ns = self.config.ewma_decay_ns as f64;
+        let candidate = |index: u32| {
+            let slot = &self.backends.slots[index as usize];
+            Candidate {
+                backend: self.backends.id_of(index),
+                pending: slot.pending,
+                weight: slot.weight,
+                ewma_ns: slot.ewma.estimate_ns(now, decay_ns),
+            }
+        };
+        record.eligible = self.backends.eligible_len() as u32;
+        record.backends = self.backends.len() as u32;
+        if let Some(pick) = pick {
+            record.chosen = Some(candidate(pick.chosen));
+            record.rival = pick.rival.map(candidate);
+            if let Some((next, ties)) = self
+                .policy
+                .least_pending_context(pick.chosen, EXPLAIN_TIE_LIMIT)
+            {
+                record.rival = next.map(candidate);
+                record.ties = ties;
+            }
+        }
+        if self.backends.slots.len() <= EXPLAIN_LIST_SKIPPED_UP_TO {
+            let skipped = self.backends.live_indices().filter_map(|index| {
+                let slot = &self.backends.slots[index as usize];
+                let reason = if slot.draining {
+                    SkipReason::Draining
+                } else if !slot.up {
+                    SkipReason::Down
+                } else if let Some(until) = slot.ejected_until {
+                    SkipReason::Ejected { until }
+                } else if slot.full {
+                    SkipReason::Full
+                } else if slot.excluded {
+                    SkipReason::AlreadyTried
+                } else {
+                    return None;
+                };
+                Some(Skipped {
+                    backend: self.backends.id_of(index),
+                    reason,
+                })
+            });
+            for (place, skipped) in record
+                .skipped
+                .iter_mut()
+                .zip(skipped.take(EXPLAIN_SKIPPED_NAMED))
+            {
+                *place = Some(skipped);
+            }
+        }
     }
 
     /// Done: the request dispatched as `request` ended at `now` with `outcome`.

@@ -2,8 +2,11 @@
 //!
 //! `core/dispatch_done/{policy}/{backends}`: steady state with 2 × backends requests in
 //! flight; each iteration dispatches one request and reports the done of the oldest one.
+//! `core/dispatch_done_explained/{policy}/{backends}`: the same with a decision record kept
+//! for every request, to measure what explaining costs.
 
 use std::collections::VecDeque;
+use std::hint::black_box;
 use std::time::Duration;
 
 use balancer_core::{Decision, Outcome, PolicyKind, Scheduler, SchedulerConfig, Timestamp};
@@ -13,12 +16,25 @@ use rand_chacha::ChaCha8Rng;
 
 const POOL_SIZES: [usize; 4] = [8, 64, 1024, 16384];
 
+/// How a bench dispatches: plainly, or with a decision record (the explain feature).
+#[derive(Clone, Copy)]
+enum Recording {
+    Off,
+    On,
+}
+
 fn dispatch_done(c: &mut Criterion) {
-    let mut group = c.benchmark_group("core/dispatch_done");
+    bench_group(c, "core/dispatch_done", Recording::Off, &POOL_SIZES);
+    // The cost of keeping a decision record for every request, beside the plain numbers.
+    bench_group(c, "core/dispatch_done_explained", Recording::On, &[8, 1024]);
+}
+
+fn bench_group(c: &mut Criterion, name: &str, recording: Recording, sizes: &[usize]) {
+    let mut group = c.benchmark_group(name);
     group.warm_up_time(Duration::from_millis(500));
     group.measurement_time(Duration::from_secs(2));
     for policy in PolicyKind::ALL {
-        for backends in POOL_SIZES {
+        for &backends in sizes {
             group.bench_with_input(
                 BenchmarkId::new(policy.name(), backends),
                 &backends,
@@ -37,7 +53,15 @@ fn dispatch_done(c: &mut Criterion) {
                     let mut now = Timestamp::ZERO;
                     let mut in_flight = VecDeque::with_capacity(2 * backends + 1);
                     let work = |scheduler: &mut Scheduler, now: Timestamp, rng: &mut ChaCha8Rng| {
-                        match scheduler.handle_work(now, rng) {
+                        let decision = match recording {
+                            Recording::Off => scheduler.handle_work(now, rng),
+                            Recording::On => {
+                                let (decision, record) = scheduler.handle_work_explained(now, rng);
+                                black_box(record);
+                                decision
+                            }
+                        };
+                        match decision {
                             Decision::Dispatch { request, .. } => request,
                             Decision::Reject { reason } => panic!("bench pool rejected: {reason}"),
                         }

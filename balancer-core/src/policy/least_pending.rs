@@ -92,6 +92,34 @@ impl LeastPending {
         }
     }
 
+    /// The slot that would be picked after `chosen`: next in its bucket, else the head of the
+    /// next non-empty bucket. For explanations only: may walk empty buckets.
+    pub fn runner_up(&self, chosen: u32) -> Option<u32> {
+        let next = *self.next.get(chosen as usize)?;
+        if next != NIL {
+            return Some(next);
+        }
+        self.head
+            .iter()
+            .skip(self.min + 1)
+            .copied()
+            .find(|&head| head != NIL)
+    }
+
+    /// How many slots share the lowest pending count, counting at most `limit`.
+    pub fn ties(&self, limit: u32) -> u32 {
+        if self.len == 0 {
+            return 0;
+        }
+        let mut count = 0;
+        let mut cursor = self.head[self.min];
+        while cursor != NIL && count < limit {
+            count += 1;
+            cursor = self.next[cursor as usize];
+        }
+        count
+    }
+
     /// Checks that every eligible slot sits in the bucket of its pending count, once, and
     /// that `min` names the lowest non-empty bucket.
     pub fn check(&self, table: &BackendTable) -> Result<(), String> {

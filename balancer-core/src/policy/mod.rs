@@ -79,6 +79,13 @@ impl FromStr for PolicyKind {
     }
 }
 
+/// A policy's choice: the slot index, and for p2c the other candidate it was compared with.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Pick {
+    pub chosen: u32,
+    pub rival: Option<u32>,
+}
+
 /// A running policy with whatever index or cursor it keeps between decisions.
 #[derive(Clone, Debug)]
 pub(crate) enum Policy {
@@ -99,19 +106,35 @@ impl Policy {
         }
     }
 
-    /// Chooses an eligible backend's slot index, or `None` when no backend is eligible.
+    /// Chooses an eligible backend, or `None` when no backend is eligible.
+    #[inline]
     pub fn pick<R: Rng + ?Sized>(
         &mut self,
         table: &BackendTable,
         now: Timestamp,
         decay_ns: f64,
         rng: &mut R,
-    ) -> Option<u32> {
+    ) -> Option<Pick> {
+        let alone = |chosen| Pick {
+            chosen,
+            rival: None,
+        };
         match self {
-            Policy::LeastPending(p) => p.pick(),
-            Policy::P2c(p) => p.pick(table, now, decay_ns, rng),
-            Policy::RoundRobin(p) => p.pick(table),
-            Policy::Random(p) => p.pick(table, rng),
+            Policy::LeastPending(p) => p.pick().map(alone),
+            Policy::P2c(p) => p
+                .pick(table, now, decay_ns, rng)
+                .map(|(chosen, rival)| Pick { chosen, rival }),
+            Policy::RoundRobin(p) => p.pick(table).map(alone),
+            Policy::Random(p) => p.pick(table, rng).map(alone),
+        }
+    }
+
+    /// For explanations: the backend least-pending would have chosen next, and how many
+    /// backends share the chosen one's pending count (counted up to `limit`).
+    pub fn least_pending_context(&self, chosen: u32, limit: u32) -> Option<(Option<u32>, u32)> {
+        match self {
+            Policy::LeastPending(p) => Some((p.runner_up(chosen), p.ties(limit))),
+            _ => None,
         }
     }
 

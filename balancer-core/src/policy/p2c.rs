@@ -28,17 +28,17 @@ impl P2c {
         P2c { load }
     }
 
-    /// Picks a slot index among the eligible ones.
+    /// Picks a slot index among the eligible ones; also returns the candidate it beat.
     pub fn pick<R: Rng + ?Sized>(
         &self,
         table: &BackendTable,
         now: Timestamp,
         decay_ns: f64,
         rng: &mut R,
-    ) -> Option<u32> {
+    ) -> Option<(u32, Option<u32>)> {
         let (first, second) = sample_two(&table.eligible, rng)?;
         let Some(second) = second else {
-            return Some(first);
+            return Some((first, None));
         };
         let (a, b) = (&table.slots[first as usize], &table.slots[second as usize]);
         let second_is_lighter = match self.load {
@@ -55,7 +55,11 @@ impl P2c {
                 cost(a) > cost(b)
             }
         };
-        Some(if second_is_lighter { second } else { first })
+        Some(if second_is_lighter {
+            (second, Some(first))
+        } else {
+            (first, Some(second))
+        })
     }
 }
 

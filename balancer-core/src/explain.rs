@@ -1,0 +1,234 @@
+//! Decision records: why a request went where it did, as a plain value a driver can keep.
+
+use std::fmt;
+
+use crate::backend::BackendId;
+use crate::policy::PolicyKind;
+use crate::scheduler::Decision;
+use crate::time::Timestamp;
+
+/// Most backends sharing the minimum that a least-pending record counts (walking further
+/// would make recording cost grow with the pool).
+pub const EXPLAIN_TIE_LIMIT: u32 = 64;
+
+/// Pools up to this size have their ineligible backends listed by name in a record; larger
+/// pools only count them, so that recording stays O(1) on big pools.
+pub const EXPLAIN_LIST_SKIPPED_UP_TO: usize = 32;
+
+/// How many skipped backends a record names.
+pub const EXPLAIN_SKIPPED_NAMED: usize = 4;
+
+/// A backend as the policy saw it at the moment of the decision (before the dispatch counted).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Candidate {
+    /// The backend.
+    pub backend: BackendId,
+    /// Its pending requests at that moment.
+    pub pending: u32,
+    /// Its weight.
+    pub weight: u32,
+    /// Its peak-EWMA latency estimate at that moment, in nanoseconds.
+    pub ewma_ns: f64,
+}
+
+impl Candidate {
+    /// The load peak-ewma compares: (EWMA + 1 ns) × (pending + 1) ÷ weight, in nanoseconds.
+    pub fn peak_ewma_cost_ns(&self) -> f64 {
+        (self.ewma_ns + 1.0) * f64::from(self.pending + 1) / f64::from(self.weight)
+    }
+}
+
+/// Why a backend in the set could not take the request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SkipReason {
+    /// Marked down (health check or operator).
+    Down,
+    /// Draining.
+    Draining,
+    /// Ejected by outlier detection until then.
+    Ejected {
+        /// End of the ejection.
+        until: Timestamp,
+    },
+    /// At its per-backend in-flight cap.
+    Full,
+    /// Already failed this request (a retry avoids it).
+    AlreadyTried,
+}
+
+/// An ineligible backend and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    /// The backend.
+    pub backend: BackendId,
+    /// Why it was passed over.
+    pub reason: SkipReason,
+}
+
+/// Everything needed to say why one decision came out as it did. `Copy`, no heap: a driver
+/// can keep the latest thousands in a ring at no allocation cost.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DecisionRecord {
+    /// When the decision was made.
+    pub at: Timestamp,
+    /// The policy that made it.
+    pub policy: PolicyKind,
+    /// The decision itself.
+    pub decision: Decision,
+    /// The chosen backend as it was just before the dispatch.
+    pub chosen: Option<Candidate>,
+    /// The backend it was preferred over: p2c and peak-ewma's other draw; least-pending's
+    /// next in line. `None` for round-robin and random, which compare nothing.
+    pub rival: Option<Candidate>,
+    /// least-pending: how many eligible backends shared the minimum (up to [`EXPLAIN_TIE_LIMIT`]).
+    pub ties: u32,
+    /// Eligible backends at that moment.
+    pub eligible: u32,
+    /// Backends in the set at that moment.
+    pub backends: u32,
+    /// Up to [`EXPLAIN_SKIPPED_NAMED`] ineligible backends by name (pools up to
+    /// [`EXPLAIN_LIST_SKIPPED_UP_TO`] backends).
+    pub skipped: [Option<Skipped>; EXPLAIN_SKIPPED_NAMED],
+    /// Whether this was a retry's dispatch, avoiding backends that already failed it.
+    pub retry: bool,
+}
+
+impl DecisionRecord {
+    pub(crate) fn empty(at: Timestamp, policy: PolicyKind) -> Self {
+        DecisionRecord {
+            at,
+            policy,
+            decision: Decision::Reject {
+                reason: crate::scheduler::RejectReason::NoBackend,
+            },
+            chosen: None,
+            rival: None,
+            ties: 0,
+            eligible: 0,
+            backends: 0,
+            skipped: [None; EXPLAIN_SKIPPED_NAMED],
+            retry: false,
+        }
+    }
+
+    /// The ineligible backends the record names.
+    pub fn skipped(&self) -> impl Iterator<Item = &Skipped> {
+        self.skipped.iter().flatten()
+    }
+}
+
+fn load(c: &Candidate) -> String {
+    format!("{} ({} pending, weight {})", c.backend, c.pending, c.weight)
+}
+
+impl fmt::Display for DecisionRecord {
+    /// One sentence for a person, e.g. "least-pending chose b2 (1 pending, weight 1), the
+    /// fewest of 4 eligible; 2 tied at 1 pending, the one waiting longest wins".
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let eligible = self.eligible;
+        match (self.decision, self.chosen) {
+            (Decision::Reject { reason }, _) => write!(
+                f,
+                "rejected: {reason} ({eligible} of {} backends eligible)",
+                self.backends
+            )?,
+            (Decision::Dispatch { .. }, Some(chosen)) => match self.policy {
+                PolicyKind::LeastPending => {
+                    write!(
+                        f,
+                        "least-pending chose {}, the fewest of {eligible} eligible",
+                        load(&chosen)
+                    )?;
+                    if self.ties > 1 {
+                        let more = if self.ties >= EXPLAIN_TIE_LIMIT {
+                            "+"
+                        } else {
+                            ""
+                        };
+                        write!(
+                            f,
+                            "; {}{more} tied at {} pending, the one waiting longest wins",
+                            self.ties, chosen.pending
+                        )?;
+                    }
+                    if let Some(rival) = self.rival {
+                        write!(f, "; next in line {}", load(&rival))?;
+                    }
+                }
+                PolicyKind::P2c => match self.rival {
+                    Some(rival) => write!(
+                        f,
+                        "p2c drew {} and {}: {} has fewer pending per weight{}",
+                        load(&chosen),
+                        load(&rival),
+                        chosen.backend,
+                        if (chosen.pending + 1) * rival.weight
+                            == (rival.pending + 1) * chosen.weight
+                        {
+                            " (a tie: the first draw wins)"
+                        } else {
+                            ""
+                        }
+                    )?,
+                    None => write!(f, "p2c chose {}, the only eligible backend", load(&chosen))?,
+                },
+                PolicyKind::PeakEwma => match self.rival {
+                    Some(rival) => write!(
+                        f,
+                        "peak-ewma drew {} at cost {:.3} ms (ewma {:.3} ms) and {} at cost {:.3} ms (ewma {:.3} ms): the lower cost wins",
+                        load(&chosen),
+                        chosen.peak_ewma_cost_ns() / 1e6,
+                        chosen.ewma_ns / 1e6,
+                        load(&rival),
+                        rival.peak_ewma_cost_ns() / 1e6,
+                        rival.ewma_ns / 1e6,
+                    )?,
+                    None => write!(
+                        f,
+                        "peak-ewma chose {}, the only eligible backend",
+                        load(&chosen)
+                    )?,
+                },
+                PolicyKind::RoundRobin => write!(
+                    f,
+                    "round-robin chose {}, next in turn among {eligible} eligible",
+                    load(&chosen)
+                )?,
+                PolicyKind::Random => write!(
+                    f,
+                    "random chose {} among {eligible} eligible, in proportion to weight",
+                    load(&chosen)
+                )?,
+            },
+            (Decision::Dispatch { backend, .. }, None) => write!(f, "dispatched to {backend}")?,
+        }
+        if self.retry {
+            f.write_str("; a retry, avoiding backends that already failed it")?;
+        }
+        let mut skipped = self.skipped().peekable();
+        if skipped.peek().is_some() {
+            f.write_str("; skipped: ")?;
+            for (i, s) in skipped.enumerate() {
+                if i > 0 {
+                    f.write_str(", ")?;
+                }
+                match s.reason {
+                    SkipReason::Down => write!(f, "{} down", s.backend)?,
+                    SkipReason::Draining => write!(f, "{} draining", s.backend)?,
+                    SkipReason::Ejected { until } => {
+                        let left = until.saturating_since(self.at);
+                        write!(
+                            f,
+                            "{} ejected for {:.1} s more",
+                            s.backend,
+                            left.as_secs_f64()
+                        )?
+                    }
+                    SkipReason::Full => write!(f, "{} at its in-flight cap", s.backend)?,
+                    SkipReason::AlreadyTried => write!(f, "{} already tried", s.backend)?,
+                }
+            }
+        }
+        Ok(())
+    }
+}

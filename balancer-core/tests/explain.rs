@@ -1,0 +1,167 @@
+//! Decision records: the same decisions as without them, and sentences that say why.
+
+use std::time::Duration;
+
+use balancer_core::{
+    Decision, FailureKind, Outcome, OutlierConfig, PolicyKind, Scheduler, SchedulerConfig,
+    SkipReason, Timestamp,
+};
+use proptest::prelude::*;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+fn pool(policy: PolicyKind, weights: &[u32]) -> Scheduler {
+    let mut s = Scheduler::new(SchedulerConfig::new(policy));
+    for &w in weights {
+        s.add_backend(Timestamp::ZERO, w).unwrap();
+    }
+    s
+}
+
+proptest! {
+    /// Explaining never changes a decision: same seed, same decisions, with or without records.
+    #[test]
+    fn explained_decisions_equal_plain_ones(
+        policy in prop::sample::select(PolicyKind::ALL.to_vec()),
+        seed in any::<u64>(),
+        weights in prop::collection::vec(1u32..4, 0..12),
+        finish_every in 1usize..5,
+    ) {
+        let mut plain = pool(policy, &weights);
+        let mut explained = pool(policy, &weights);
+        let (mut rng_a, mut rng_b) = (ChaCha8Rng::seed_from_u64(seed), ChaCha8Rng::seed_from_u64(seed));
+        let mut outstanding = vec![];
+        for i in 0..200u64 {
+            let now = Timestamp::from_nanos(i * 1_000);
+            let a = plain.handle_work(now, &mut rng_a);
+            let (b, record) = explained.handle_work_explained(now, &mut rng_b);
+            prop_assert_eq!(a, b);
+            prop_assert_eq!(record.decision, b);
+            if let Decision::Dispatch { request, backend } = b {
+                prop_assert_eq!(record.chosen.map(|c| c.backend), Some(backend));
+                outstanding.push(request);
+            }
+            if i as usize % finish_every == 0 && !outstanding.is_empty() {
+                let r = outstanding.remove(0);
+                let done_a = plain.handle_done(now, r, Outcome::Success).map(|c| c.backend);
+                let done_b = explained.handle_done(now, r, Outcome::Success).map(|c| c.backend);
+                prop_assert_eq!(done_a, done_b);
+            }
+        }
+    }
+}
+
+#[test]
+fn least_pending_record_names_ties_and_next_in_line() {
+    let mut s = pool(PolicyKind::LeastPending, &[1, 1, 1, 1]);
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let (_, record) = s.handle_work_explained(Timestamp::ZERO, &mut rng);
+    assert_eq!(record.ties, 4);
+    assert_eq!(record.eligible, 4);
+    let text = record.to_string();
+    assert_eq!(
+        text,
+        "least-pending chose b0 (0 pending, weight 1), the fewest of 4 eligible; \
+         4 tied at 0 pending, the one waiting longest wins; next in line b1 (0 pending, weight 1)"
+    );
+}
+
+#[test]
+fn p2c_record_compares_the_two_draws() {
+    let mut s = pool(PolicyKind::P2c, &[1, 1]);
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let _ = s.handle_work(Timestamp::ZERO, &mut rng);
+    let (_, record) = s.handle_work_explained(Timestamp::ZERO, &mut rng);
+    let (chosen, rival) = (record.chosen.unwrap(), record.rival.unwrap());
+    assert_eq!((chosen.pending, rival.pending), (0, 1));
+    let text = record.to_string();
+    assert!(text.starts_with("p2c drew "), "{text}");
+    assert!(
+        text.contains(&format!("{} has fewer pending per weight", chosen.backend)),
+        "{text}"
+    );
+}
+
+#[test]
+fn peak_ewma_record_shows_costs() {
+    let mut s = pool(PolicyKind::PeakEwma, &[1, 1]);
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let (_, record) = s.handle_work_explained(Timestamp::ZERO, &mut rng);
+    let text = record.to_string();
+    assert!(text.contains("at cost 1.000 ms (ewma 1.000 ms)"), "{text}");
+    assert!(text.ends_with("the lower cost wins"), "{text}");
+}
+
+#[test]
+fn record_names_skipped_backends_and_rejections() {
+    let mut config = SchedulerConfig::new(PolicyKind::RoundRobin);
+    config.outlier = Some(OutlierConfig {
+        consecutive_failures: 1,
+        base_ejection: Duration::from_secs(3),
+        ..OutlierConfig::default()
+    });
+    let mut s = Scheduler::new(config);
+    let ids: Vec<_> = (0..4)
+        .map(|_| s.add_backend(Timestamp::ZERO, 1).unwrap())
+        .collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    s.set_up(ids[1], false).unwrap();
+    s.drain(ids[2]).unwrap();
+    // Eject b0 with one failure.
+    let Decision::Dispatch { request, backend } = s.handle_work(Timestamp::ZERO, &mut rng) else {
+        panic!("b0 and b3 are eligible");
+    };
+    assert_eq!(backend, ids[0]);
+    let done = s
+        .handle_done(
+            Timestamp::ZERO,
+            request,
+            Outcome::Failure(FailureKind::Reset),
+        )
+        .unwrap();
+    assert!(done.ejected_until.is_some());
+    let (_, record) = s.handle_work_explained(Timestamp::from_nanos(200_000_000), &mut rng);
+    let reasons: Vec<_> = record.skipped().map(|s| (s.backend, s.reason)).collect();
+    assert_eq!(
+        reasons,
+        vec![
+            (
+                ids[0],
+                SkipReason::Ejected {
+                    until: Timestamp::from_nanos(3_000_000_000)
+                }
+            ),
+            (ids[1], SkipReason::Down),
+            (ids[2], SkipReason::Draining),
+        ]
+    );
+    let text = record.to_string();
+    assert!(
+        text.ends_with("skipped: b0 ejected for 2.8 s more, b1 down, b2 draining"),
+        "{text}"
+    );
+    s.drain(ids[3]).unwrap();
+    let (decision, record) = s.handle_work_explained(Timestamp::from_nanos(1), &mut rng);
+    assert!(matches!(decision, Decision::Reject { .. }));
+    assert!(
+        record
+            .to_string()
+            .starts_with("rejected: no eligible backend (0 of 4 backends eligible)"),
+        "{record}"
+    );
+}
+
+#[test]
+fn retry_record_marks_backends_already_tried() {
+    let mut s = pool(PolicyKind::LeastPending, &[1, 1, 1]);
+    let ids: Vec<_> = s.backends(Timestamp::ZERO).map(|b| b.id).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let (decision, record) = s.handle_retry_work_explained(Timestamp::ZERO, &mut rng, &ids[..1]);
+    assert!(matches!(decision, Decision::Dispatch { backend, .. } if backend != ids[0]));
+    assert!(record.retry);
+    assert_eq!(
+        record.skipped().next().map(|s| s.reason),
+        Some(SkipReason::AlreadyTried)
+    );
+    s.check_invariants().unwrap();
+}
