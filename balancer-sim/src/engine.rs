@@ -1,7 +1,8 @@
 //! The driver: runs the event loop, feeds arrivals, dones and faults into the real core, measures.
 
 use balancer_core::{
-    CoreError, Decision, FailureKind, Outcome, PolicyKind, RejectReason, Scheduler,
+    BackendId, CoreError, Decision, FailedTry, FailureKind, HealthCheckConfig, HealthTransition,
+    Outcome, OutlierConfig, PolicyKind, RejectReason, RetryConfig, RetryDecision, Scheduler,
     SchedulerConfig, Timestamp,
 };
 use hdrhistogram::Histogram;
@@ -10,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::arrivals::{ArrivalSpec, BURSTY_DEFAULT_PERIOD_SERVICES, OpenLoop, think_ns};
 use crate::backends::{BackendSpec, MAX_SIM_BACKENDS, SimBackend};
-use crate::events::{EventKind, EventQueue, FailingJob, Job, NO_CLIENT};
+use crate::events::{EventKind, EventQueue, FailingJob, Job, NO_CLIENT, NO_TRIED};
 use crate::faults::{Fault, ScenarioError, Step, check_spec, compile};
 
 /// Most requests in one run: 10¹¹ is days of CPU; keeps counters and time sums far from overflow.
@@ -46,6 +47,36 @@ pub fn stream_rng(seed: u64, stream: u64) -> ChaCha8Rng {
     rng
 }
 
+/// The core's optional features a run turns on; all off by default, as in
+/// `SchedulerConfig::new`. The simulator exercises the same decisions the proxy gets.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CoreOptions {
+    /// Passive health: consecutive failures eject a backend for a while.
+    pub outlier: Option<OutlierConfig>,
+    /// Circuit breaking: most requests in flight on one backend.
+    pub max_pending_per_backend: Option<u32>,
+    /// Failed tries are retried on another backend when the core says so (after its backoff).
+    pub retry: Option<RetryConfig>,
+    /// Active health checks run by the simulator, fed to `handle_health_check`.
+    pub health: Option<HealthProbes>,
+}
+
+/// Active health checks: every `interval_ns` each backend is probed; a probe passes unless
+/// the backend is crashed or a black hole. `rise`/`fall` go to the core's `HealthCheckConfig`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthProbes {
+    /// Time between two probes of one backend.
+    pub interval_ns: u64,
+    /// Passing probes in a row that bring a down backend up.
+    pub rise: u32,
+    /// Failing probes in a row that take an up backend down.
+    pub fall: u32,
+}
+
+/// Shortest probe interval: probes are events, and one per backend per 10 µs of virtual time
+/// would outnumber requests by far.
+pub const MIN_PROBE_INTERVAL_NS: u64 = 10_000;
+
 /// Everything a run depends on. Same config ⇒ same [`RunStats`], bit for bit.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SimConfig {
@@ -69,6 +100,8 @@ pub struct SimConfig {
     pub max_in_flight: u32,
     /// Keep a record of every request's end in [`RunStats::trace`] (tests; costs 40 B a request).
     pub record_trace: bool,
+    /// Outlier ejection, per-backend cap, retries, active health checks.
+    pub core: CoreOptions,
 }
 
 impl SimConfig {
@@ -85,6 +118,7 @@ impl SimConfig {
             check_invariants: false,
             max_in_flight: balancer_core::DEFAULT_MAX_IN_FLIGHT,
             record_trace: false,
+            core: CoreOptions::default(),
         }
     }
 
@@ -130,6 +164,25 @@ impl SimConfig {
         }
         if config.max_in_flight == 0 {
             return Err(SimError::Config("max_in_flight must be positive".into()));
+        }
+        if config.core.max_pending_per_backend == Some(0) {
+            return Err(SimError::Config(
+                "max_pending_per_backend must be positive".into(),
+            ));
+        }
+        if let Some(h) = config.core.health {
+            if h.interval_ns < MIN_PROBE_INTERVAL_NS || h.rise == 0 || h.fall == 0 {
+                return Err(SimError::Config(format!(
+                    "health checks need an interval of at least {MIN_PROBE_INTERVAL_NS} ns and rise, fall ≥ 1"
+                )));
+            }
+        }
+        if let Some(r) = config.core.retry {
+            if !(0.0..=10.0).contains(&r.budget_ratio) || r.max_retries > 100 {
+                return Err(SimError::Config(
+                    "retry budget_ratio must be in 0..=10 and max_retries ≤ 100".into(),
+                ));
+            }
         }
         compile(&config.faults, config.fleet.len(), "<scenario>")?;
         Ok(())
@@ -193,7 +246,7 @@ pub struct BackendStats {
     pub spec: BackendSpec,
     /// Requests completed with success.
     pub served: u64,
-    /// Requests that failed on it.
+    /// Tries that failed on it (a retried request may fail on several backends).
     pub failed: u64,
     /// Busy server-time ÷ (servers × time since it joined).
     pub utilization: f64,
@@ -210,8 +263,10 @@ pub struct RunStats {
     pub submitted: u64,
     /// Requests that ended with success.
     pub completed: u64,
-    /// Requests that ended with a failure (crash, black hole, removed backend).
+    /// Requests that ended with a failure (crash, black hole, removed backend), after retries.
     pub failed: u64,
+    /// Failed tries that were retried (each retry is preceded by one failed try).
+    pub retries: u64,
     /// Requests the core rejected.
     pub rejected: u64,
     /// Sojourn (arrival → done) of successful requests, in ns.
@@ -271,6 +326,15 @@ impl RunStats {
     }
 }
 
+/// A request between its arrival (or retry) and the core's decision.
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    arrived_ns: u64,
+    client: u32,
+    retries: u32,
+    tried: u32,
+}
+
 /// FNV-1a over little-endian words: fixed across platforms and Rust releases, unlike std's hasher.
 #[derive(Clone, Copy, Debug)]
 struct TraceHash(u64);
@@ -321,6 +385,13 @@ struct Sim<'a> {
     /// Jobs waiting for their `Failed` event, and the free slots among them.
     failing: Vec<FailingJob>,
     free_failing: Vec<u32>,
+    /// Jobs waiting for their `Retry` event, and the free slots among them.
+    retrying: Vec<Job>,
+    free_retrying: Vec<u32>,
+    /// Per retried job: the backends it failed on (handed to `handle_retry_work` to exclude).
+    tried: Vec<Vec<BackendId>>,
+    free_tried: Vec<u32>,
+    retries: u64,
 }
 
 impl<'a> Sim<'a> {
@@ -329,6 +400,15 @@ impl<'a> Sim<'a> {
         let steps = compile(&config.faults, config.fleet.len(), "<scenario>")?;
         let mut core_config = SchedulerConfig::new(config.policy);
         core_config.max_in_flight = config.max_in_flight;
+        core_config.outlier = config.core.outlier;
+        core_config.max_pending_per_backend = config.core.max_pending_per_backend;
+        core_config.retry = config.core.retry;
+        if let Some(h) = config.core.health {
+            core_config.health_check = HealthCheckConfig {
+                rise: h.rise,
+                fall: h.fall,
+            };
+        }
         let mut sim = Sim {
             config,
             scheduler: Scheduler::new(core_config),
@@ -358,9 +438,27 @@ impl<'a> Sim<'a> {
             ended_log: Vec::new(),
             failing: Vec::new(),
             free_failing: Vec::new(),
+            retrying: Vec::new(),
+            free_retrying: Vec::new(),
+            tried: Vec::new(),
+            free_tried: Vec::new(),
+            retries: 0,
         };
         for spec in &config.fleet {
             sim.add_backend(*spec)?;
+        }
+        if let Some(h) = config.core.health {
+            // Staggered over one interval, as independent checkers would be.
+            let n = config.fleet.len() as u64;
+            for backend in 0..n {
+                let at = h.interval_ns + h.interval_ns * backend / n;
+                sim.queue.push(
+                    at,
+                    EventKind::Probe {
+                        backend: backend as u32,
+                    },
+                );
+            }
         }
         for index in 0..sim.steps.len() {
             let at = sim.steps[index].0;
@@ -445,6 +543,12 @@ impl<'a> Sim<'a> {
                     self.free_failing.push(slot);
                     self.finish(job, backend, Outcome::Failure(kind))?;
                 }
+                EventKind::Retry { slot } => {
+                    let job = self.retrying[slot as usize];
+                    self.free_retrying.push(slot);
+                    self.retry(job)?;
+                }
+                EventKind::Probe { backend } => self.probe(backend)?,
                 EventKind::Fault { index } => {
                     let step = self.steps[index as usize].1;
                     self.apply(step)?;
@@ -480,6 +584,7 @@ impl<'a> Sim<'a> {
             submitted: self.submitted,
             completed: self.completed,
             failed: self.failed,
+            retries: self.retries,
             rejected: self.rejected,
             sojourn_ns: self.sojourn,
             sojourn_sum_ns: self.sojourn_sum_ns,
@@ -513,6 +618,17 @@ impl<'a> Sim<'a> {
             self.by_slot.resize(id.index() + 1, u32::MAX);
         }
         self.by_slot[id.index()] = sim_index as u32;
+        if let (Some(h), true) = (
+            self.config.core.health,
+            sim_index >= self.config.fleet.len(),
+        ) {
+            self.queue.push(
+                self.now_ns.saturating_add(h.interval_ns),
+                EventKind::Probe {
+                    backend: sim_index as u32,
+                },
+            );
+        }
         Ok(())
     }
 
@@ -522,6 +638,37 @@ impl<'a> Sim<'a> {
         self.submitted += 1;
         let now = Timestamp::from_nanos(self.now_ns);
         let decision = self.scheduler.handle_work(now, &mut self.policy_rng);
+        let request = Pending {
+            arrived_ns: self.now_ns,
+            client,
+            retries: 0,
+            tried: NO_TRIED,
+        };
+        self.carry_out(decision, request)
+    }
+
+    /// A retry is due: ask the core for another backend than those the job failed on.
+    fn retry(&mut self, job: Job) -> Result<(), SimError> {
+        let now = Timestamp::from_nanos(self.now_ns);
+        let exclude = self
+            .tried
+            .get(job.tried as usize)
+            .map_or(&[][..], Vec::as_slice);
+        let decision = self
+            .scheduler
+            .handle_retry_work(now, &mut self.policy_rng, exclude);
+        let request = Pending {
+            arrived_ns: job.arrived_ns,
+            client: job.client,
+            retries: job.retries,
+            tried: job.tried,
+        };
+        self.carry_out(decision, request)
+    }
+
+    #[inline]
+    fn carry_out(&mut self, decision: Decision, job: Pending) -> Result<(), SimError> {
+        let now = Timestamp::from_nanos(self.now_ns);
         self.trace.word(self.now_ns);
         match decision {
             Decision::Dispatch { request, backend } => {
@@ -530,20 +677,28 @@ impl<'a> Sim<'a> {
                     .word((u64::from(backend.generation()) << 32) | backend.index() as u64);
                 if self.config.check_invariants {
                     // The core's own view, apart from the driver's flags checked in dispatch.
-                    let state = self.scheduler.backend(backend, now).map(|b| b.state);
-                    if state != Some(balancer_core::BackendState::Up) {
+                    let snapshot = self.scheduler.backend(backend, now);
+                    let state = snapshot.map(|b| b.state);
+                    let ejected = snapshot
+                        .and_then(|b| b.ejected_until)
+                        .is_some_and(|t| t > now);
+                    if state != Some(balancer_core::BackendState::Up) || ejected {
                         return Err(SimError::Causality {
                             time_ns: self.now_ns,
-                            what: format!("the core dispatched to {backend} in state {state:?}"),
+                            what: format!(
+                                "the core dispatched to {backend} in state {state:?} (ejected: {ejected})"
+                            ),
                         });
                     }
                 }
                 let index = self.by_slot[backend.index()];
                 let job = Job {
                     request,
-                    arrived_ns: self.now_ns,
+                    arrived_ns: job.arrived_ns,
                     service_ns: 0,
-                    client,
+                    client: job.client,
+                    retries: job.retries,
+                    tried: job.tried,
                 };
                 self.dispatch(index, job)
             }
@@ -558,16 +713,51 @@ impl<'a> Sim<'a> {
                     self.ended_log.push(Ended {
                         request: u64::MAX,
                         backend: u32::MAX,
-                        arrived_ns: self.now_ns,
+                        arrived_ns: job.arrived_ns,
                         service_ns: 0,
                         ended_ns: self.now_ns,
                         kind: EndKind::Rejected,
                     });
                 }
-                self.client_done(client);
+                self.release_tried(job.tried);
+                self.client_done(job.client);
                 Ok(())
             }
         }
+    }
+
+    fn release_tried(&mut self, slot: u32) {
+        if slot != NO_TRIED {
+            self.tried[slot as usize].clear();
+            self.free_tried.push(slot);
+        }
+    }
+
+    /// The simulated health checker probes one backend and reports to the core.
+    fn probe(&mut self, index: u32) -> Result<(), SimError> {
+        let Some(h) = self.config.core.health else {
+            return Ok(());
+        };
+        let b = &self.backends[index as usize];
+        if b.removed {
+            return Ok(()); // no more probes for it
+        }
+        let passed = !b.crashed && !b.black_hole;
+        let id = b.core_id;
+        let transition = self
+            .scheduler
+            .handle_health_check(id, passed)
+            .map_err(|e| self.core_error(e))?;
+        match transition {
+            Some(HealthTransition::WentDown) => self.backends[index as usize].marked_down = true,
+            Some(HealthTransition::WentUp) => self.backends[index as usize].marked_down = false,
+            None => {}
+        }
+        self.queue.push(
+            self.now_ns.saturating_add(h.interval_ns),
+            EventKind::Probe { backend: index },
+        );
+        Ok(())
     }
 
     #[inline]
@@ -672,46 +862,94 @@ impl<'a> Sim<'a> {
         self.finish(job, index, Outcome::Success)
     }
 
-    /// Reports the done to the core and counts it.
+    /// Reports the done to the core, retries the request if the core says so, else counts it.
     #[inline]
-    fn finish(&mut self, job: Job, index: u32, outcome: Outcome) -> Result<(), SimError> {
+    fn finish(&mut self, mut job: Job, index: u32, outcome: Outcome) -> Result<(), SimError> {
         let now = Timestamp::from_nanos(self.now_ns);
         self.trace
             .word(self.now_ns ^ job.request.as_u64().rotate_left(17));
-        self.ended += 1;
-        let b = &mut self.backends[index as usize];
         let result = self.scheduler.handle_done(now, job.request, outcome);
+        let b = &mut self.backends[index as usize];
+        let completed = match result {
+            Ok(_) => outcome == Outcome::Success,
+            // Served, but by a backend removed meanwhile: counted as failed, never retried.
+            Err(CoreError::BackendRemoved { .. }) => false,
+            Err(e) => return Err(self.core_error(e)),
+        };
+        if completed {
+            b.served += 1;
+        } else {
+            b.failed += 1;
+            if let (Ok(_), Outcome::Failure(failure), Some(_)) =
+                (&result, outcome, self.config.core.retry)
+            {
+                let failed = FailedTry {
+                    retries_so_far: job.retries,
+                    idempotent: true,
+                    failure,
+                    // Black holes and flaky backends answer 503 Service Unavailable.
+                    status_503: failure == FailureKind::ServerError,
+                    response_started: false,
+                    body_consumed: false,
+                };
+                let core_id = b.core_id;
+                if let RetryDecision::Retry { backoff } =
+                    self.scheduler
+                        .decide_retry(now, &failed, &mut self.policy_rng)
+                {
+                    self.retries += 1;
+                    self.trace.word(u64::MAX - 2);
+                    if job.tried == NO_TRIED {
+                        job.tried = match self.free_tried.pop() {
+                            Some(slot) => slot,
+                            None => {
+                                self.tried.push(Vec::new());
+                                (self.tried.len() - 1) as u32
+                            }
+                        };
+                    }
+                    self.tried[job.tried as usize].push(core_id);
+                    job.retries += 1;
+                    let slot = match self.free_retrying.pop() {
+                        Some(slot) => {
+                            self.retrying[slot as usize] = job;
+                            slot
+                        }
+                        None => {
+                            self.retrying.push(job);
+                            (self.retrying.len() - 1) as u32
+                        }
+                    };
+                    let at = (now + backoff).as_nanos();
+                    self.queue.push(at, EventKind::Retry { slot });
+                    return Ok(());
+                }
+            }
+        }
+        self.ended += 1;
         if self.config.record_trace {
             self.ended_log.push(Ended {
                 request: job.request.as_u64(),
                 backend: index,
                 arrived_ns: job.arrived_ns,
-                service_ns: if outcome == Outcome::Success {
-                    job.service_ns
-                } else {
-                    0
-                },
+                service_ns: if completed { job.service_ns } else { 0 },
                 ended_ns: self.now_ns,
-                kind: match (&result, outcome) {
-                    (Ok(_), Outcome::Success) => EndKind::Completed,
-                    _ => EndKind::Failed,
+                kind: if completed {
+                    EndKind::Completed
+                } else {
+                    EndKind::Failed
                 },
             });
         }
-        match result {
-            Ok(_) if outcome == Outcome::Success => {
-                b.served += 1;
-                self.completed += 1;
-                let sojourn = self.now_ns - job.arrived_ns;
-                self.sojourn_sum_ns += u128::from(sojourn);
-                self.sojourn.saturating_record(sojourn.max(1));
-            }
-            Ok(_) | Err(CoreError::BackendRemoved { .. }) => {
-                b.failed += 1;
-                self.failed += 1;
-            }
-            Err(e) => return Err(self.core_error(e)),
+        if completed {
+            self.completed += 1;
+            let sojourn = self.now_ns - job.arrived_ns;
+            self.sojourn_sum_ns += u128::from(sojourn);
+            self.sojourn.saturating_record(sojourn.max(1));
+        } else {
+            self.failed += 1;
         }
+        self.release_tried(job.tried);
         self.client_done(job.client);
         Ok(())
     }

@@ -16,7 +16,14 @@ pub struct Job {
     pub service_ns: u64,
     /// The closed-loop client that sent it, or [`NO_CLIENT`].
     pub client: u32,
+    /// Retries made so far (0 on the first try).
+    pub retries: u32,
+    /// Slot of the list of backends it failed on, or [`NO_TRIED`] before its first retry.
+    pub tried: u32,
 }
+
+/// `Job::tried` of a job that has not been retried.
+pub const NO_TRIED: u32 = u32::MAX;
 
 /// A job that fails without service, waiting for its `Failed` event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +64,16 @@ pub enum EventKind {
     Failed {
         /// Index into the driver's slab of failing jobs.
         slot: u32,
+    },
+    /// A failed request's retry is due; the job waits in the driver's retry slab at `slot`.
+    Retry {
+        /// Index into the driver's slab of jobs waiting to be retried.
+        slot: u32,
+    },
+    /// The simulated health checker probes sim backend `backend`.
+    Probe {
+        /// Sim backend index.
+        backend: u32,
     },
     /// Entry `index` of the fault schedule takes effect.
     Fault {

@@ -4,8 +4,13 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use std::time::Duration;
+
+use balancer_core::{OutlierConfig, RetryConfig};
+
 use crate::backends::{BackendSpec, MAX_CONCURRENCY, MAX_SIM_BACKENDS};
 use crate::distribution::{ServiceDist, SpecError, parse_duration_ns};
+use crate::engine::{CoreOptions, HealthProbes};
 
 /// Most fault entries in one scenario, after expansion of `count`s: each is an event.
 pub const MAX_FAULTS: usize = 100_000;
@@ -354,13 +359,113 @@ pub fn check_spec(spec: &BackendSpec) -> Result<(), String> {
     Ok(())
 }
 
-/// A scenario file: an optional fleet and a fault schedule. See balancer-sim/README.md.
+/// A scenario file: an optional fleet, the core's optional features, and a fault schedule.
+/// See balancer-sim/README.md.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Scenario {
     /// The initial fleet, if the file gives one (else the CLI's `--backends` etc.).
     pub fleet: Option<Vec<BackendSpec>>,
+    /// Outlier ejection, per-backend cap, retries, health checks (all off unless given).
+    pub core: CoreOptions,
     /// The schedule, in file order.
     pub faults: Vec<Fault>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CoreEntry {
+    max_pending_per_backend: Option<u32>,
+    outlier: Option<OutlierEntry>,
+    retry: Option<RetryEntry>,
+    health: Option<HealthEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutlierEntry {
+    consecutive_failures: Option<u32>,
+    base_ejection: Option<String>,
+    max_ejection: Option<String>,
+    max_ejected_percent: Option<u8>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryEntry {
+    max_retries: Option<u32>,
+    retry_on_503: Option<bool>,
+    budget_ratio: Option<f64>,
+    budget_min_per_s: Option<u32>,
+    budget_window: Option<String>,
+    backoff_base: Option<String>,
+    backoff_max: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthEntry {
+    interval: String,
+    rise: Option<u32>,
+    fall: Option<u32>,
+}
+
+impl CoreEntry {
+    /// The options, with the core's defaults for what the file leaves out.
+    fn options(&self) -> Result<CoreOptions, String> {
+        let dur = |s: &Option<String>, default: Duration| -> Result<Duration, String> {
+            match s {
+                Some(text) => parse_duration_ns(text)
+                    .map(Duration::from_nanos)
+                    .map_err(|e| e.to_string()),
+                None => Ok(default),
+            }
+        };
+        let outlier = match &self.outlier {
+            None => None,
+            Some(o) => {
+                let d = OutlierConfig::default();
+                Some(OutlierConfig {
+                    consecutive_failures: o.consecutive_failures.unwrap_or(d.consecutive_failures),
+                    base_ejection: dur(&o.base_ejection, d.base_ejection)?,
+                    max_ejection: dur(&o.max_ejection, d.max_ejection)?,
+                    max_ejected_percent: o.max_ejected_percent.unwrap_or(d.max_ejected_percent),
+                })
+            }
+        };
+        let retry = match &self.retry {
+            None => None,
+            Some(r) => {
+                let d = RetryConfig::default();
+                Some(RetryConfig {
+                    max_retries: r.max_retries.unwrap_or(d.max_retries),
+                    retry_on_503: r.retry_on_503.unwrap_or(d.retry_on_503),
+                    budget_ratio: r.budget_ratio.unwrap_or(d.budget_ratio),
+                    budget_min_per_s: r.budget_min_per_s.unwrap_or(d.budget_min_per_s),
+                    budget_window: dur(&r.budget_window, d.budget_window)?,
+                    backoff_base: dur(&r.backoff_base, d.backoff_base)?,
+                    backoff_max: dur(&r.backoff_max, d.backoff_max)?,
+                    ..d
+                })
+            }
+        };
+        let health = match &self.health {
+            None => None,
+            Some(h) => {
+                let d = balancer_core::HealthCheckConfig::default();
+                Some(HealthProbes {
+                    interval_ns: parse_duration_ns(&h.interval).map_err(|e| e.to_string())?,
+                    rise: h.rise.unwrap_or(d.rise),
+                    fall: h.fall.unwrap_or(d.fall),
+                })
+            }
+        };
+        Ok(CoreOptions {
+            outlier,
+            max_pending_per_backend: self.max_pending_per_backend,
+            retry,
+            health,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -368,6 +473,7 @@ pub struct Scenario {
 struct ScenarioFile {
     #[serde(default)]
     description: Option<String>,
+    core: Option<CoreEntry>,
     #[serde(default)]
     backend: Vec<BackendEntry>,
     #[serde(default)]
@@ -471,6 +577,15 @@ impl Scenario {
             message: e.to_string(),
         })?;
         let _ = parsed.description;
+        let core = match &parsed.core {
+            Some(entry) => entry.options().map_err(|message| ScenarioError::Invalid {
+                file: file.to_owned(),
+                index: 0,
+                what: "[core]".into(),
+                message,
+            })?,
+            None => CoreOptions::default(),
+        };
         let invalid = |index: usize, what: String, message: String| ScenarioError::Invalid {
             file: file.to_owned(),
             index,
@@ -644,16 +759,60 @@ impl Scenario {
                 ));
             }
         }
-        Ok(Scenario { fleet, faults })
+        Ok(Scenario {
+            fleet,
+            core,
+            faults,
+        })
     }
 }
 
 /// Writes `fleet` and `faults` as a scenario file that [`Scenario::parse`] reads back to the
 /// same values (durations are whole nanoseconds, floats print in round-trip form).
-pub fn scenario_toml(fleet: &[BackendSpec], faults: &[Fault]) -> String {
+pub fn scenario_toml(fleet: &[BackendSpec], core: &CoreOptions, faults: &[Fault]) -> String {
     use crate::distribution::format_duration_ns as d;
     use std::fmt::Write as _;
     let mut out = String::new();
+    let ns = |t: Duration| d(u64::try_from(t.as_nanos()).unwrap_or(u64::MAX));
+    if *core != CoreOptions::default() {
+        let _ = writeln!(out, "[core]");
+        if let Some(cap) = core.max_pending_per_backend {
+            let _ = writeln!(out, "max_pending_per_backend = {cap}");
+        }
+        if let Some(o) = core.outlier {
+            let _ = writeln!(
+                out,
+                "[core.outlier]\nconsecutive_failures = {}\nbase_ejection = \"{}\"\nmax_ejection = \"{}\"\nmax_ejected_percent = {}",
+                o.consecutive_failures,
+                ns(o.base_ejection),
+                ns(o.max_ejection),
+                o.max_ejected_percent
+            );
+        }
+        if let Some(r) = core.retry {
+            let _ = writeln!(
+                out,
+                "[core.retry]\nmax_retries = {}\nretry_on_503 = {}\nbudget_ratio = {:?}\nbudget_min_per_s = {}\nbudget_window = \"{}\"\nbackoff_base = \"{}\"\nbackoff_max = \"{}\"",
+                r.max_retries,
+                r.retry_on_503,
+                r.budget_ratio,
+                r.budget_min_per_s,
+                ns(r.budget_window),
+                ns(r.backoff_base),
+                ns(r.backoff_max)
+            );
+        }
+        if let Some(h) = core.health {
+            let _ = writeln!(
+                out,
+                "[core.health]\ninterval = \"{}\"\nrise = {}\nfall = {}",
+                d(h.interval_ns),
+                h.rise,
+                h.fall
+            );
+        }
+        let _ = writeln!(out);
+    }
     let spec_fields = |out: &mut String, spec: &BackendSpec| {
         let _ = writeln!(
             out,
@@ -918,9 +1077,28 @@ mod tests {
                 action: FaultAction::Drain { backend: 2 },
             },
         ];
-        let text = scenario_toml(&fleet, &faults);
+        let core = CoreOptions {
+            outlier: Some(OutlierConfig::default()),
+            max_pending_per_backend: Some(7),
+            retry: Some(RetryConfig {
+                retry_on_503: true,
+                ..RetryConfig::default()
+            }),
+            health: Some(HealthProbes {
+                interval_ns: 5_000_000,
+                rise: 2,
+                fall: 3,
+            }),
+        };
+        let text = scenario_toml(&fleet, &core, &faults);
         let back = Scenario::parse(&text, "rt.toml", defaults()).unwrap();
         assert_eq!(back.fleet.unwrap(), fleet);
+        assert_eq!(back.core, core);
         assert_eq!(back.faults, faults);
+        let bare = scenario_toml(&fleet, &CoreOptions::default(), &faults);
+        assert_eq!(
+            Scenario::parse(&bare, "rt.toml", defaults()).unwrap().core,
+            CoreOptions::default()
+        );
     }
 }

@@ -89,6 +89,22 @@ struct Common {
     /// Report wall time as zero, so that the whole output is deterministic.
     #[arg(long)]
     zero_wall: bool,
+    /// Turn on the core's outlier ejection with its defaults (5 failures in a row eject for 30 s).
+    #[arg(long)]
+    outlier: bool,
+    /// The core's per-backend cap on requests in flight (circuit breaking).
+    #[arg(long)]
+    max_pending_per_backend: Option<u32>,
+    /// Turn on the core's retry decisions with this many retries (default budget and backoff).
+    #[arg(long)]
+    retries: Option<u32>,
+    /// Probe every backend this often (e.g. 100ms) and feed the results to the core.
+    #[arg(long, value_parser = parse_interval)]
+    health_interval: Option<u64>,
+}
+
+fn parse_interval(text: &str) -> Result<u64, String> {
+    balancer_sim::distribution::parse_duration_ns(text).map_err(|e| e.to_string())
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -121,12 +137,33 @@ impl Common {
                 config.fleet = fleet;
             }
             config.faults = scenario.faults;
+            config.core = scenario.core;
             // Check the schedule against the fleet now, so the error names the file.
             balancer_sim::faults::compile(
                 &config.faults,
                 config.fleet.len(),
                 &path.display().to_string(),
             )?;
+        }
+        if self.outlier {
+            config.core.outlier = Some(balancer_core::OutlierConfig::default());
+        }
+        if let Some(cap) = self.max_pending_per_backend {
+            config.core.max_pending_per_backend = Some(cap);
+        }
+        if let Some(retries) = self.retries {
+            config.core.retry = Some(balancer_core::RetryConfig {
+                max_retries: retries,
+                ..config.core.retry.unwrap_or_default()
+            });
+        }
+        if let Some(interval_ns) = self.health_interval {
+            let defaults = balancer_core::HealthCheckConfig::default();
+            config.core.health = Some(balancer_sim::HealthProbes {
+                interval_ns,
+                rise: defaults.rise,
+                fall: defaults.fall,
+            });
         }
         config.validate()?;
         Ok(config)

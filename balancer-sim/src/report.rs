@@ -32,7 +32,7 @@ pub struct BackendDetail {
     pub speed: f64,
     /// Requests completed with success.
     pub served: u64,
-    /// Requests failed on it.
+    /// Tries failed on it.
     pub failed: u64,
     /// Busy fraction of its servers over its life.
     pub utilization: f64,
@@ -64,8 +64,10 @@ pub struct Summary {
     pub submitted: u64,
     /// Requests completed with success.
     pub completed: u64,
-    /// Requests failed.
+    /// Requests failed (after retries).
     pub failed: u64,
+    /// Failed tries that were retried.
+    pub retries: u64,
     /// Requests rejected by the core.
     pub rejected: u64,
     /// Sojourn times of successful requests.
@@ -116,6 +118,7 @@ impl Summary {
             submitted: stats.submitted,
             completed: stats.completed,
             failed: stats.failed,
+            retries: stats.retries,
             rejected: stats.rejected,
             latency_ms: LatencyMs {
                 mean: stats.mean_sojourn_ns() / NS_PER_MS,
@@ -177,11 +180,12 @@ impl Summary {
         );
         let _ = writeln!(
             out,
-            "submitted {}  completed {}  failed {}  rejected {}  virtual time {:.3}s  trace {}",
+            "submitted {}  completed {}  failed {}  rejected {}  retries {}  virtual time {:.3}s  trace {}",
             self.submitted,
             self.completed,
             self.failed,
             self.rejected,
+            self.retries,
             self.virtual_time_s,
             self.trace_hash
         );
@@ -235,7 +239,7 @@ pub fn replay_command(config: &SimConfig) -> String {
     let first = config.fleet[0];
     let uniform =
         config.fleet.iter().all(|s| *s == first) && first.speed == 1.0 && first.weight == 1;
-    if uniform && config.faults.is_empty() {
+    if uniform && config.faults.is_empty() && config.core == crate::engine::CoreOptions::default() {
         let _ = write!(
             cmd,
             " --backends {} --service {} --concurrency {}",
@@ -245,7 +249,7 @@ pub fn replay_command(config: &SimConfig) -> String {
         );
     } else {
         let path = std::env::temp_dir().join(format!("balancer-sim-replay-{}.toml", config.seed));
-        let text = crate::faults::scenario_toml(&config.fleet, &config.faults);
+        let text = crate::faults::scenario_toml(&config.fleet, &config.core, &config.faults);
         match std::fs::write(&path, text) {
             Ok(()) => {
                 let _ = write!(cmd, " --faults {}", path.display());

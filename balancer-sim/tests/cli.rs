@@ -187,6 +187,7 @@ fn example_scenarios_run_with_invariant_checks() {
         "crash-undetected.toml",
         "spike-and-scale.toml",
         "flaky.toml",
+        "black-hole-ejected.toml",
     ] {
         // 20 000 requests ≈ 2.2 s of virtual time at ρ = 0.9 over 10 backends: the faults
         // at 1–2 s fire; later ones are past the end, which is allowed.

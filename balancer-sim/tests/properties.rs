@@ -7,7 +7,8 @@
 use balancer_core::PolicyKind;
 use balancer_sim::report::replay_command;
 use balancer_sim::{
-    ArrivalSpec, BackendSpec, EndKind, Fault, FaultAction, ServiceDist, SimConfig, Summary, run,
+    ArrivalSpec, BackendSpec, CoreOptions, EndKind, Fault, FaultAction, HealthProbes, ServiceDist,
+    SimConfig, Summary, run,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
@@ -78,8 +79,9 @@ fn arrivals() -> impl Strategy<Value = ArrivalSpec> {
 fn fault() -> impl Strategy<Value = Fault> {
     let at = (0u64..100).prop_map(|ms| ms * 1_000_000);
     let b = 0u32..8;
+    // Failure-making kinds weigh more, so retries and ejections get exercised often.
     let action = prop_oneof![
-        (
+        3 => (
             b.clone(),
             prop_oneof![Just(Some(0u64)), Just(Some(2_000_000)), Just(None)]
         )
@@ -87,15 +89,15 @@ fn fault() -> impl Strategy<Value = Fault> {
                 backend,
                 detect_after_ns
             }),
-        b.clone()
+        1 => b.clone()
             .prop_map(|backend| FaultAction::Recover { backend }),
-        (b.clone(), prop::option::of(50u64..150)).prop_map(|(backend, until)| {
+        3 => (b.clone(), prop::option::of(50u64..150)).prop_map(|(backend, until)| {
             FaultAction::BlackHole {
                 backend,
                 until_ns: until.map(|ms| ms * 1_000_000),
             }
         }),
-        (b.clone(), 1u32..=10, prop::option::of(50u64..150)).prop_map(
+        3 => (b.clone(), 1u32..=10, prop::option::of(50u64..150)).prop_map(
             |(backend, tenths, until)| {
                 FaultAction::Flaky {
                     backend,
@@ -104,29 +106,59 @@ fn fault() -> impl Strategy<Value = Fault> {
                 }
             }
         ),
-        (prop::option::of(b.clone()), 1u64..30, 1u32..10).prop_map(|(backend, ms, f)| {
+        1 => (prop::option::of(b.clone()), 1u64..30, 1u32..10).prop_map(|(backend, ms, f)| {
             FaultAction::Spike {
                 backend,
                 duration_ns: ms * 1_000_000,
                 factor: f64::from(f),
             }
         }),
-        (b.clone(), prop::option::of(50u64..150)).prop_map(|(backend, until)| {
+        1 => (b.clone(), prop::option::of(50u64..150)).prop_map(|(backend, until)| {
             FaultAction::Slowdown {
                 backend,
                 speed: 0.25,
                 until_ns: until.map(|ms| ms * 1_000_000),
             }
         }),
-        backend().prop_map(FaultAction::Add),
-        b.clone()
+        1 => backend().prop_map(FaultAction::Add),
+        1 => b.clone()
             .prop_map(|backend| FaultAction::Remove { backend }),
-        b.clone().prop_map(|backend| FaultAction::Drain { backend }),
-        b.clone()
+        1 => b.clone().prop_map(|backend| FaultAction::Drain { backend }),
+        1 => b.clone()
             .prop_map(|backend| FaultAction::Undrain { backend }),
-        (b, 1u32..=5).prop_map(|(backend, weight)| FaultAction::Weight { backend, weight }),
+        1 => (b, 1u32..=5).prop_map(|(backend, weight)| FaultAction::Weight { backend, weight }),
     ];
     (at, action).prop_map(|(at_ns, action)| Fault { at_ns, action })
+}
+
+/// The core's optional features, each on or off, with times scaled to these short runs.
+fn core_options() -> impl Strategy<Value = CoreOptions> {
+    use std::time::Duration;
+    (
+        prop::option::of((1u32..=5, 1u64..=20, 10u8..=100)),
+        prop::option::of(1u32..=4),
+        prop::option::of((0u32..=3, any::<bool>())),
+        prop::option::of((1u64..=10, 1u32..=3, 1u32..=3)),
+    )
+        .prop_map(|(outlier, cap, retry, health)| CoreOptions {
+            outlier: outlier.map(|(failures, ms, percent)| balancer_core::OutlierConfig {
+                consecutive_failures: failures,
+                base_ejection: Duration::from_millis(ms),
+                max_ejection: Duration::from_millis(ms * 4),
+                max_ejected_percent: percent,
+            }),
+            max_pending_per_backend: cap,
+            retry: retry.map(|(max_retries, retry_on_503)| balancer_core::RetryConfig {
+                max_retries,
+                retry_on_503,
+                ..balancer_core::RetryConfig::default()
+            }),
+            health: health.map(|(ms, rise, fall)| HealthProbes {
+                interval_ns: ms * 1_000_000,
+                rise,
+                fall,
+            }),
+        })
 }
 
 /// Keeps the faults that name a backend existing at their time (in time order).
@@ -154,6 +186,7 @@ prop_compose! {
         arrivals in arrivals(),
         faults in prop::collection::vec(fault(), 0..=8),
         small_limit in any::<bool>(),
+        core in prop_oneof![1 => Just(CoreOptions::default()), 2 => core_options()],
     ) -> SimConfig {
         let n = fleet.len();
         SimConfig {
@@ -168,6 +201,7 @@ prop_compose! {
             // Sometimes small enough to make the core reject with Overloaded.
             max_in_flight: if small_limit { 8 } else { balancer_core::DEFAULT_MAX_IN_FLIGHT },
             record_trace: true,
+            core,
         }
     }
 }
@@ -199,7 +233,8 @@ proptest! {
         let served: u64 = stats.backends.iter().map(|b| b.served).sum();
         let failed: u64 = stats.backends.iter().map(|b| b.failed).sum();
         prop_assert_eq!(served, stats.completed, "{}", replay(&config));
-        prop_assert_eq!(failed, stats.failed, "{}", replay(&config));
+        // Each retry follows one failed try; each failed request ends with one.
+        prop_assert_eq!(failed, stats.failed + stats.retries, "{}", replay(&config));
         prop_assert_eq!(stats.sojourn_ns.len(), stats.completed, "{}", replay(&config));
     }
 
