@@ -29,7 +29,7 @@ pub enum ScenarioError {
     /// Not valid TOML, or keys or values the format does not know.
     #[error("{file}: {message}")]
     Parse {
-        /// The file (or "<scenario>").
+        /// The file (or `<scenario>`).
         file: String,
         /// Why, with line and column when known.
         message: String,
@@ -37,7 +37,7 @@ pub enum ScenarioError {
     /// A fault names a backend that does not exist at its time, or a value out of range.
     #[error("{file}: fault #{index} ({what}): {message}")]
     Invalid {
-        /// The file (or "<scenario>").
+        /// The file (or `<scenario>`).
         file: String,
         /// Position of the entry in the file, from 1 (0 for the fleet).
         index: usize,
