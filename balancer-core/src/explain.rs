@@ -3,13 +3,14 @@
 use std::fmt;
 
 use crate::backend::BackendId;
+use crate::load::PeakEwma;
 use crate::policy::PolicyKind;
 use crate::scheduler::Decision;
 use crate::time::Timestamp;
 
-/// Most backends sharing the minimum that a least-pending record counts (walking further
-/// would make recording cost grow with the pool).
-pub const EXPLAIN_TIE_LIMIT: u32 = 64;
+/// Most backends sharing the minimum that a least-pending record counts: each one counted is
+/// a pointer chase, and past a handful the number says no more to a person.
+pub const EXPLAIN_TIE_LIMIT: u32 = 16;
 
 /// Pools up to this size have their ineligible backends listed by name in a record; larger
 /// pools only count them, so that recording stays O(1) on big pools.
@@ -27,14 +28,22 @@ pub struct Candidate {
     pub pending: u32,
     /// Its weight.
     pub weight: u32,
-    /// Its peak-EWMA latency estimate at that moment, in nanoseconds.
-    pub ewma_ns: f64,
+    /// Its latency estimate; decayed to the decision's time only when read, so that recording
+    /// costs no `exp()` on the hot path.
+    pub(crate) ewma: PeakEwma,
+    pub(crate) at: Timestamp,
+    pub(crate) decay_ns: f64,
 }
 
 impl Candidate {
+    /// Its peak-EWMA latency estimate at the moment of the decision, in nanoseconds.
+    pub fn ewma_ns(&self) -> f64 {
+        self.ewma.estimate_ns(self.at, self.decay_ns)
+    }
+
     /// The load peak-ewma compares: (EWMA + 1 ns) × (pending + 1) ÷ weight, in nanoseconds.
     pub fn peak_ewma_cost_ns(&self) -> f64 {
-        (self.ewma_ns + 1.0) * f64::from(self.pending + 1) / f64::from(self.weight)
+        (self.ewma_ns() + 1.0) * f64::from(self.pending + 1) / f64::from(self.weight)
     }
 }
 
@@ -178,10 +187,10 @@ impl fmt::Display for DecisionRecord {
                         "peak-ewma drew {} at cost {:.3} ms (ewma {:.3} ms) and {} at cost {:.3} ms (ewma {:.3} ms): the lower cost wins",
                         load(&chosen),
                         chosen.peak_ewma_cost_ns() / 1e6,
-                        chosen.ewma_ns / 1e6,
+                        chosen.ewma_ns() / 1e6,
                         load(&rival),
                         rival.peak_ewma_cost_ns() / 1e6,
-                        rival.ewma_ns / 1e6,
+                        rival.ewma_ns() / 1e6,
                     )?,
                     None => write!(
                         f,

@@ -520,7 +520,9 @@ impl Scheduler {
                 backend: self.backends.id_of(index),
                 pending: slot.pending,
                 weight: slot.weight,
-                ewma_ns: slot.ewma.estimate_ns(now, decay_ns),
+                ewma: slot.ewma,
+                at: now,
+                decay_ns,
             }
         };
         record.eligible = self.backends.eligible_len() as u32;
