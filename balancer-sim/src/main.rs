@@ -77,7 +77,7 @@ struct Common {
     /// Arrivals: poisson | bursty[:ON:OFF] | closed:N[:THINK].
     #[arg(long, default_value = "poisson")]
     arrivals: ArrivalSpec,
-    /// Scenario file (TOML): a fleet and/or a fault schedule.
+    /// Scenario file (TOML): a fleet, [core] options and/or a fault schedule.
     #[arg(long)]
     faults: Option<PathBuf>,
     /// Check the core's invariants after every event (slower).
