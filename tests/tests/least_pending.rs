@@ -29,6 +29,7 @@ async fn least_pending_avoids_the_slow_backend() {
     .await;
     let fast = backends[0].served();
     let slow = backends[1].served();
+    eprintln!("fast backend served {fast}, slow backend served {slow}");
     assert_eq!(fast + slow, 160);
     assert!(slow * 4 < fast, "slow backend got {slow}, fast got {fast}");
     assert_eq!(proxy.in_flight(), 0);
