@@ -274,6 +274,13 @@ impl Connection {
                     .await;
                 return;
             }
+            FirstHead::Incomplete => {
+                let message =
+                    "malformed request: the client stopped sending before the end of the headers";
+                self.answer_raw(stream, StatusCode::BAD_REQUEST, message, started)
+                    .await;
+                return;
+            }
             FirstHead::TooLarge => {
                 let message = format!(
                     "request headers are larger than the limit of {} bytes",
@@ -362,6 +369,8 @@ enum FirstHead {
     Ready(BytesMut),
     /// The client closed (or reset) before sending a head.
     Closed,
+    /// The client stopped sending (half-closed) in the middle of a head.
+    Incomplete,
     /// `header_read_timeout_ms` passed first.
     TimedOut,
     /// The head is over `max_header_bytes`.
@@ -380,7 +389,10 @@ async fn read_first_head(stream: &mut TcpStream, limits: Limits) -> FirstHead {
         let searched_from = buffer.len().saturating_sub(3);
         match tokio::time::timeout_at(deadline, stream.read_buf(&mut buffer)).await {
             Err(_) => return FirstHead::TimedOut,
-            Ok(Err(_)) | Ok(Ok(0)) => return FirstHead::Closed,
+            Ok(Err(_)) => return FirstHead::Closed,
+            // A client that half-closes mid-head may still read: tell it what went wrong.
+            Ok(Ok(0)) if !buffer.is_empty() => return FirstHead::Incomplete,
+            Ok(Ok(0)) => return FirstHead::Closed,
             Ok(Ok(_)) => {}
         }
         if head_complete(&buffer[searched_from..]) {
