@@ -49,12 +49,12 @@ pub mod defaults {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{path}: cannot read the config file: {source}")]
+    #[error("{path}: cannot read the config file: {reason}")]
     Read {
         /// The file.
         path: String,
-        /// Why.
-        source: std::io::Error,
+        /// Why (the OS error, in words; kept as text so it is printed once).
+        reason: String,
     },
     /// The file is not valid, at a known place.
     #[error("{path}:{line}:{column}: {message}")]
@@ -277,9 +277,9 @@ impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
             path: shown.clone(),
-            source,
+            reason: err.to_string(),
         })?;
         Config::from_toml_str(&text, &shown)
     }

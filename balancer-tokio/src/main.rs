@@ -14,7 +14,7 @@ use tracing_subscriber::EnvFilter;
 /// An HTTP load balancer. With no arguments: demo mode (4 backends on 127.0.0.1:9001-9004 and
 /// the balancer on 127.0.0.1:8080).
 #[derive(Parser, Debug)]
-#[command(name = "balancer", version, about)]
+#[command(name = "balancer", version)]
 struct Cli {
     /// Serve from this TOML config (same as `balancer run FILE`).
     #[arg(long, value_name = "FILE", global = false)]
