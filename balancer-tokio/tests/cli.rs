@@ -174,8 +174,10 @@ fn backend_and_balancer(tag: &str) -> (Running, Running, SocketAddr, PathBuf) {
 #[test]
 fn sigterm_lets_the_request_in_flight_finish_and_exits_zero() {
     let (_backend, mut balancer, address, config) = backend_and_balancer("sigterm");
-    let in_flight = std::thread::spawn(move || http_get(address, "/sleep/800"));
-    std::thread::sleep(Duration::from_millis(300));
+    let in_flight = std::thread::spawn(move || http_get(address, "/sleep/1500"));
+    // The request must have reached the balancer before the signal; on a loaded machine
+    // connecting can take a while, so leave a wide margin inside the backend's 1.5 s.
+    std::thread::sleep(Duration::from_millis(500));
     balancer.signal("TERM");
     let response = in_flight.join().unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");

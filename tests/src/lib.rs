@@ -136,6 +136,16 @@ impl Proxy {
             .sum()
     }
 
+    /// Waits (bounded) until the core has exactly `count` requests in flight.
+    pub async fn wait_for_in_flight(&self, count: u32) {
+        within("the in-flight count", async {
+            while self.in_flight() != count {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+    }
+
     /// `GET path` on the first listener.
     pub async fn get(&self, path: &str) -> Reply {
         self.send(self.addr(), get(path, "test.local")).await

@@ -37,7 +37,7 @@ async fn overloaded_pool_is_503() {
     .await;
     let address = proxy.addr();
     let slow = tokio::spawn(tests::send_http1(address, get("/sleep/600", "a")));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.wait_for_in_flight(1).await;
     let reply = proxy.get("/").await;
     assert_eq!(reply.status, 503);
     assert_eq!(reply.body, "pool \"tiny\" is overloaded; retry later\n");

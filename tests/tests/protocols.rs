@@ -1,7 +1,5 @@
 //! Protocols: h2c from clients (to HTTP/1.1 backends) and WebSocket passed through.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::Request;
@@ -70,11 +68,6 @@ async fn websocket_echo_passes_through() {
     );
     socket.close(None).await.unwrap();
     drop(socket);
-    within("the done", async {
-        while proxy.in_flight() != 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    proxy.wait_for_in_flight(0).await;
     proxy.stop().await;
 }

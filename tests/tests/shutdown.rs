@@ -16,8 +16,7 @@ async fn shutdown_lets_the_request_in_flight_finish() {
     .await;
     let address = proxy.addr();
     let in_flight = tokio::spawn(tests::send_http1(address, get("/sleep/800", "a")));
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(proxy.in_flight(), 1);
+    proxy.wait_for_in_flight(1).await;
 
     let stopping = tokio::spawn(proxy.stop());
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -42,7 +41,7 @@ async fn shutdown_gives_up_after_the_grace_period() {
     .await;
     let address = proxy.addr();
     let _stuck = tokio::spawn(tests::send_http1(address, get("/sleep/10000", "a")));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    proxy.wait_for_in_flight(1).await;
     let started = std::time::Instant::now();
     assert_eq!(proxy.stop().await, ShutdownReport::GraceExpired);
     assert!(started.elapsed() < Duration::from_secs(2));

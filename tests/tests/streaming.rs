@@ -120,11 +120,6 @@ async fn a_client_leaving_mid_download_is_reported_as_done() {
     drop(body);
     drop(sender);
     connection.abort();
-    within("the done", async {
-        while proxy.in_flight() != 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    proxy.wait_for_in_flight(0).await;
     proxy.stop().await;
 }
