@@ -74,6 +74,7 @@ pub struct Pool {
     backends: Vec<Backend>,
     scheduling: Mutex<Scheduling>,
     contended_locks: AtomicU64,
+    protocol_errors: AtomicU64,
     /// Keep-alive connections to the pool's backends (one pool of connections per backend).
     pub client: BackendClient,
     /// Connect timeout (also used for upgrade connections).
@@ -155,6 +156,7 @@ impl Pool {
                 rng: ChaCha8Rng::seed_from_u64(config.seed),
             }),
             contended_locks: AtomicU64::new(0),
+            protocol_errors: AtomicU64::new(0),
             client,
             connect_timeout,
             response_header_timeout: Duration::from_millis(config.response_header_timeout_ms),
@@ -167,17 +169,40 @@ impl Pool {
         let now = self.clock.now();
         let mut guard = self.lock();
         let Scheduling { scheduler, rng } = &mut *guard;
-        scheduler.handle_work(now, rng)
+        let decision = scheduler.handle_work(now, rng);
+        self.check_invariants(scheduler);
+        decision
     }
 
     /// Done: tells the core how a dispatched request ended.
     pub fn handle_done(&self, request: RequestId, outcome: Outcome) {
         let now = self.clock.now();
+        let mut guard = self.lock();
         let result: Result<Completion, CoreError> =
-            self.lock().scheduler.handle_done(now, request, outcome);
+            guard.scheduler.handle_done(now, request, outcome);
+        self.check_invariants(&guard.scheduler);
+        drop(guard);
         if let Err(err) = result {
             // Only reachable through a bug in the done guard; the core kept its state intact.
+            self.protocol_errors.fetch_add(1, Ordering::Relaxed);
             tracing::error!(pool = %self.name, %err, "done rejected by the core");
+        }
+    }
+
+    /// Dones the core rejected plus invariant violations found in debug builds: always a bug,
+    /// and the end-to-end tests assert it stays zero.
+    pub fn protocol_errors(&self) -> u64 {
+        self.protocol_errors.load(Ordering::Relaxed)
+    }
+
+    /// In debug builds, the core's invariants after every event (O(backends + in flight):
+    /// cheap at test sizes, too slow for release).
+    fn check_invariants(&self, scheduler: &Scheduler) {
+        if cfg!(debug_assertions) {
+            if let Err(violation) = scheduler.check_invariants() {
+                self.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(pool = %self.name, %violation, "core invariant violated");
+            }
         }
     }
 

@@ -167,9 +167,20 @@ impl Proxy {
         raw_exchange(self.addr(), bytes, Duration::ZERO).await
     }
 
-    /// Stops the balancer gracefully.
+    /// Stops the balancer gracefully, then checks that the core never rejected a done nor
+    /// found an invariant broken (checked after every event in debug builds).
     pub async fn stop(self) -> ShutdownReport {
-        within("shutdown", self.running.shutdown()).await
+        let pools = self.running.proxy().pools().to_vec();
+        let report = within("shutdown", self.running.shutdown()).await;
+        for pool in pools {
+            assert_eq!(
+                pool.protocol_errors(),
+                0,
+                "pool {:?}: rejected dones or broken core invariants (see the error log)",
+                pool.name
+            );
+        }
+        report
     }
 }
 
