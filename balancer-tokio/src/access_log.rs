@@ -44,8 +44,8 @@ pub struct AccessRecord {
     /// Response body bytes sent to the client (both directions for a WebSocket tunnel).
     pub bytes: u64,
     /// From request head received to response body finished.
-    #[serde(serialize_with = "as_millis")]
-    pub duration_ms: Duration,
+    #[serde(rename = "duration_ms", serialize_with = "as_millis")]
+    pub duration: Duration,
     /// `success`, `failure:KIND`, `cancelled` or `rejected`.
     pub outcome: &'static str,
 }
@@ -103,7 +103,7 @@ impl AccessLog {
                 record.backend,
                 record.status,
                 record.bytes,
-                record.duration_ms.as_secs_f64() * 1e3,
+                record.duration.as_secs_f64() * 1e3,
                 record.outcome
             )),
         }
@@ -156,7 +156,7 @@ mod tests {
             backend: "127.0.0.1:9001".into(),
             status: 200,
             bytes: 14,
-            duration_ms: Duration::from_micros(1_250),
+            duration: Duration::from_micros(1_250),
             outcome: "success",
         }
     }

@@ -156,7 +156,7 @@ impl DoneGuard {
         }
         if let Some((log, mut record)) = self.log.take() {
             record.bytes = bytes;
-            record.duration_ms = self.started.elapsed();
+            record.duration = self.started.elapsed();
             record.outcome = if self.rejected {
                 "rejected"
             } else {

@@ -103,7 +103,7 @@ impl Proxy {
             backend: "-".into(),
             status: 0,
             bytes: 0,
-            duration_ms: Default::default(),
+            duration: Default::default(),
             outcome: "",
         });
         let via = if request.version() == Version::HTTP_2 {

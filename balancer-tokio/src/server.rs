@@ -357,7 +357,7 @@ impl Connection {
                 backend: "-".into(),
                 status: status.as_u16(),
                 bytes: (message.len() + 1) as u64,
-                duration_ms: started.elapsed(),
+                duration: started.elapsed(),
                 outcome: "rejected",
             });
         }
