@@ -657,6 +657,14 @@ impl<'a> Sim<'a> {
         let decision = self
             .scheduler
             .handle_retry_work(now, &mut self.policy_rng, exclude);
+        if let Decision::Dispatch { backend, .. } = decision {
+            if exclude.contains(&backend) {
+                return Err(SimError::Causality {
+                    time_ns: self.now_ns,
+                    what: format!("a retry went back to {backend}, where the request had failed"),
+                });
+            }
+        }
         let request = Pending {
             arrived_ns: job.arrived_ns,
             client: job.client,
