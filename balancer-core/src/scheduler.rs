@@ -250,6 +250,10 @@ impl Scheduler {
     }
 
     /// Adds an up, undrained backend with `weight` and returns its id.
+    ///
+    /// Until a backend is removed, ids are handed out with dense indices 0, 1, 2, … in the
+    /// order of the calls (drivers may index arrays by [`BackendId::index`]); after a removal
+    /// the freed index is reused first, with a new generation.
     pub fn add_backend(&mut self, now: Timestamp, weight: u32) -> Result<BackendId, CoreError> {
         check_weight(weight)?;
         let initial = PeakEwma::new(self.config.ewma_initial_ns as f64, now);
@@ -300,6 +304,7 @@ impl Scheduler {
     /// backend up, `fall` failures in a row take an up one down.
     pub fn handle_health_check(
         &mut self,
+        now: Timestamp,
         id: BackendId,
         passed: bool,
     ) -> Result<Option<HealthTransition>, CoreError> {

@@ -284,7 +284,7 @@ fn run(config: SchedulerConfig, seed: u64, ops: Vec<Op>) -> Result<(), TestCaseE
             Op::Advance { nanos } => now = now + Duration::from_nanos(nanos.into()),
             Op::HealthCheck { pick: p, passed } => {
                 if let Some(id) = pick(&m.backends, p) {
-                    s.handle_health_check(id, passed).unwrap();
+                    s.handle_health_check(now, id, passed).unwrap();
                 }
             }
         }

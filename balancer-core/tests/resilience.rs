@@ -147,17 +147,17 @@ fn active_health_checks_use_rise_and_fall() {
     config.health_check = HealthCheckConfig { rise: 2, fall: 3 };
     let (mut s, ids) = pool(config, 2);
     let b = ids[0];
-    assert_eq!(s.handle_health_check(b, false), Ok(None));
-    assert_eq!(s.handle_health_check(b, false), Ok(None));
+    assert_eq!(s.handle_health_check(at_ms(0), b, false), Ok(None));
+    assert_eq!(s.handle_health_check(at_ms(0), b, false), Ok(None));
     assert_eq!(
-        s.handle_health_check(b, true),
+        s.handle_health_check(at_ms(0), b, true),
         Ok(None),
         "a pass breaks the streak"
     );
-    assert_eq!(s.handle_health_check(b, false), Ok(None));
-    assert_eq!(s.handle_health_check(b, false), Ok(None));
+    assert_eq!(s.handle_health_check(at_ms(0), b, false), Ok(None));
+    assert_eq!(s.handle_health_check(at_ms(0), b, false), Ok(None));
     assert_eq!(
-        s.handle_health_check(b, false),
+        s.handle_health_check(at_ms(0), b, false),
         Ok(Some(HealthTransition::WentDown))
     );
     assert!(!s.backend(b, at_ms(0)).unwrap().eligible);
@@ -167,9 +167,9 @@ fn active_health_checks_use_rise_and_fall() {
         assert_eq!(chosen, ids[1]);
         s.handle_done(at_ms(0), r, Outcome::Success).unwrap();
     }
-    assert_eq!(s.handle_health_check(b, true), Ok(None));
+    assert_eq!(s.handle_health_check(at_ms(0), b, true), Ok(None));
     assert_eq!(
-        s.handle_health_check(b, true),
+        s.handle_health_check(at_ms(0), b, true),
         Ok(Some(HealthTransition::WentUp))
     );
     assert!(s.backend(b, at_ms(0)).unwrap().eligible);
