@@ -81,6 +81,8 @@ pub struct BackendSnapshot {
     pub ejected_until: Option<Timestamp>,
     /// Failures in a row (reset by a success).
     pub consecutive_failures: u32,
+    /// In slow start since then.
+    pub warming_since: Option<Timestamp>,
 }
 
 /// One slot of the table. A slot with `live == false` is free (its backend was removed).
@@ -109,6 +111,8 @@ pub(crate) struct Slot {
     pub full: bool,
     /// Set aside for the duration of one retry dispatch.
     pub excluded: bool,
+    /// Slow start: warming since then.
+    pub warming_since: Option<Timestamp>,
 }
 
 impl Slot {
@@ -166,6 +170,7 @@ impl BackendTable {
             probe_streak: 0,
             full: false,
             excluded: false,
+            warming_since: None,
         };
         let index = match self.free.pop() {
             Some(index) => {
@@ -308,6 +313,7 @@ impl BackendTable {
             eligible: slot.eligible(),
             ejected_until: slot.ejected_until,
             consecutive_failures: slot.consecutive_failures,
+            warming_since: slot.warming_since,
         }
     }
 

@@ -100,6 +100,9 @@ pub struct DecisionRecord {
     pub skipped: [Option<Skipped>; EXPLAIN_SKIPPED_NAMED],
     /// Whether this was a retry's dispatch, avoiding backends that already failed it.
     pub retry: bool,
+    /// Whether the pool was in panic (too few healthy backends): the choice was p2c by
+    /// pending over every backend not draining or full, healthy or not.
+    pub panic: bool,
 }
 
 impl DecisionRecord {
@@ -117,6 +120,7 @@ impl DecisionRecord {
             backends: 0,
             skipped: [None; EXPLAIN_SKIPPED_NAMED],
             retry: false,
+            panic: false,
         }
     }
 
@@ -135,6 +139,20 @@ impl fmt::Display for DecisionRecord {
     /// fewest of 4 eligible; 2 tied at 1 pending, the one waiting longest wins".
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let eligible = self.eligible;
+        if self.panic {
+            write!(
+                f,
+                "panic mode ({eligible} of {} backends healthy): ",
+                self.backends
+            )?;
+            if let (Decision::Dispatch { .. }, Some(chosen)) = (self.decision, self.chosen) {
+                write!(f, "p2c over all backends chose {}", load(&chosen))?;
+                if let Some(rival) = self.rival {
+                    write!(f, " over {}", load(&rival))?;
+                }
+                return Ok(());
+            }
+        }
         match (self.decision, self.chosen) {
             (Decision::Reject { reason }, _) => write!(
                 f,

@@ -42,6 +42,7 @@ pub mod policy;
 mod retry;
 mod scheduler;
 mod time;
+mod warmup;
 
 pub use backend::{BackendId, BackendSnapshot, BackendState, MAX_BACKENDS, MAX_WEIGHT};
 pub use error::{CoreError, InvariantViolation};
@@ -59,3 +60,4 @@ pub use scheduler::{
     RequestId, Scheduler, SchedulerConfig,
 };
 pub use time::Timestamp;
+pub use warmup::SlowStartConfig;

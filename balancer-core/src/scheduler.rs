@@ -19,6 +19,7 @@ use crate::outlier::OutlierConfig;
 use crate::policy::{Pick, Policy, PolicyKind};
 use crate::retry::{self, FailedTry, RetryBudget, RetryConfig, RetryDecision};
 use crate::time::Timestamp;
+use crate::warmup::{self, SlowStartConfig};
 
 /// Default bound on requests in flight in one scheduler. Above any connection limit a proxy
 /// would set, and large enough for simulated queues at ρ close to 1; each entry is 24 bytes.
@@ -45,6 +46,11 @@ pub struct SchedulerConfig {
     pub health_check: HealthCheckConfig,
     /// Retry decisions and budget. `None`: [`Scheduler::decide_retry`] always gives up.
     pub retry: Option<RetryConfig>,
+    /// Slow start for backends that come back. `None`: they take full traffic at once.
+    pub slow_start: Option<SlowStartConfig>,
+    /// Panic threshold: when fewer than this percent of the non-draining backends can take
+    /// work, spread requests over all of them that are not full, healthy or not. `None`: never.
+    pub panic_threshold_percent: Option<u8>,
 }
 
 impl SchedulerConfig {
@@ -59,6 +65,8 @@ impl SchedulerConfig {
             outlier: None,
             health_check: HealthCheckConfig::default(),
             retry: None,
+            slow_start: None,
+            panic_threshold_percent: None,
         }
     }
 }
@@ -208,6 +216,10 @@ pub struct Scheduler {
     full: u32,
     /// Backends ejected by outlier detection.
     ejected: u32,
+    /// Backends draining.
+    draining: u32,
+    /// Backends in slow start.
+    warming: u32,
     /// Ends of ejections: (until, slot, generation). May hold stale entries for backends
     /// that were removed; at most one live entry per backend.
     ejections: BinaryHeap<Reverse<(Timestamp, u32, u32)>>,
@@ -230,6 +242,8 @@ impl Scheduler {
             dispatches: 0,
             full: 0,
             ejected: 0,
+            draining: 0,
+            warming: 0,
             ejections: BinaryHeap::new(),
             retry_budget: RetryBudget::new(
                 config
@@ -262,6 +276,11 @@ impl Scheduler {
             .insert(weight, initial)
             .ok_or(CoreError::TooManyBackends)?;
         self.policy.on_eligible(id.index, 0);
+        // A pool being set up takes its backends at full weight; one already serving
+        // lets a newcomer warm up.
+        if self.dispatches > 0 {
+            self.start_warming(id.index as usize, now);
+        }
         Ok(id)
     }
 
@@ -276,6 +295,8 @@ impl Scheduler {
         }
         self.full -= u32::from(slot.full);
         self.ejected -= u32::from(slot.ejected_until.is_some());
+        self.draining -= u32::from(slot.draining);
+        self.warming -= u32::from(slot.warming_since.is_some());
         self.backends.remove(id.index);
         self.orphaned += pending;
         Ok(Removal { orphaned: pending })
@@ -325,6 +346,9 @@ impl Scheduler {
             slot.up = passed;
             slot.probe_streak = 0;
         })?;
+        if passed {
+            self.start_warming(index, now);
+        }
         Ok(Some(if passed {
             HealthTransition::WentUp
         } else {
@@ -407,10 +431,10 @@ impl Scheduler {
     ) -> Decision {
         self.handle_timeout(now);
         let mut set_aside = Vec::with_capacity(exclude.len());
+        // Set aside even ineligible ones: panic mode may choose among ineligible backends,
+        // and a retry must still never go back to one that failed it.
         for &id in exclude {
-            if let Some(index) = self.backends.resolve(id)
-                && self.backends.slots[index].eligible()
-            {
+            if let Some(index) = self.backends.resolve(id) {
                 self.update_index_state(index, |slot| slot.excluded = true);
                 set_aside.push(index);
             }
@@ -455,6 +479,7 @@ impl Scheduler {
                     slot.ejected_until = None;
                     slot.returned_at = until;
                 });
+                self.start_warming(index as usize, until);
             }
         }
     }
@@ -471,13 +496,13 @@ impl Scheduler {
         rng: &mut R,
         mut record: Option<&mut DecisionRecord>,
     ) -> Decision {
-        let pick = if self.in_flight >= self.config.max_in_flight {
-            None
+        let (pick, panic) = if self.in_flight >= self.config.max_in_flight {
+            (None, false)
         } else {
-            let decay_ns = self.config.ewma_decay_ns as f64;
-            self.policy.pick(&self.backends, now, decay_ns, rng)
+            self.choose(now, rng)
         };
         if let Some(record) = record.as_deref_mut() {
+            record.panic = panic;
             self.describe(now, pick, record);
         }
         let Some(Pick { chosen: index, .. }) = pick else {
@@ -493,11 +518,16 @@ impl Scheduler {
             return decision;
         };
         let slot = &mut self.backends.slots[index as usize];
-        debug_assert!(slot.eligible(), "policy chose an ineligible backend");
+        debug_assert!(
+            slot.eligible() || (panic && slot.live && !slot.draining && !slot.full),
+            "policy chose an ineligible backend"
+        );
         let old = slot.pending;
         slot.pending += 1;
         slot.dispatched += 1;
-        self.policy.on_pending_changed(index, old, old + 1);
+        if slot.eligible() {
+            self.policy.on_pending_changed(index, old, old + 1);
+        }
         if let Some(cap) = self.config.max_pending_per_backend
             && old + 1 >= cap
         {
@@ -514,6 +544,96 @@ impl Scheduler {
             record.decision = decision;
         }
         decision
+    }
+
+    /// The policy's choice, through panic mode and slow start. Returns it and whether the
+    /// pool was in panic.
+    #[inline]
+    fn choose<R: Rng + ?Sized>(&mut self, now: Timestamp, rng: &mut R) -> (Option<Pick>, bool) {
+        let candidates = self.backends.len() - self.draining as usize;
+        if warmup::in_panic(
+            self.config.panic_threshold_percent,
+            self.backends.eligible_len(),
+            candidates,
+        ) {
+            return (self.panic_pick(rng), true);
+        }
+        let decay_ns = self.config.ewma_decay_ns as f64;
+        let mut pick = self.policy.pick(&self.backends, now, decay_ns, rng);
+        let Some(slow_start) = self.config.slow_start.filter(|_| self.warming > 0) else {
+            return (pick, false);
+        };
+        // A warming backend's turn stands with the probability of its ramp; otherwise the
+        // policy chooses again without it. A few rounds at most: the fallback is the first.
+        const REDRAWS: usize = 3;
+        let mut set_aside = [0u32; REDRAWS];
+        let mut aside = 0;
+        while let Some(Pick { chosen, .. }) = pick {
+            let slot = &self.backends.slots[chosen as usize];
+            let Some(since) = slot.warming_since else {
+                break;
+            };
+            let share = slow_start.ramp(since, now);
+            if share >= 1.0 {
+                self.warming -= 1;
+                self.backends.slots[chosen as usize].warming_since = None;
+                break;
+            }
+            if aside == REDRAWS || rng.random::<f64>() < share {
+                break;
+            }
+            self.update_index_state(chosen as usize, |slot| slot.excluded = true);
+            set_aside[aside] = chosen;
+            aside += 1;
+            pick = self.policy.pick(&self.backends, now, decay_ns, rng);
+        }
+        for &index in &set_aside[..aside] {
+            self.update_index_state(index as usize, |slot| slot.excluded = false);
+        }
+        if pick.is_none() && aside > 0 {
+            // Only warming backends could take it: better the first of them than a 503.
+            pick = Some(Pick {
+                chosen: set_aside[0],
+                rival: None,
+            });
+        }
+        (pick, false)
+    }
+
+    /// Panic mode: p2c by pending over every live backend that is not draining or full.
+    /// O(backends) per request, acceptable for a pool that is mostly down.
+    fn panic_pick<R: Rng + ?Sized>(&self, rng: &mut R) -> Option<Pick> {
+        let open: Vec<u32> = self
+            .backends
+            .live_indices()
+            .filter(|&i| {
+                let slot = &self.backends.slots[i as usize];
+                !slot.draining && !slot.full && !slot.excluded
+            })
+            .collect();
+        let (first, second) = crate::policy::sample_two(&open, rng)?;
+        let pending = |i: u32| self.backends.slots[i as usize].pending;
+        Some(match second {
+            Some(second) if pending(second) < pending(first) => Pick {
+                chosen: second,
+                rival: Some(first),
+            },
+            _ => Pick {
+                chosen: first,
+                rival: second,
+            },
+        })
+    }
+
+    fn start_warming(&mut self, index: usize, now: Timestamp) {
+        if self.config.slow_start.is_none() {
+            return;
+        }
+        let slot = &mut self.backends.slots[index];
+        if slot.warming_since.is_none() {
+            self.warming += 1;
+        }
+        slot.warming_since = Some(now);
     }
 
     /// Fills a record with the state the policy decided on, before the dispatch counts.
@@ -535,10 +655,13 @@ impl Scheduler {
         if let Some(pick) = pick {
             record.chosen = Some(candidate(pick.chosen));
             record.rival = pick.rival.map(candidate);
-            if let Some((next, ties)) = self
-                .policy
-                .least_pending_context(pick.chosen, EXPLAIN_TIE_LIMIT)
-            {
+            let context = (!record.panic)
+                .then(|| {
+                    self.policy
+                        .least_pending_context(pick.chosen, EXPLAIN_TIE_LIMIT)
+                })
+                .flatten();
+            if let Some((next, ties)) = context {
                 record.rival = next.map(candidate);
                 record.ties = ties;
             }
@@ -751,6 +874,14 @@ impl Scheduler {
                 ));
             }
         }
+        let draining = live().filter(|s| s.draining).count();
+        let warming = live().filter(|s| s.warming_since.is_some()).count();
+        if draining != self.draining as usize || warming != self.warming as usize {
+            return Err(InvariantViolation(format!(
+                "{draining} draining and {warming} warming backends, but counters say {} and {}",
+                self.draining, self.warming
+            )));
+        }
         if live().any(|s| s.excluded) {
             return Err(InvariantViolation(
                 "a backend is still set aside after a retry dispatch".into(),
@@ -784,7 +915,13 @@ impl Scheduler {
     fn update_index_state(&mut self, index: usize, change: impl FnOnce(&mut crate::backend::Slot)) {
         let slot = &mut self.backends.slots[index];
         let was_eligible = slot.eligible();
+        let was_draining = slot.draining;
         change(slot);
+        match (was_draining, slot.draining) {
+            (false, true) => self.draining += 1,
+            (true, false) => self.draining -= 1,
+            _ => {}
+        }
         let pending = slot.pending;
         if self.backends.refresh_eligibility(index as u32) {
             if was_eligible {

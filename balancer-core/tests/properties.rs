@@ -8,8 +8,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use balancer_core::{
-    BackendId, CoreError, Decision, FailureKind, HealthCheckConfig, Outcome, OutlierConfig,
-    PolicyKind, RejectReason, RequestId, Scheduler, SchedulerConfig, Timestamp,
+    BackendId, BackendState, CoreError, Decision, FailureKind, HealthCheckConfig, Outcome,
+    OutlierConfig, PolicyKind, RejectReason, RequestId, Scheduler, SchedulerConfig,
+    SlowStartConfig, Timestamp,
 };
 use proptest::prelude::*;
 use rand::SeedableRng;
@@ -92,8 +93,10 @@ fn scheduler_config() -> impl Strategy<Value = SchedulerConfig> {
         prop::option::of(1u32..4),
         prop::option::of((1u32..4, 1u64..3_000_000, 0u8..=100)),
         (1u32..4, 1u32..4),
+        prop::option::of((1u64..5_000_000, 0u8..=100)),
+        prop::option::of(0u8..=100),
     )
-        .prop_map(|(policy, cap, outlier, (rise, fall))| {
+        .prop_map(|(policy, cap, outlier, (rise, fall), slow_start, panic)| {
             let mut config = SchedulerConfig::new(policy);
             config.max_pending_per_backend = cap;
             config.outlier = outlier.map(|(failures, base_ns, percent)| OutlierConfig {
@@ -103,6 +106,11 @@ fn scheduler_config() -> impl Strategy<Value = SchedulerConfig> {
                 max_ejected_percent: percent,
             });
             config.health_check = HealthCheckConfig { rise, fall };
+            config.slow_start = slow_start.map(|(window_ns, min_weight_percent)| SlowStartConfig {
+                window: Duration::from_nanos(window_ns),
+                min_weight_percent,
+            });
+            config.panic_threshold_percent = panic;
             config
         })
 }
@@ -195,6 +203,24 @@ fn run(config: SchedulerConfig, seed: u64, ops: Vec<Op>) -> Result<(), TestCaseE
                     .iter()
                     .filter(|b| b.eligible && !avoid.contains(&b.id))
                     .collect();
+                // Panic mode: too few can take work, so every backend that is not draining,
+                // not full and not already tried may be chosen, healthy or not.
+                let open: Vec<_> = before
+                    .iter()
+                    .filter(|b| b.state != BackendState::Draining && !avoid.contains(&b.id))
+                    .filter(|b| {
+                        config
+                            .max_pending_per_backend
+                            .is_none_or(|cap| b.pending < cap.max(1))
+                    })
+                    .collect();
+                let not_draining = before
+                    .iter()
+                    .filter(|b| b.state != BackendState::Draining)
+                    .count();
+                let panic = config.panic_threshold_percent.is_some_and(|pct| {
+                    not_draining > 0 && eligible.len() * 100 < usize::from(pct) * not_draining
+                });
                 let decision = if avoid.is_empty() {
                     s.handle_work(now, &mut rng)
                 } else {
@@ -202,13 +228,18 @@ fn run(config: SchedulerConfig, seed: u64, ops: Vec<Op>) -> Result<(), TestCaseE
                 };
                 match decision {
                     Decision::Dispatch { request, backend } => {
-                        let chosen = eligible.iter().find(|b| b.id == backend);
+                        let allowed = if panic { &open } else { &eligible };
+                        let chosen = allowed.iter().find(|b| b.id == backend);
                         prop_assert!(
                             chosen.is_some(),
-                            "dispatched to an ineligible backend {}",
-                            backend
+                            "dispatched to an ineligible backend {} (panic: {})",
+                            backend,
+                            panic
                         );
-                        if policy == PolicyKind::LeastPending {
+                        // Slow start may pass over a warming backend, so the minimum is
+                        // only guaranteed when none is warming.
+                        let warming = eligible.iter().any(|b| b.warming_since.is_some());
+                        if policy == PolicyKind::LeastPending && !panic && !warming {
                             let min = eligible.iter().map(|b| b.pending).min().unwrap();
                             prop_assert_eq!(
                                 chosen.unwrap().pending,
@@ -221,6 +252,10 @@ fn run(config: SchedulerConfig, seed: u64, ops: Vec<Op>) -> Result<(), TestCaseE
                     }
                     Decision::Reject { reason } => {
                         prop_assert!(eligible.is_empty());
+                        prop_assert!(
+                            !panic || open.is_empty(),
+                            "panic mode rejected with open backends"
+                        );
                         if reason == RejectReason::NoBackend
                             && let Some(cap) = config.max_pending_per_backend
                         {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use balancer_core::{
     BackendId, Decision, FailedTry, FailureKind, HealthCheckConfig, HealthTransition,
     NoRetryReason, Outcome, OutlierConfig, PolicyKind, RejectReason, RequestId, RetryConfig,
-    RetryDecision, Scheduler, SchedulerConfig, Timestamp,
+    RetryDecision, Scheduler, SchedulerConfig, SlowStartConfig, Timestamp,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -347,4 +347,100 @@ fn retry_work_never_returns_to_excluded_backends() {
         );
         s.check_invariants().unwrap();
     }
+}
+
+#[test]
+fn slow_start_ramps_a_returning_backend_up() {
+    let mut config = SchedulerConfig::new(PolicyKind::RoundRobin);
+    config.health_check = HealthCheckConfig { rise: 1, fall: 1 };
+    config.slow_start = Some(SlowStartConfig {
+        window: Duration::from_secs(10),
+        min_weight_percent: 10,
+    });
+    let (mut s, ids) = pool(config, 4);
+    let mut rng = rng();
+    // It has served traffic; b0 fails a check and comes back at t = 0.
+    let (r, _) = dispatch(&mut s, at_ms(0), &mut rng);
+    s.handle_done(at_ms(0), r, Outcome::Success).unwrap();
+    assert_eq!(
+        s.handle_health_check(at_ms(0), ids[0], false),
+        Ok(Some(HealthTransition::WentDown))
+    );
+    assert_eq!(
+        s.handle_health_check(at_ms(0), ids[0], true),
+        Ok(Some(HealthTransition::WentUp))
+    );
+    let shares: Vec<f64> = (0..12u64)
+        .map(|second| {
+            let mut to_b0 = 0;
+            for i in 0..4_000u64 {
+                let now = at_ms(second * 1_000 + i / 4);
+                let (r, b) = dispatch(&mut s, now, &mut rng);
+                to_b0 += usize::from(b == ids[0]);
+                s.handle_done(now, r, Outcome::Success).unwrap();
+            }
+            to_b0 as f64 / 4_000.0
+        })
+        .collect();
+    eprintln!("share of the returning backend per second: {shares:.3?}");
+    // Full share is 25%. The first second sits near the 10% floor; the ramp then rises
+    // (allowing 2 points of sampling noise per step) until full share after 10 s.
+    assert!(shares[0] < 0.06, "{shares:?}");
+    for pair in shares.windows(2) {
+        assert!(pair[1] + 0.02 >= pair[0], "not monotone: {shares:?}");
+    }
+    assert!((shares[11] - 0.25).abs() < 0.01, "{shares:?}");
+    assert!(
+        s.backend(ids[0], at_ms(12_000))
+            .unwrap()
+            .warming_since
+            .is_none()
+    );
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn a_pool_set_up_from_scratch_does_not_warm() {
+    let mut config = SchedulerConfig::new(PolicyKind::RoundRobin);
+    config.slow_start = Some(SlowStartConfig::default());
+    let (s, _) = pool(config, 3);
+    assert!(s.backends(at_ms(0)).all(|b| b.warming_since.is_none()));
+}
+
+#[test]
+fn panic_mode_spreads_over_all_backends_when_too_few_are_healthy() {
+    let mut config = SchedulerConfig::new(PolicyKind::LeastPending);
+    config.panic_threshold_percent = Some(50);
+    let (mut s, ids) = pool(config, 4);
+    let mut rng = rng();
+    s.set_up(ids[1], false).unwrap();
+    s.set_up(ids[2], false).unwrap();
+    // 2 of 4 healthy: 50% is not below the threshold, only the healthy two serve.
+    let mut served = [0usize; 4];
+    for _ in 0..400 {
+        let (r, b) = dispatch(&mut s, at_ms(0), &mut rng);
+        served[b.index()] += 1;
+        s.handle_done(at_ms(0), r, Outcome::Success).unwrap();
+    }
+    assert_eq!((served[1], served[2]), (0, 0), "{served:?}");
+    // 1 of 4 healthy: panic, every backend gets a share.
+    s.set_up(ids[3], false).unwrap();
+    let mut served = [0usize; 4];
+    for _ in 0..400 {
+        let (decision, record) = s.handle_work_explained(at_ms(0), &mut rng);
+        let Decision::Dispatch { request, backend } = decision else {
+            panic!("panic mode dispatches");
+        };
+        assert!(record.panic);
+        assert!(
+            record
+                .to_string()
+                .starts_with("panic mode (1 of 4 backends healthy)"),
+            "{record}"
+        );
+        served[backend.index()] += 1;
+        s.handle_done(at_ms(0), request, Outcome::Success).unwrap();
+    }
+    assert!(served.iter().all(|&n| n > 50), "{served:?}");
+    s.check_invariants().unwrap();
 }
