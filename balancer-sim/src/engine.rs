@@ -754,7 +754,7 @@ impl<'a> Sim<'a> {
         let id = b.core_id;
         let transition = self
             .scheduler
-            .handle_health_check(id, passed)
+            .handle_health_check(Timestamp::from_nanos(self.now_ns), id, passed)
             .map_err(|e| self.core_error(e))?;
         match transition {
             Some(HealthTransition::WentDown) => self.backends[index as usize].marked_down = true,
