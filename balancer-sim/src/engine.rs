@@ -3,7 +3,7 @@
 use balancer_core::{
     BackendId, CoreError, Decision, FailedTry, FailureKind, HealthCheckConfig, HealthTransition,
     Outcome, OutlierConfig, PolicyKind, RejectReason, RetryConfig, RetryDecision, Scheduler,
-    SchedulerConfig, Timestamp,
+    SchedulerConfig, SlowStartConfig, Timestamp,
 };
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
@@ -59,6 +59,11 @@ pub struct CoreOptions {
     pub retry: Option<RetryConfig>,
     /// Active health checks run by the simulator, fed to `handle_health_check`.
     pub health: Option<HealthProbes>,
+    /// Slow start: backends that come back (or join) ramp up their share of traffic.
+    pub slow_start: Option<SlowStartConfig>,
+    /// Panic threshold (percent): below it the core spreads work over unhealthy backends too,
+    /// so dispatches to backends marked down or ejected are then expected.
+    pub panic_threshold_percent: Option<u8>,
 }
 
 /// Active health checks: every `interval_ns` each backend is probed; a probe passes unless
@@ -176,6 +181,11 @@ impl SimConfig {
                     "health checks need an interval of at least {MIN_PROBE_INTERVAL_NS} ns and rise, fall ≥ 1"
                 )));
             }
+        }
+        if config.core.panic_threshold_percent.is_some_and(|p| p > 100) {
+            return Err(SimError::Config(
+                "panic_threshold_percent must be in 0..=100".into(),
+            ));
         }
         if let Some(r) = config.core.retry {
             if !(0.0..=10.0).contains(&r.budget_ratio) || r.max_retries > 100 {
@@ -403,6 +413,8 @@ impl<'a> Sim<'a> {
         core_config.outlier = config.core.outlier;
         core_config.max_pending_per_backend = config.core.max_pending_per_backend;
         core_config.retry = config.core.retry;
+        core_config.slow_start = config.core.slow_start;
+        core_config.panic_threshold_percent = config.core.panic_threshold_percent;
         if let Some(h) = config.core.health {
             core_config.health_check = HealthCheckConfig {
                 rise: h.rise,
@@ -690,7 +702,14 @@ impl<'a> Sim<'a> {
                     let ejected = snapshot
                         .and_then(|b| b.ejected_until)
                         .is_some_and(|t| t > now);
-                    if state != Some(balancer_core::BackendState::Up) || ejected {
+                    // In panic mode the core may pick down or ejected backends, never draining ones.
+                    let panic = self.config.core.panic_threshold_percent.is_some();
+                    let allowed = match state {
+                        Some(balancer_core::BackendState::Up) => !ejected || panic,
+                        Some(balancer_core::BackendState::Down) => panic,
+                        _ => false,
+                    };
+                    if !allowed {
                         return Err(SimError::Causality {
                             time_ns: self.now_ns,
                             what: format!(
@@ -771,8 +790,9 @@ impl<'a> Sim<'a> {
     #[inline]
     fn dispatch(&mut self, index: u32, mut job: Job) -> Result<(), SimError> {
         let now_ns = self.now_ns;
+        let panic = self.config.core.panic_threshold_percent.is_some();
         let b = &mut self.backends[index as usize];
-        if b.marked_down || b.draining || b.removed {
+        if (b.marked_down && !panic) || b.draining || b.removed {
             return Err(SimError::Causality {
                 time_ns: now_ns,
                 what: format!(

@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use std::time::Duration;
 
-use balancer_core::{OutlierConfig, RetryConfig};
+use balancer_core::{OutlierConfig, RetryConfig, SlowStartConfig};
 
 use crate::backends::{BackendSpec, MAX_CONCURRENCY, MAX_SIM_BACKENDS};
 use crate::distribution::{ServiceDist, SpecError, parse_duration_ns};
@@ -375,6 +375,8 @@ pub struct Scenario {
 #[serde(deny_unknown_fields)]
 struct CoreEntry {
     max_pending_per_backend: Option<u32>,
+    panic_threshold_percent: Option<u8>,
+    slow_start: Option<SlowStartEntry>,
     outlier: Option<OutlierEntry>,
     retry: Option<RetryEntry>,
     health: Option<HealthEntry>,
@@ -399,6 +401,13 @@ struct RetryEntry {
     budget_window: Option<String>,
     backoff_base: Option<String>,
     backoff_max: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SlowStartEntry {
+    window: Option<String>,
+    min_weight_percent: Option<u8>,
 }
 
 #[derive(Deserialize)]
@@ -459,11 +468,23 @@ impl CoreEntry {
                 })
             }
         };
+        let slow_start = match &self.slow_start {
+            None => None,
+            Some(w) => {
+                let d = SlowStartConfig::default();
+                Some(SlowStartConfig {
+                    window: dur(&w.window, d.window)?,
+                    min_weight_percent: w.min_weight_percent.unwrap_or(d.min_weight_percent),
+                })
+            }
+        };
         Ok(CoreOptions {
             outlier,
             max_pending_per_backend: self.max_pending_per_backend,
             retry,
             health,
+            slow_start,
+            panic_threshold_percent: self.panic_threshold_percent,
         })
     }
 }
@@ -779,6 +800,17 @@ pub fn scenario_toml(fleet: &[BackendSpec], core: &CoreOptions, faults: &[Fault]
         if let Some(cap) = core.max_pending_per_backend {
             let _ = writeln!(out, "max_pending_per_backend = {cap}");
         }
+        if let Some(percent) = core.panic_threshold_percent {
+            let _ = writeln!(out, "panic_threshold_percent = {percent}");
+        }
+        if let Some(w) = core.slow_start {
+            let _ = writeln!(
+                out,
+                "[core.slow_start]\nwindow = \"{}\"\nmin_weight_percent = {}",
+                ns(w.window),
+                w.min_weight_percent
+            );
+        }
         if let Some(o) = core.outlier {
             let _ = writeln!(
                 out,
@@ -1089,6 +1121,8 @@ mod tests {
                 rise: 2,
                 fall: 3,
             }),
+            slow_start: Some(SlowStartConfig::default()),
+            panic_threshold_percent: Some(50),
         };
         let text = scenario_toml(&fleet, &core, &faults);
         let back = Scenario::parse(&text, "rt.toml", defaults()).unwrap();

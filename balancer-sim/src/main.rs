@@ -101,6 +101,12 @@ struct Common {
     /// Probe every backend this often (e.g. 100ms) and feed the results to the core.
     #[arg(long, value_parser = parse_interval)]
     health_interval: Option<u64>,
+    /// Turn on the core's slow start with this ramp window (e.g. 5s), from 10% of full share.
+    #[arg(long, value_parser = parse_interval)]
+    slow_start: Option<u64>,
+    /// The core's panic threshold, in percent of backends able to take work.
+    #[arg(long)]
+    panic_threshold_percent: Option<u8>,
 }
 
 fn parse_interval(text: &str) -> Result<u64, String> {
@@ -156,6 +162,15 @@ impl Common {
                 max_retries: retries,
                 ..config.core.retry.unwrap_or_default()
             });
+        }
+        if let Some(window_ns) = self.slow_start {
+            config.core.slow_start = Some(balancer_core::SlowStartConfig {
+                window: std::time::Duration::from_nanos(window_ns),
+                ..config.core.slow_start.unwrap_or_default()
+            });
+        }
+        if let Some(percent) = self.panic_threshold_percent {
+            config.core.panic_threshold_percent = Some(percent);
         }
         if let Some(interval_ns) = self.health_interval {
             let defaults = balancer_core::HealthCheckConfig::default();

@@ -139,26 +139,35 @@ fn core_options() -> impl Strategy<Value = CoreOptions> {
         prop::option::of(1u32..=4),
         prop::option::of((0u32..=3, any::<bool>())),
         prop::option::of((1u64..=10, 1u32..=3, 1u32..=3)),
+        prop::option::of((1u64..=50, 0u8..=100)),
+        prop::option::of(0u8..=100),
     )
-        .prop_map(|(outlier, cap, retry, health)| CoreOptions {
-            outlier: outlier.map(|(failures, ms, percent)| balancer_core::OutlierConfig {
-                consecutive_failures: failures,
-                base_ejection: Duration::from_millis(ms),
-                max_ejection: Duration::from_millis(ms * 4),
-                max_ejected_percent: percent,
-            }),
-            max_pending_per_backend: cap,
-            retry: retry.map(|(max_retries, retry_on_503)| balancer_core::RetryConfig {
-                max_retries,
-                retry_on_503,
-                ..balancer_core::RetryConfig::default()
-            }),
-            health: health.map(|(ms, rise, fall)| HealthProbes {
-                interval_ns: ms * 1_000_000,
-                rise,
-                fall,
-            }),
-        })
+        .prop_map(
+            |(outlier, cap, retry, health, slow_start, panic)| CoreOptions {
+                outlier: outlier.map(|(failures, ms, percent)| balancer_core::OutlierConfig {
+                    consecutive_failures: failures,
+                    base_ejection: Duration::from_millis(ms),
+                    max_ejection: Duration::from_millis(ms * 4),
+                    max_ejected_percent: percent,
+                }),
+                max_pending_per_backend: cap,
+                retry: retry.map(|(max_retries, retry_on_503)| balancer_core::RetryConfig {
+                    max_retries,
+                    retry_on_503,
+                    ..balancer_core::RetryConfig::default()
+                }),
+                health: health.map(|(ms, rise, fall)| HealthProbes {
+                    interval_ns: ms * 1_000_000,
+                    rise,
+                    fall,
+                }),
+                slow_start: slow_start.map(|(ms, percent)| balancer_core::SlowStartConfig {
+                    window: Duration::from_millis(ms),
+                    min_weight_percent: percent,
+                }),
+                panic_threshold_percent: panic,
+            },
+        )
 }
 
 /// Keeps the faults that name a backend existing at their time (in time order).
