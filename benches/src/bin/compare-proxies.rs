@@ -26,6 +26,10 @@ const SLOW_BACKEND_LATENCY_MS: u64 = 15_000;
 /// Longest wait for RSS to settle after opening or loading connections.
 const RSS_SETTLE_MAX: Duration = Duration::from_secs(4);
 
+/// An open-loop run below this fraction of the target rate is flagged: its latencies are those
+/// of a lower load than asked for.
+const OPEN_RATE_SHORTFALL: f64 = 0.95;
+
 /// Longest wait for a proxy to accept the connections it will (descriptor count stable).
 const FDS_SETTLE_MAX: Duration = Duration::from_secs(15);
 
@@ -201,6 +205,11 @@ fn main() -> ExitCode {
     }
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // The signal thread is stopping the children and will exit with 130; let it.
+        Err(_) if procs::stopping() => {
+            thread::sleep(Duration::from_secs(5));
+            ExitCode::from(130)
+        }
         Err(err) => {
             eprintln!("compare-proxies: error: {err:#}");
             ExitCode::FAILURE
@@ -390,6 +399,9 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let uptime_after = shell_line("uptime", &[]);
     drop(backends);
 
+    if procs::stopping() {
+        bail!("interrupted: no report written");
+    }
     let rows: Vec<Row> = results.iter().map(Row::from_results).collect();
     let meta = Meta {
         command: std::env::args().collect::<Vec<_>>().join(" "),
@@ -705,7 +717,7 @@ fn in_flight_phase(
     let Ok(balancer) = &ctx.balancer else {
         warnings.push(
             "per-in-flight memory not measured: its slow backends are `balancer demo-backend`, \
-             which did not build"
+             which is not available"
                 .into(),
         );
         return;
@@ -808,7 +820,7 @@ fn load_phase(
     }
     for repeat in 1..=settings.repeats {
         for (r, child) in results.iter_mut().zip(children.iter_mut()) {
-            if r.failure.is_some() {
+            if r.failure.is_some() || procs::stopping() {
                 continue;
             }
             if let Some(c) = child.as_mut() {
@@ -834,6 +846,12 @@ fn load_phase(
             match load.wrk(port, settings.duration, &label) {
                 Ok(w) => {
                     let cpu = cpu_s(child.as_ref(), before, ticks_per_s);
+                    if w.errors > 0 {
+                        r.notes.push(format!(
+                            "closed loop {repeat}: {} errors (non-2xx/3xx or socket errors)",
+                            w.errors
+                        ));
+                    }
                     eprintln!(
                         "  closed: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, cpu {}",
                         w.rps,
@@ -862,6 +880,19 @@ fn load_phase(
                             "  open: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms",
                             o.rps, o.p50_ms, o.p99_ms, o.p999_ms
                         );
+                        if o.rps < rate as f64 * OPEN_RATE_SHORTFALL {
+                            r.notes.push(format!(
+                                "open loop {repeat}: achieved {:.0} of {rate} req/s (the load \
+                                 generator or the proxy could not keep up)",
+                                o.rps
+                            ));
+                        }
+                        if o.success_rate < 1.0 {
+                            r.notes.push(format!(
+                                "open loop {repeat}: success rate {:.4}",
+                                o.success_rate
+                            ));
+                        }
                         r.open.push(OpenSample {
                             rps: o.rps,
                             p50_ms: o.p50_ms,

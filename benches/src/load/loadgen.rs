@@ -90,6 +90,16 @@ pub fn parse_wrk(text: &str) -> anyhow::Result<WrkResult> {
 /// Parses oha's JSON output (latencies in seconds).
 pub fn parse_oha(text: &str) -> anyhow::Result<OhaResult> {
     let json: serde_json::Value = serde_json::from_str(text).context("oha's output is not JSON")?;
+    let success_rate = json
+        .pointer("/summary/successRate")
+        .and_then(serde_json::Value::as_f64)
+        .unwrap_or(0.0);
+    if success_rate == 0.0 {
+        let errors = json
+            .get("errorDistribution")
+            .map_or_else(|| "none reported".to_owned(), |e| e.to_string());
+        bail!("oha: no request succeeded; errors: {errors}");
+    }
     let number = |pointer: &str| {
         json.pointer(pointer)
             .and_then(serde_json::Value::as_f64)
@@ -100,7 +110,7 @@ pub fn parse_oha(text: &str) -> anyhow::Result<OhaResult> {
         p50_ms: number("/latencyPercentiles/p50")? * 1e3,
         p99_ms: number("/latencyPercentiles/p99")? * 1e3,
         p999_ms: number("/latencyPercentiles/p99.9")? * 1e3,
-        success_rate: number("/summary/successRate")?,
+        success_rate,
     })
 }
 

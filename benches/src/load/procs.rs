@@ -7,7 +7,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,23 @@ use anyhow::{Context, bail};
 
 /// Process groups still alive, so that a signal handler can stop them all before exiting.
 static LIVE_GROUPS: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
+
+/// Set (under the `LIVE_GROUPS` lock) once stopping everything has begun: no new child may start,
+/// or the main thread could spawn one between the handler's sweep and its exit.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// Whether an interrupt has begun stopping everything (the run's results are then incomplete).
+pub fn stopping() -> bool {
+    STOPPING.load(Ordering::SeqCst)
+}
+
+fn lock_groups_for_spawn(name: &str) -> anyhow::Result<MutexGuard<'static, BTreeSet<u32>>> {
+    let groups = LIVE_GROUPS.lock().unwrap_or_else(|p| p.into_inner());
+    if STOPPING.load(Ordering::SeqCst) {
+        bail!("not starting {name}: the harness is stopping");
+    }
+    Ok(groups)
+}
 
 /// How long a child gets to exit after SIGTERM before SIGKILL: the balancer drains in-flight
 /// requests (its config sets a 1 s grace), nginx and HAProxy exit at once.
@@ -35,11 +53,10 @@ fn signal_group(pgid: u32, signal: &str) {
 
 /// Stops every live group (SIGTERM, short wait, SIGKILL). Used by the signal handler.
 pub fn stop_all_groups() {
-    let groups: Vec<u32> = match LIVE_GROUPS.lock() {
-        Ok(mut set) => std::mem::take(&mut *set).into_iter().collect(),
-        Err(poisoned) => std::mem::take(&mut *poisoned.into_inner())
-            .into_iter()
-            .collect(),
+    let groups: Vec<u32> = {
+        let mut set = LIVE_GROUPS.lock().unwrap_or_else(|p| p.into_inner());
+        STOPPING.store(true, Ordering::SeqCst);
+        std::mem::take(&mut *set).into_iter().collect()
     };
     for &pgid in &groups {
         signal_group(pgid, "TERM");
@@ -105,7 +122,7 @@ impl Child {
         let stderr = fs::File::create(&stderr_path)
             .with_context(|| format!("cannot create {}", stderr_path.display()))?;
         // Hold the lock across spawn so the signal handler never misses a group that exists.
-        let mut groups = LIVE_GROUPS.lock().unwrap_or_else(|p| p.into_inner());
+        let mut groups = lock_groups_for_spawn(name)?;
         let child = command
             .stdin(Stdio::null())
             .stdout(stdout)
@@ -224,7 +241,7 @@ pub fn run_bounded(
 ) -> anyhow::Result<String> {
     let stdout = fs::File::create(out_path)
         .with_context(|| format!("cannot create {}", out_path.display()))?;
-    let mut groups = LIVE_GROUPS.lock().unwrap_or_else(|p| p.into_inner());
+    let mut groups = lock_groups_for_spawn(name)?;
     let stderr_path = logs.join(format!("{name}.err"));
     let stderr = fs::File::create(&stderr_path)
         .with_context(|| format!("cannot create {}", stderr_path.display()))?;
