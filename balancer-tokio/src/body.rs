@@ -5,6 +5,7 @@
 //! so a long download counts as pending for least-pending for as long as it lasts.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
@@ -13,6 +14,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::access_log::{AccessLog, AccessRecord};
+use crate::metrics::{Metrics, RequestLabels};
 use crate::pool::SharedPool;
 
 /// Why a request body could not be forwarded.
@@ -29,8 +31,22 @@ pub enum RequestBodyError {
     Client(#[source] hyper::Error),
 }
 
-/// The client's request body, streamed to the backend, cut off past `max_body_bytes`.
-pub struct RequestBody {
+/// Largest request body kept in memory so that a failed try can be sent again to another
+/// backend. Small bodies (form posts, JSON calls) are the common case for retryable requests;
+/// larger ones stream once and are not retried, so memory per request stays bounded.
+pub const MAX_REPLAY_BODY_BYTES: u64 = 64 * 1024;
+
+/// The body sent to a backend: the client's, streamed and cut off past `max_body_bytes`, or a
+/// small body held in memory so that it can be sent again on a retry.
+pub enum RequestBody {
+    /// Streamed from the client, once.
+    Stream(StreamBody),
+    /// Held in memory (at most [`MAX_REPLAY_BODY_BYTES`]); empty for no body.
+    Full(Option<Bytes>),
+}
+
+/// The client's body with its size limit.
+pub struct StreamBody {
     inner: Incoming,
     limit_bytes: u64,
     remaining_bytes: u64,
@@ -39,15 +55,51 @@ pub struct RequestBody {
 impl RequestBody {
     /// Wraps `inner`, allowing at most `limit_bytes`.
     pub fn new(inner: Incoming, limit_bytes: u64) -> Self {
-        RequestBody {
+        RequestBody::Stream(StreamBody {
             inner,
             limit_bytes,
             remaining_bytes: limit_bytes,
-        }
+        })
+    }
+
+    /// A body held in memory (a clone of `Bytes` is a reference count, not a copy).
+    pub fn full(bytes: Bytes) -> Self {
+        RequestBody::Full((!bytes.is_empty()).then_some(bytes))
     }
 }
 
 impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
+        match self.get_mut() {
+            RequestBody::Stream(stream) => Pin::new(stream).poll_frame(cx),
+            RequestBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Stream(stream) => stream.inner.is_end_stream(),
+            RequestBody::Full(bytes) => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Stream(stream) => stream.inner.size_hint(),
+            RequestBody::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
+    }
+}
+
+impl Body for StreamBody {
     type Data = Bytes;
     type Error = RequestBodyError;
 
@@ -100,36 +152,50 @@ pub struct DoneGuard {
     dispatched: Option<(SharedPool, RequestId)>,
     backend_server_error: bool,
     log: Option<(AccessLog, AccessRecord)>,
+    metrics: Option<(Arc<Metrics>, RequestLabels)>,
     started: Instant,
     rejected: bool,
 }
 
 impl DoneGuard {
-    /// A guard for a request dispatched as `request` in `pool`.
-    pub fn dispatched(
-        pool: SharedPool,
-        request: RequestId,
-        log: Option<(AccessLog, AccessRecord)>,
-        started: Instant,
-    ) -> Self {
+    /// A guard for one try dispatched as `request` in `pool`; the access-log line and the
+    /// request's metrics are attached to the try that answers the client.
+    pub fn dispatched(pool: SharedPool, request: RequestId, started: Instant) -> Self {
         DoneGuard {
             dispatched: Some((pool, request)),
             backend_server_error: false,
-            log,
+            log: None,
+            metrics: None,
             started,
             rejected: false,
         }
     }
 
-    /// A guard for a response the proxy made itself (no dispatch): it only logs.
-    pub fn local(log: Option<(AccessLog, AccessRecord)>, started: Instant) -> Self {
+    /// A guard for a response the proxy made itself (no dispatch): it only logs and counts.
+    pub fn local(
+        log: Option<(AccessLog, AccessRecord)>,
+        metrics: Option<(Arc<Metrics>, RequestLabels)>,
+        started: Instant,
+    ) -> Self {
         DoneGuard {
             dispatched: None,
             backend_server_error: false,
             log,
+            metrics,
             started,
             rejected: true,
         }
+    }
+
+    /// Makes this the try that answers the client: it writes the access-log line and counts
+    /// the request when it ends.
+    pub fn attach(
+        &mut self,
+        log: Option<(AccessLog, AccessRecord)>,
+        metrics: Option<(Arc<Metrics>, RequestLabels)>,
+    ) {
+        self.log = log;
+        self.metrics = metrics;
     }
 
     /// Records the status sent to the client; a 5xx turns a complete body into a
@@ -138,6 +204,9 @@ impl DoneGuard {
         self.backend_server_error = status.is_server_error();
         if let Some((_, record)) = &mut self.log {
             record.status = status.as_u16();
+        }
+        if let Some((_, labels)) = &mut self.metrics {
+            labels.status = status.as_u16();
         }
     }
 
@@ -153,6 +222,9 @@ impl DoneGuard {
         };
         if let Some((pool, request)) = self.dispatched.take() {
             pool.handle_done(request, outcome);
+        }
+        if let Some((metrics, labels)) = self.metrics.take() {
+            metrics.observe_request(&labels, self.started.elapsed());
         }
         if let Some((log, mut record)) = self.log.take() {
             record.bytes = bytes;

@@ -42,6 +42,25 @@ pub mod defaults {
     pub const MAX_IDLE_PER_BACKEND: usize = 256;
     /// Seed of each pool's ChaCha8 RNG: fixed so that runs are reproducible unless configured.
     pub const SEED: u64 = 0;
+    /// The admin listener: loopback only, so that nothing but this machine can drain backends
+    /// or read metrics unless the operator deliberately binds it elsewhere.
+    pub const ADMIN: &str = "127.0.0.1:9901";
+    /// Request arrival to response headers, across every try and backoff: two full per-try
+    /// timeouts (the default 30 s each), so a retry after one slow try still has its chance.
+    pub const REQUEST_TIMEOUT_MS: u64 = 60_000;
+    /// Active health checks: a probe every 2 s finds a dead backend within `fall` × 2 s.
+    pub const HEALTH_INTERVAL_MS: u64 = 2_000;
+    /// A probe slower than 1 s counts as failed: a healthy backend answers its health path fast.
+    pub const HEALTH_TIMEOUT_MS: u64 = 1_000;
+    /// Statuses a probe accepts (HAProxy's `http-check expect status` default is 2xx/3xx).
+    pub const HEALTH_EXPECTED_STATUS: (u16, u16) = (200, 399);
+    /// Client IPs whose rate-limit state is kept at once. One entry is tens of bytes, so 100 000
+    /// is a few MiB at most; past it idle entries are dropped, then all (see `ratelimit`).
+    pub const MAX_TRACKED_CLIENTS: usize = 100_000;
+    /// Slow start begins at 10 % of the configured weight (Envoy's `min_weight_percent`).
+    pub const SLOW_START_MIN_WEIGHT_PERCENT: u8 = 10;
+    /// Largest `max_retries` accepted: each retry is another full try against the pool.
+    pub const MAX_RETRIES_LIMIT: u32 = 10;
 }
 
 /// Why a configuration was refused. Every message names the file and, when it can, the line and
@@ -93,6 +112,68 @@ pub struct Config {
     pub access_log: AccessLogFormat,
     /// Grace period for in-flight requests on shutdown, in milliseconds.
     pub shutdown_grace_ms: u64,
+    /// The admin listener's address; `None` when `admin = "off"`.
+    pub admin: Option<SocketAddr>,
+    /// Global and per-client rate limits (per-route ones are on the routes).
+    pub rate_limit: RateLimitConfig,
+}
+
+/// A GCRA rate: `rate_per_s` requests per second on average, bursts of up to `burst`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    /// Sustained requests per second (at least 1).
+    pub rate_per_s: u32,
+    /// Requests allowed at once after a quiet period (at least 1).
+    pub burst: u32,
+}
+
+/// Rate limits that are not per route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    /// One limit shared by all requests.
+    pub global: Option<Rate>,
+    /// One limit per client IP address.
+    pub per_client: Option<Rate>,
+    /// Most client addresses whose state is kept at once (bounds the keyed map).
+    pub max_tracked_clients: usize,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            global: None,
+            per_client: None,
+            max_tracked_clients: defaults::MAX_TRACKED_CLIENTS,
+        }
+    }
+}
+
+/// Active health checks of a pool's backends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Path of the `GET` probe.
+    pub path: String,
+    /// Time between probes of one backend, in milliseconds.
+    pub interval_ms: u64,
+    /// A probe without response headers within this fails, in milliseconds.
+    pub timeout_ms: u64,
+    /// Passing probes in a row that bring a down backend up.
+    pub rise: u32,
+    /// Failing probes in a row that take an up backend down.
+    pub fall: u32,
+    /// Lowest status that passes.
+    pub expected_status_min: u16,
+    /// Highest status that passes.
+    pub expected_status_max: u16,
+}
+
+/// Slow start: a backend that comes (back) up gets a growing share of traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlowStart {
+    /// How long the ramp lasts, in milliseconds.
+    pub window_ms: u64,
+    /// The weight it starts at, in percent of its configured weight.
+    pub min_weight_percent: u8,
 }
 
 /// One listening socket.
@@ -127,6 +208,20 @@ pub struct PoolConfig {
     pub max_idle_per_backend: usize,
     /// Requests in flight in this pool beyond which new ones get 503.
     pub max_in_flight: u32,
+    /// Circuit breaking: requests in flight per backend; when every backend is at it, 503.
+    pub max_pending_per_backend: Option<u32>,
+    /// Arrival to response headers across all tries and backoffs, in milliseconds; then 504.
+    pub request_timeout_ms: u64,
+    /// Active health checks; `None`: backends are never probed.
+    pub health_check: Option<HealthCheck>,
+    /// Passive health (outlier ejection); `None`: failures never eject.
+    pub outlier: Option<balancer_core::OutlierConfig>,
+    /// Retries; `None` (or `max_retries = 0`): never retried.
+    pub retry: Option<balancer_core::RetryConfig>,
+    /// Slow start for backends that come (back) up.
+    pub slow_start: Option<SlowStart>,
+    /// Below this percentage of healthy backends, traffic spreads over all of them.
+    pub panic_threshold_percent: Option<u8>,
 }
 
 /// One backend of a pool.
@@ -151,6 +246,8 @@ pub struct RouteConfig {
     pub port: Option<u16>,
     /// Index into [`Config::pools`].
     pub pool: usize,
+    /// This route's own rate limit.
+    pub rate_limit: Option<Rate>,
 }
 
 /// Limits on clients.
@@ -194,6 +291,63 @@ struct RawConfig {
     max_header_bytes: Option<Spanned<usize>>,
     max_body_bytes: Option<u64>,
     max_connections: Option<Spanned<usize>>,
+    admin: Option<Spanned<String>>,
+    rate_limit: Option<RawRateLimit>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    global: Option<Spanned<RawRate>>,
+    per_client: Option<Spanned<RawRate>>,
+    max_tracked_clients: Option<Spanned<usize>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRate {
+    rate_per_s: u32,
+    burst: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealthCheck {
+    path: Option<Spanned<String>>,
+    interval_ms: Option<Spanned<u64>>,
+    timeout_ms: Option<Spanned<u64>>,
+    rise: Option<Spanned<u32>>,
+    fall: Option<Spanned<u32>>,
+    expected_status: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutlier {
+    consecutive_failures: Option<Spanned<u32>>,
+    base_ejection_ms: Option<u64>,
+    max_ejection_ms: Option<u64>,
+    max_ejected_percent: Option<Spanned<u8>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    max_retries: Option<Spanned<u32>>,
+    retry_non_idempotent: Option<bool>,
+    retry_on_503: Option<bool>,
+    budget_ratio: Option<Spanned<f64>>,
+    budget_min_per_s: Option<u32>,
+    budget_window_ms: Option<Spanned<u64>>,
+    backoff_base_ms: Option<u64>,
+    backoff_max_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSlowStart {
+    window_ms: Spanned<u64>,
+    min_weight_percent: Option<Spanned<u8>>,
 }
 
 #[derive(Deserialize)]
@@ -261,6 +415,13 @@ struct RawPool {
     idle_timeout_ms: Option<u64>,
     max_idle_per_backend: Option<usize>,
     max_in_flight: Option<u32>,
+    max_pending_per_backend: Option<Spanned<u32>>,
+    request_timeout_ms: Option<Spanned<u64>>,
+    health_check: Option<RawHealthCheck>,
+    outlier: Option<RawOutlier>,
+    retry: Option<RawRetry>,
+    slow_start: Option<RawSlowStart>,
+    panic_threshold_percent: Option<Spanned<u8>>,
 }
 
 #[derive(Deserialize)]
@@ -271,6 +432,7 @@ struct RawRoute {
     path_prefix: Option<Spanned<String>>,
     port: Option<Spanned<u16>>,
     pool: Spanned<String>,
+    rate_limit: Option<Spanned<RawRate>>,
 }
 
 impl Config {
@@ -471,6 +633,55 @@ fn validate(raw: RawConfig, errors: &Errors<'_>) -> Result<Config, ConfigError> 
         if let Some(n) = raw_pool.max_in_flight {
             pool.max_in_flight = n;
         }
+        if let Some(n) = raw_pool.max_pending_per_backend {
+            if *n.get_ref() == 0 {
+                return Err(errors.at(
+                    n.span(),
+                    "max_pending_per_backend must be at least 1 (drain a backend to give it no work)",
+                ));
+            }
+            pool.max_pending_per_backend = Some(n.into_inner());
+        }
+        if let Some(ms) = raw_pool.request_timeout_ms {
+            if *ms.get_ref() == 0 {
+                return Err(errors.at(ms.span(), "request_timeout_ms must be at least 1"));
+            }
+            pool.request_timeout_ms = ms.into_inner();
+        }
+        if let Some(raw_check) = raw_pool.health_check {
+            pool.health_check = Some(health_check(raw_check, errors)?);
+        }
+        if let Some(raw_outlier) = raw_pool.outlier {
+            pool.outlier = Some(outlier(raw_outlier, errors)?);
+        }
+        if let Some(raw_retry) = raw_pool.retry {
+            pool.retry = retry(raw_retry, errors)?;
+        }
+        if let Some(raw_slow) = raw_pool.slow_start {
+            let percent = match raw_slow.min_weight_percent {
+                Some(p) if !(1..=100).contains(p.get_ref()) => {
+                    return Err(errors.at(p.span(), "min_weight_percent must be 1-100"));
+                }
+                Some(p) => p.into_inner(),
+                None => defaults::SLOW_START_MIN_WEIGHT_PERCENT,
+            };
+            if *raw_slow.window_ms.get_ref() == 0 {
+                return Err(errors.at(
+                    raw_slow.window_ms.span(),
+                    "slow_start window_ms must be at least 1; remove slow_start to turn it off",
+                ));
+            }
+            pool.slow_start = Some(SlowStart {
+                window_ms: raw_slow.window_ms.into_inner(),
+                min_weight_percent: percent,
+            });
+        }
+        if let Some(p) = raw_pool.panic_threshold_percent {
+            if *p.get_ref() > 100 {
+                return Err(errors.at(p.span(), "panic_threshold_percent must be 0-100"));
+            }
+            pool.panic_threshold_percent = Some(p.into_inner());
+        }
         pools.push(pool);
     }
     if pools.is_empty() {
@@ -545,6 +756,7 @@ fn validate(raw: RawConfig, errors: &Errors<'_>) -> Result<Config, ConfigError> 
             path_prefix,
             port,
             pool,
+            rate_limit: raw_route.rate_limit.map(|r| rate(r, errors)).transpose()?,
         });
     }
     if routes.is_empty() {
@@ -560,6 +772,7 @@ fn validate(raw: RawConfig, errors: &Errors<'_>) -> Result<Config, ConfigError> 
             path_prefix: "/".into(),
             port: None,
             pool: 0,
+            rate_limit: None,
         });
     }
 
@@ -586,6 +799,44 @@ fn validate(raw: RawConfig, errors: &Errors<'_>) -> Result<Config, ConfigError> 
         limits.max_body_bytes = bytes;
     }
 
+    let admin = match &raw.admin {
+        None => Some(
+            defaults::ADMIN
+                .parse::<SocketAddr>()
+                .expect("the default admin address parses"),
+        ),
+        Some(value) if value.get_ref() == "off" => None,
+        Some(value) => Some(value.get_ref().parse().map_err(|_| {
+            errors.at(
+                value.span(),
+                format!(
+                    "bad admin address {:?}; write IP:PORT, e.g. \"127.0.0.1:9901\", or \"off\"",
+                    value.get_ref()
+                ),
+            )
+        })?),
+    };
+    if let Some(admin) = admin
+        && admin.port() != 0
+        && listeners.iter().any(|l| l.address == admin)
+    {
+        return Err(errors.at(
+            raw.admin.as_ref().map_or(0..0, |a| a.span()),
+            format!("admin address {admin} is also a listener's; give the admin API its own port"),
+        ));
+    }
+    let mut rate_limit = RateLimitConfig::default();
+    if let Some(raw_limit) = raw.rate_limit {
+        rate_limit.global = raw_limit.global.map(|r| rate(r, errors)).transpose()?;
+        rate_limit.per_client = raw_limit.per_client.map(|r| rate(r, errors)).transpose()?;
+        if let Some(n) = raw_limit.max_tracked_clients {
+            if *n.get_ref() == 0 {
+                return Err(errors.at(n.span(), "max_tracked_clients must be at least 1"));
+            }
+            rate_limit.max_tracked_clients = n.into_inner();
+        }
+    }
+
     Ok(Config {
         listeners,
         pools,
@@ -593,7 +844,173 @@ fn validate(raw: RawConfig, errors: &Errors<'_>) -> Result<Config, ConfigError> 
         limits,
         access_log: raw.access_log.unwrap_or_default(),
         shutdown_grace_ms: raw.shutdown_grace_ms.unwrap_or(defaults::SHUTDOWN_GRACE_MS),
+        admin,
+        rate_limit,
     })
+}
+
+fn rate(raw: Spanned<RawRate>, errors: &Errors<'_>) -> Result<Rate, ConfigError> {
+    let span = raw.span();
+    let raw = raw.into_inner();
+    if raw.rate_per_s == 0 {
+        return Err(errors.at(
+            span,
+            "rate_per_s must be at least 1; remove the limit to allow everything",
+        ));
+    }
+    let burst = raw.burst.unwrap_or(raw.rate_per_s);
+    if burst == 0 {
+        return Err(errors.at(span, "burst must be at least 1"));
+    }
+    Ok(Rate {
+        rate_per_s: raw.rate_per_s,
+        burst,
+    })
+}
+
+fn health_check(raw: RawHealthCheck, errors: &Errors<'_>) -> Result<HealthCheck, ConfigError> {
+    let core = balancer_core::HealthCheckConfig::default();
+    let path = match raw.path {
+        Some(path) if !path.get_ref().starts_with('/') => {
+            return Err(errors.at(
+                path.span(),
+                format!("health_check path {:?} must start with '/'", path.get_ref()),
+            ));
+        }
+        Some(path) => {
+            if path.get_ref().parse::<http::uri::PathAndQuery>().is_err() {
+                return Err(errors.at(path.span(), "health_check path is not a valid URI path"));
+            }
+            path.into_inner()
+        }
+        None => "/".into(),
+    };
+    let at_least_1 = |value: Option<Spanned<u64>>, name: &str, default: u64| match value {
+        Some(v) if *v.get_ref() == 0 => {
+            Err(errors.at(v.span(), format!("{name} must be at least 1")))
+        }
+        Some(v) => Ok(v.into_inner()),
+        None => Ok(default),
+    };
+    let interval_ms = at_least_1(raw.interval_ms, "interval_ms", defaults::HEALTH_INTERVAL_MS)?;
+    let timeout_ms = at_least_1(raw.timeout_ms, "timeout_ms", defaults::HEALTH_TIMEOUT_MS)?;
+    let count = |value: Option<Spanned<u32>>, name: &str, default: u32| match value {
+        Some(v) if *v.get_ref() == 0 => {
+            Err(errors.at(v.span(), format!("{name} must be at least 1")))
+        }
+        Some(v) => Ok(v.into_inner()),
+        None => Ok(default),
+    };
+    let rise = count(raw.rise, "rise", core.rise)?;
+    let fall = count(raw.fall, "fall", core.fall)?;
+    let (min, max) = match raw.expected_status {
+        None => defaults::HEALTH_EXPECTED_STATUS,
+        Some(text) => parse_status_range(text.get_ref()).ok_or_else(|| {
+            errors.at(
+                text.span(),
+                format!(
+                    "bad expected_status {:?}; write one status (\"200\") or a range (\"200-399\") within 100-599",
+                    text.get_ref()
+                ),
+            )
+        })?,
+    };
+    Ok(HealthCheck {
+        path,
+        interval_ms,
+        timeout_ms,
+        rise,
+        fall,
+        expected_status_min: min,
+        expected_status_max: max,
+    })
+}
+
+/// `"200"` or `"200-399"`, within 100–599.
+fn parse_status_range(text: &str) -> Option<(u16, u16)> {
+    let (low, high) = match text.split_once('-') {
+        Some((low, high)) => (low.trim().parse().ok()?, high.trim().parse().ok()?),
+        None => {
+            let status = text.trim().parse().ok()?;
+            (status, status)
+        }
+    };
+    ((100..=599).contains(&low) && (100..=599).contains(&high) && low <= high)
+        .then_some((low, high))
+}
+
+fn outlier(
+    raw: RawOutlier,
+    errors: &Errors<'_>,
+) -> Result<balancer_core::OutlierConfig, ConfigError> {
+    let mut config = balancer_core::OutlierConfig::default();
+    if let Some(n) = raw.consecutive_failures {
+        if *n.get_ref() == 0 {
+            return Err(errors.at(n.span(), "consecutive_failures must be at least 1"));
+        }
+        config.consecutive_failures = n.into_inner();
+    }
+    if let Some(ms) = raw.base_ejection_ms {
+        config.base_ejection = std::time::Duration::from_millis(ms);
+    }
+    if let Some(ms) = raw.max_ejection_ms {
+        config.max_ejection = std::time::Duration::from_millis(ms);
+    }
+    if let Some(p) = raw.max_ejected_percent {
+        if *p.get_ref() > 100 {
+            return Err(errors.at(p.span(), "max_ejected_percent must be 0-100"));
+        }
+        config.max_ejected_percent = p.into_inner();
+    }
+    Ok(config)
+}
+
+fn retry(
+    raw: RawRetry,
+    errors: &Errors<'_>,
+) -> Result<Option<balancer_core::RetryConfig>, ConfigError> {
+    use std::time::Duration;
+    let mut config = balancer_core::RetryConfig::default();
+    if let Some(n) = raw.max_retries {
+        if *n.get_ref() > defaults::MAX_RETRIES_LIMIT {
+            return Err(errors.at(
+                n.span(),
+                format!(
+                    "max_retries must be at most {}: more tries only multiply an outage",
+                    defaults::MAX_RETRIES_LIMIT
+                ),
+            ));
+        }
+        config.max_retries = n.into_inner();
+    }
+    if let Some(b) = raw.retry_non_idempotent {
+        config.retry_non_idempotent = b;
+    }
+    if let Some(b) = raw.retry_on_503 {
+        config.retry_on_503 = b;
+    }
+    if let Some(r) = raw.budget_ratio {
+        if !(0.0..=10.0).contains(r.get_ref()) {
+            return Err(errors.at(r.span(), "budget_ratio must be between 0.0 and 10.0"));
+        }
+        config.budget_ratio = r.into_inner();
+    }
+    if let Some(n) = raw.budget_min_per_s {
+        config.budget_min_per_s = n;
+    }
+    if let Some(ms) = raw.budget_window_ms {
+        if *ms.get_ref() == 0 {
+            return Err(errors.at(ms.span(), "budget_window_ms must be at least 1"));
+        }
+        config.budget_window = Duration::from_millis(ms.into_inner());
+    }
+    if let Some(ms) = raw.backoff_base_ms {
+        config.backoff_base = Duration::from_millis(ms);
+    }
+    if let Some(ms) = raw.backoff_max_ms {
+        config.backoff_max = Duration::from_millis(ms);
+    }
+    Ok((config.max_retries > 0).then_some(config))
 }
 
 fn parse_listen_address(
@@ -668,6 +1085,15 @@ fn pool_config(
         idle_timeout_ms: defaults::IDLE_TIMEOUT_MS,
         max_idle_per_backend: defaults::MAX_IDLE_PER_BACKEND,
         max_in_flight: balancer_core::DEFAULT_MAX_IN_FLIGHT,
+        max_pending_per_backend: None,
+        request_timeout_ms: defaults::REQUEST_TIMEOUT_MS,
+        health_check: None,
+        outlier: None,
+        // Retries are on by default (the core's defaults: 2 retries, idempotent methods,
+        // connect/reset/timeout only, within a 20 % budget).
+        retry: Some(balancer_core::RetryConfig::default()),
+        slow_start: None,
+        panic_threshold_percent: None,
     })
 }
 
@@ -800,6 +1226,136 @@ mod tests {
             assert!(
                 err.contains(expected),
                 "{text:?} gave {err:?}, expected {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn issue_6_keys_parse_with_their_defaults() {
+        let config = parse(
+            r#"
+listen = "127.0.0.1:8080"
+admin = "127.0.0.1:9999"
+[rate_limit]
+global = { rate_per_s = 1000 }
+per_client = { rate_per_s = 10, burst = 20 }
+max_tracked_clients = 500
+[pools.web]
+backends = ["127.0.0.1:9001", "127.0.0.1:9002"]
+max_pending_per_backend = 100
+request_timeout_ms = 5000
+panic_threshold_percent = 50
+health_check = { path = "/healthz", expected_status = "200" }
+outlier = { consecutive_failures = 3 }
+retry = { retry_on_503 = true }
+slow_start = { window_ms = 30000 }
+[[routes]]
+pool = "web"
+rate_limit = { rate_per_s = 5 }
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.admin, Some("127.0.0.1:9999".parse().unwrap()));
+        assert_eq!(
+            config.rate_limit.global,
+            Some(Rate {
+                rate_per_s: 1000,
+                burst: 1000
+            })
+        );
+        assert_eq!(config.rate_limit.max_tracked_clients, 500);
+        let pool = &config.pools[0];
+        assert_eq!(pool.max_pending_per_backend, Some(100));
+        assert_eq!(pool.request_timeout_ms, 5000);
+        assert_eq!(pool.panic_threshold_percent, Some(50));
+        let check = pool.health_check.as_ref().unwrap();
+        assert_eq!(check.path, "/healthz");
+        assert_eq!(
+            (check.expected_status_min, check.expected_status_max),
+            (200, 200)
+        );
+        assert_eq!((check.interval_ms, check.rise, check.fall), (2000, 2, 3));
+        assert_eq!(pool.outlier.unwrap().consecutive_failures, 3);
+        assert_eq!(pool.outlier.unwrap().max_ejected_percent, 50);
+        let retry = pool.retry.unwrap();
+        assert!(retry.retry_on_503 && !retry.retry_non_idempotent);
+        assert_eq!(retry.max_retries, 2);
+        assert_eq!(pool.slow_start.unwrap().min_weight_percent, 10);
+        assert_eq!(config.routes[0].rate_limit.unwrap().burst, 5);
+
+        let defaults = parse("listen = \"127.0.0.1:8080\"\nbackends = [\"a:1\"]\n").unwrap();
+        assert_eq!(defaults.admin, Some("127.0.0.1:9901".parse().unwrap()));
+        assert!(
+            defaults.pools[0].retry.is_some(),
+            "retries are on by default"
+        );
+        assert!(defaults.pools[0].outlier.is_none() && defaults.pools[0].health_check.is_none());
+        let off = parse(
+            "listen = \"127.0.0.1:8080\"\nadmin = \"off\"\n[pools.p]\nbackends = [\"a:1\"]\nretry = { max_retries = 0 }\n",
+        )
+        .unwrap();
+        assert_eq!(off.admin, None);
+        assert!(off.pools[0].retry.is_none());
+    }
+
+    #[test]
+    fn issue_6_keys_are_validated() {
+        let pool = "listen = \"127.0.0.1:80\"\n[pools.p]\nbackends = [\"a:1\"]\n";
+        let cases = [
+            (
+                "health_check = { expected_status = \"600\" }",
+                "bad expected_status",
+            ),
+            (
+                "health_check = { path = \"healthz\" }",
+                "must start with '/'",
+            ),
+            (
+                "health_check = { interval_ms = 0 }",
+                "interval_ms must be at least 1",
+            ),
+            ("health_check = { rise = 0 }", "rise must be at least 1"),
+            ("outlier = { max_ejected_percent = 101 }", "0-100"),
+            ("outlier = { consecutive_failures = 0 }", "at least 1"),
+            ("retry = { max_retries = 11 }", "at most 10"),
+            ("retry = { budget_ratio = -1.0 }", "budget_ratio"),
+            ("retry = { tries = 3 }", "unknown field `tries`"),
+            ("max_pending_per_backend = 0", "at least 1"),
+            ("request_timeout_ms = 0", "at least 1"),
+            ("panic_threshold_percent = 101", "0-100"),
+            ("slow_start = { window_ms = 0 }", "window_ms"),
+            (
+                "slow_start = { window_ms = 10, min_weight_percent = 0 }",
+                "1-100",
+            ),
+        ];
+        for (line, expected) in cases {
+            let text = format!("{pool}{line}\n");
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(
+                err.contains(expected),
+                "{line:?} gave {err:?}, expected {expected:?}"
+            );
+            assert!(
+                err.starts_with("test.toml:4:"),
+                "{line:?} gave {err:?}: no line 4"
+            );
+        }
+        let top = [
+            ("admin = \"localhost:1\"", "bad admin address"),
+            ("admin = \"127.0.0.1:80\"", "also a listener's"),
+            (
+                "rate_limit = { per_client = { rate_per_s = 0 } }",
+                "rate_per_s must be at least 1",
+            ),
+            ("rate_limit = { max_tracked_clients = 0 }", "at least 1"),
+        ];
+        for (line, expected) in top {
+            let text = format!("listen = \"127.0.0.1:80\"\n{line}\nbackends = [\"a:1\"]\n");
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(
+                err.contains(expected),
+                "{line:?} gave {err:?}, expected {expected:?}"
             );
         }
     }

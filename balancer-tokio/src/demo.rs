@@ -2,18 +2,16 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use crate::access_log::AccessLogFormat;
-use crate::config::{
-    BackendConfig, Config, Limits, ListenerConfig, PoolConfig, RouteConfig, defaults,
-};
+use crate::config::Config;
 use crate::demo_backend::{DemoBackend, DemoBackendConfig};
-use crate::routing::HostPattern;
 use crate::server::{RunningBalancer, ServeError, ShutdownReport, start};
 
 /// The balancer's port in demo mode.
 pub const DEMO_BALANCER_PORT: u16 = 8080;
 /// The first demo backend's port; the others follow.
 pub const DEMO_FIRST_BACKEND_PORT: u16 = 9001;
+/// The admin listener's port in demo mode (the same default as in a config file).
+pub const DEMO_ADMIN_PORT: u16 = 9901;
 /// How many demo backends run.
 pub const DEMO_BACKENDS: u16 = 4;
 
@@ -24,6 +22,8 @@ pub struct DemoPorts {
     pub balancer: u16,
     /// The first backend's port; the others follow it (or each get a free port if 0).
     pub first_backend: u16,
+    /// The admin listener's port (0: any free port).
+    pub admin: u16,
 }
 
 impl Default for DemoPorts {
@@ -31,6 +31,7 @@ impl Default for DemoPorts {
         DemoPorts {
             balancer: DEMO_BALANCER_PORT,
             first_backend: DEMO_FIRST_BACKEND_PORT,
+            admin: DEMO_ADMIN_PORT,
         }
     }
 }
@@ -78,6 +79,7 @@ impl Demo {
         let config = demo_config(
             SocketAddr::new(localhost, ports.balancer),
             backends.iter().map(|b| b.local_addr()).collect(),
+            SocketAddr::new(localhost, ports.admin),
         );
         let balancer = start(config).await?;
         Ok(Demo { backends, balancer })
@@ -102,6 +104,11 @@ impl Demo {
             "balancer listening on http://{address}/ (least-pending over {} backends)",
             self.backends.len()
         ));
+        if let Some(admin) = self.balancer.admin_addr() {
+            lines.push(format!(
+                "admin listening on http://{admin}/ (/metrics, /backends, /config, /healthz)"
+            ));
+        }
         lines.push(format!("try: curl http://{address}/"));
         lines
     }
@@ -116,39 +123,15 @@ impl Demo {
     }
 }
 
-fn demo_config(listen: SocketAddr, backends: Vec<SocketAddr>) -> Config {
-    Config {
-        listeners: vec![ListenerConfig {
-            name: "demo".into(),
-            address: listen,
-            max_connections: defaults::MAX_CONNECTIONS,
-        }],
-        pools: vec![PoolConfig {
-            name: "demo".into(),
-            policy: balancer_core::PolicyKind::LeastPending,
-            seed: defaults::SEED,
-            backends: backends
-                .iter()
-                .map(|a| BackendConfig {
-                    address: a.to_string(),
-                    weight: 1,
-                })
-                .collect(),
-            connect_timeout_ms: defaults::CONNECT_TIMEOUT_MS,
-            response_header_timeout_ms: defaults::RESPONSE_HEADER_TIMEOUT_MS,
-            idle_timeout_ms: defaults::IDLE_TIMEOUT_MS,
-            max_idle_per_backend: defaults::MAX_IDLE_PER_BACKEND,
-            max_in_flight: balancer_core::DEFAULT_MAX_IN_FLIGHT,
-        }],
-        routes: vec![RouteConfig {
-            name: "demo".into(),
-            host: HostPattern::Any,
-            path_prefix: "/".into(),
-            port: None,
-            pool: 0,
-        }],
-        limits: Limits::default(),
-        access_log: AccessLogFormat::Text,
-        shutdown_grace_ms: defaults::SHUTDOWN_GRACE_MS,
-    }
+fn demo_config(listen: SocketAddr, backends: Vec<SocketAddr>, admin: SocketAddr) -> Config {
+    // Written as the TOML a user would write, so demo mode gets every default a file gets.
+    let backends: Vec<String> = backends.iter().map(|a| format!("\"{a}\"")).collect();
+    let text = format!(
+        "admin = \"{admin}\"\naccess_log = \"text\"\n\
+         [[listeners]]\nname = \"demo\"\naddress = \"{listen}\"\n\
+         [pools.demo]\npolicy = \"least-pending\"\nbackends = [{}]\n\
+         [[routes]]\nname = \"demo\"\npool = \"demo\"\n",
+        backends.join(", ")
+    );
+    Config::from_toml_str(&text, "demo").expect("the demo config is valid")
 }

@@ -60,6 +60,14 @@ pub enum ProxyError {
         /// The configured limit.
         limit_bytes: u64,
     },
+    /// A rate limit refused the request.
+    #[error("too many requests ({limit} limit); retry in {retry_after_s} s")]
+    RateLimited {
+        /// Which limit: `global`, `client` or `route`.
+        limit: &'static str,
+        /// Seconds until a request would pass (also sent as `Retry-After`).
+        retry_after_s: u64,
+    },
     /// The client's request could not be forwarded as sent.
     #[error("malformed request: {reason}")]
     BadRequest {
@@ -82,6 +90,7 @@ impl ProxyError {
             }
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 

@@ -43,6 +43,9 @@ enum Command {
         /// The first backend's port; the other three follow it.
         #[arg(long, default_value_t = balancer_tokio::demo::DEMO_FIRST_BACKEND_PORT)]
         backend_port: u16,
+        /// The admin listener's port (metrics, backends, drain; loopback only).
+        #[arg(long, default_value_t = balancer_tokio::demo::DEMO_ADMIN_PORT)]
+        admin_port: u16,
     },
     /// Run one demo backend alone (for docker compose and load tests).
     DemoBackend {
@@ -79,10 +82,18 @@ fn main() -> ExitCode {
         }
         (None, Some(Command::Check { file })) => check(&file),
         (None, None) => runtime().and_then(|rt| rt.block_on(demo(DemoPorts::default()))),
-        (None, Some(Command::Demo { port, backend_port })) => runtime().and_then(|rt| {
+        (
+            None,
+            Some(Command::Demo {
+                port,
+                backend_port,
+                admin_port,
+            }),
+        ) => runtime().and_then(|rt| {
             rt.block_on(demo(DemoPorts {
                 balancer: port,
                 first_backend: backend_port,
+                admin: admin_port,
             }))
         }),
         (
@@ -125,18 +136,43 @@ fn check(file: &Path) -> anyhow::Result<()> {
 }
 
 async fn run(file: &Path) -> anyhow::Result<()> {
-    let config = Config::load(file)?;
-    let summary = config.summary();
-    let balancer = balancer_tokio::start(config).await?;
+    let balancer = balancer_tokio::start_file(file).await?;
     for address in balancer.local_addrs() {
         eprintln!("balancer listening on http://{address}/");
     }
+    if let Some(admin) = balancer.admin_addr() {
+        eprintln!("admin listening on http://{admin}/");
+    }
+    let summary = balancer.proxy().config().summary();
     tracing::info!(config = %file.display(), %summary, "serving");
-    let signal = os_signal().await.context("cannot listen for signals")?;
+    let signal = loop {
+        tokio::select! {
+            signal = os_signal() => break signal.context("cannot listen for signals")?,
+            hangup = hangup() => {
+                hangup.context("cannot listen for SIGHUP")?;
+                // Refusals are logged by reload itself; the old config keeps serving.
+                let _ = balancer.reload();
+            }
+        }
+    };
     tracing::info!(signal, "shutting down: draining in-flight requests");
     let report = balancer.shutdown().await;
     tracing::info!(?report, "stopped");
     Ok(())
+}
+
+/// Waits for SIGHUP (reload); never returns where there is no such signal.
+async fn hangup() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        signal(SignalKind::hangup())?.recv().await;
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    {
+        std::future::pending().await
+    }
 }
 
 async fn demo(ports: DemoPorts) -> anyhow::Result<()> {

@@ -1,5 +1,6 @@
-//! A pool as the proxy holds it: the core's scheduler and its RNG behind one mutex, the backend
-//! addresses, and the keep-alive HTTP client to them.
+//! A pool as the proxy holds it: the core's scheduler, its RNG and the backend table behind one
+//! mutex (the part that survives config reloads), plus the keep-alive HTTP client and timeouts
+//! of the config generation in force.
 //!
 //! One `std::sync::Mutex` per pool: work and done are tens of nanoseconds, the lock is never held
 //! across an `.await`, and one lock keeps pending counts exact (least-pending needs that).
@@ -9,7 +10,8 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use balancer_core::{
-    BackendId, Completion, CoreError, Decision, Outcome, RequestId, Scheduler, SchedulerConfig,
+    BackendId, BackendSnapshot, BackendState, CoreError, Decision, FailedTry, HealthTransition,
+    Outcome, RejectReason, RequestId, RetryDecision, Scheduler, SchedulerConfig, SlowStartConfig,
     Timestamp,
 };
 use hyper_util::client::legacy::Client;
@@ -19,7 +21,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::body::RequestBody;
-use crate::config::PoolConfig;
+use crate::config::{HealthCheck, PoolConfig};
+use crate::metrics::{BackendLabels, HealthLabels, Metrics, PoolLabels};
 
 /// The proxy's clock for the core: nanoseconds since the process (or proxy) started.
 #[derive(Clone, Copy, Debug)]
@@ -54,33 +57,81 @@ pub struct Backend {
     pub id: BackendId,
     /// `host:port` as configured.
     pub address: String,
+    /// The same, shared, as a metrics label.
+    pub label: Arc<String>,
     /// The same, parsed as an URI authority for request URIs.
     pub authority: http::uri::Authority,
+}
+
+struct Entry {
+    backend: Arc<Backend>,
+    /// Gone from the config: drained, removed from the core once nothing is in flight on it.
+    removing: bool,
 }
 
 struct Scheduling {
     scheduler: Scheduler,
     rng: ChaCha8Rng,
+    /// Backends by `BackendId::index()` (the core reuses a removed backend's index).
+    table: Vec<Option<Entry>>,
+}
+
+impl Scheduling {
+    fn backend(&self, id: BackendId) -> Option<&Arc<Backend>> {
+        self.table
+            .get(id.index())
+            .and_then(Option::as_ref)
+            .map(|e| &e.backend)
+            .filter(|b| b.id == id)
+    }
+
+    fn find(&self, address: &str) -> Option<&Entry> {
+        self.table
+            .iter()
+            .flatten()
+            .find(|e| e.backend.address == address)
+    }
 }
 
 /// The client type used to reach backends.
 pub type BackendClient = Client<HttpConnector, RequestBody>;
 
-/// A pool of backends with its scheduler.
-pub struct Pool {
-    /// Its name.
-    pub name: String,
-    /// Backends by `BackendId::index()`.
-    backends: Vec<Backend>,
+/// The scheduler side of a pool: what a config reload keeps, so that backends present before
+/// and after keep their pending counts, health, ejections and latency estimates.
+pub struct PoolCore {
+    name: String,
+    label: Arc<String>,
+    scheduler_config: SchedulerConfig,
     scheduling: Mutex<Scheduling>,
     contended_locks: AtomicU64,
     protocol_errors: AtomicU64,
+    clock: Clock,
+    metrics: Arc<Metrics>,
+}
+
+/// What a dispatch decided: the request to report the done with, and its backend.
+pub type Dispatch = (RequestId, Arc<Backend>);
+
+/// A pool of backends with its scheduler, as one config generation sees it.
+pub struct Pool {
+    /// Its name.
+    pub name: String,
+    core: Arc<PoolCore>,
     /// Keep-alive connections to the pool's backends (one pool of connections per backend).
     pub client: BackendClient,
     /// Connect timeout (also used for upgrade connections).
     pub connect_timeout: Duration,
-    /// Request sent → response headers; then 504.
+    /// Request sent → response headers, per try; then 504 (or a retry).
     pub response_header_timeout: Duration,
+    /// Request arrival → response headers over all tries and backoffs; then 504.
+    pub request_timeout: Duration,
+    /// Active health checks, if configured.
+    pub health_check: Option<HealthCheck>,
+    /// Whether failed tries are offered to the core's retry decision at all.
+    pub retries_enabled: bool,
+    /// Whether non-idempotent methods (POST, PATCH) may be retried.
+    pub retry_non_idempotent: bool,
+    client_settings: (u64, u64, usize),
     /// The clock that stamps work and done.
     pub clock: Clock,
 }
@@ -108,134 +159,168 @@ pub enum PoolError {
     },
 }
 
-impl Pool {
-    /// Builds the pool: registers every backend with a fresh scheduler.
-    pub fn new(config: &PoolConfig, clock: Clock) -> Result<Pool, PoolError> {
-        let mut scheduler_config = SchedulerConfig::new(config.policy);
-        scheduler_config.max_in_flight = config.max_in_flight;
-        let mut scheduler = Scheduler::new(scheduler_config);
-        let now = clock.now();
-        let mut backends: Vec<Backend> = Vec::with_capacity(config.backends.len());
-        for backend in &config.backends {
-            let id = scheduler
-                .add_backend(now, backend.weight)
-                .map_err(|source| PoolError::Core {
-                    pool: config.name.clone(),
-                    address: backend.address.clone(),
-                    source,
-                })?;
-            let authority = backend
+/// Why an admin action on a backend was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendActionError {
+    /// No backend with that address in the pool.
+    #[error("pool {pool:?} has no backend {address}")]
+    UnknownBackend {
+        /// Pool name.
+        pool: String,
+        /// The address asked for.
+        address: String,
+    },
+    /// The core refused.
+    #[error(transparent)]
+    Core(#[from] CoreError),
+}
+
+/// One backend's state for the admin API and metrics.
+#[derive(Clone, Debug)]
+pub struct BackendView {
+    /// The backend.
+    pub backend: Arc<Backend>,
+    /// The core's snapshot.
+    pub snapshot: BackendSnapshot,
+    /// Gone from the config, waiting for its in-flight requests before removal.
+    pub removing: bool,
+}
+
+impl BackendView {
+    /// `up`, `down`, `draining` (still has requests in flight), `drained` or `ejected`.
+    pub fn state_name(&self, now: Timestamp) -> &'static str {
+        match self.snapshot.state {
+            BackendState::Draining if self.snapshot.pending > 0 => "draining",
+            BackendState::Draining => "drained",
+            BackendState::Down => "down",
+            BackendState::Up if self.snapshot.ejected_until.is_some_and(|t| t > now) => "ejected",
+            BackendState::Up => "up",
+        }
+    }
+}
+
+/// The scheduler settings a pool config asks for.
+pub fn scheduler_config(config: &PoolConfig) -> SchedulerConfig {
+    let mut scheduler_config = SchedulerConfig::new(config.policy);
+    scheduler_config.max_in_flight = config.max_in_flight;
+    scheduler_config.max_pending_per_backend = config.max_pending_per_backend;
+    scheduler_config.outlier = config.outlier;
+    scheduler_config.retry = config.retry;
+    if let Some(check) = &config.health_check {
+        scheduler_config.health_check = balancer_core::HealthCheckConfig {
+            rise: check.rise,
+            fall: check.fall,
+        };
+    }
+    scheduler_config.slow_start = config.slow_start.map(|s| SlowStartConfig {
+        window: Duration::from_millis(s.window_ms),
+        min_weight_percent: s.min_weight_percent,
+    });
+    scheduler_config.panic_threshold_percent = config.panic_threshold_percent;
+    scheduler_config
+}
+
+impl PoolCore {
+    fn new(
+        config: &PoolConfig,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<PoolCore>, PoolError> {
+        let scheduler_config = scheduler_config(config);
+        let core = PoolCore {
+            name: config.name.clone(),
+            label: Arc::new(config.name.clone()),
+            scheduler_config,
+            scheduling: Mutex::new(Scheduling {
+                scheduler: Scheduler::new(scheduler_config),
+                rng: ChaCha8Rng::seed_from_u64(config.seed),
+                table: Vec::with_capacity(config.backends.len()),
+            }),
+            contended_locks: AtomicU64::new(0),
+            protocol_errors: AtomicU64::new(0),
+            clock,
+            metrics,
+        };
+        core.apply_backends(config)?;
+        Ok(Arc::new(core))
+    }
+
+    /// Makes the backend set what `config` lists: new backends are added, weights set, backends
+    /// gone from the config drained (and removed by [`Pool::reap`] once idle); a backend that
+    /// comes back before it was removed is undrained and keeps its state.
+    fn apply_backends(&self, config: &PoolConfig) -> Result<(), PoolError> {
+        let now = self.clock.now();
+        let mut guard = self.lock();
+        let scheduling = &mut *guard;
+        let core_error = |address: &str, source| PoolError::Core {
+            pool: config.name.clone(),
+            address: address.to_owned(),
+            source,
+        };
+        for wanted in &config.backends {
+            if let Some(entry) = scheduling
+                .table
+                .iter_mut()
+                .flatten()
+                .find(|e| e.backend.address == wanted.address)
+            {
+                let id = entry.backend.id;
+                if entry.removing {
+                    entry.removing = false;
+                    scheduling
+                        .scheduler
+                        .undrain(id)
+                        .map_err(|e| core_error(&wanted.address, e))?;
+                }
+                if scheduling.scheduler.backend(id, now).map(|b| b.weight) != Some(wanted.weight) {
+                    scheduling
+                        .scheduler
+                        .set_weight(id, wanted.weight)
+                        .map_err(|e| core_error(&wanted.address, e))?;
+                }
+                continue;
+            }
+            let authority = wanted
                 .address
                 .parse::<http::uri::Authority>()
                 .map_err(|_| PoolError::Address {
                     pool: config.name.clone(),
-                    address: backend.address.clone(),
+                    address: wanted.address.clone(),
                 })?;
-            // The core hands out dense indices for a fresh scheduler; the table relies on it.
-            debug_assert_eq!(id.index(), backends.len());
-            backends.push(Backend {
-                id,
-                address: backend.address.clone(),
-                authority,
+            let id = scheduling
+                .scheduler
+                .add_backend(now, wanted.weight)
+                .map_err(|e| core_error(&wanted.address, e))?;
+            if scheduling.table.len() <= id.index() {
+                scheduling.table.resize_with(id.index() + 1, || None);
+            }
+            scheduling.table[id.index()] = Some(Entry {
+                backend: Arc::new(Backend {
+                    id,
+                    address: wanted.address.clone(),
+                    label: Arc::new(wanted.address.clone()),
+                    authority,
+                }),
+                removing: false,
             });
         }
-        let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_millis(config.idle_timeout_ms))
-            .pool_max_idle_per_host(config.max_idle_per_backend)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
-        Ok(Pool {
-            name: config.name.clone(),
-            backends,
-            scheduling: Mutex::new(Scheduling {
-                scheduler,
-                rng: ChaCha8Rng::seed_from_u64(config.seed),
-            }),
-            contended_locks: AtomicU64::new(0),
-            protocol_errors: AtomicU64::new(0),
-            client,
-            connect_timeout,
-            response_header_timeout: Duration::from_millis(config.response_header_timeout_ms),
-            clock,
-        })
-    }
-
-    /// Work: asks the core where to send a request arriving now.
-    pub fn handle_work(&self) -> Decision {
-        let now = self.clock.now();
-        let mut guard = self.lock();
-        let Scheduling { scheduler, rng } = &mut *guard;
-        let decision = scheduler.handle_work(now, rng);
-        self.check_invariants(scheduler);
-        decision
-    }
-
-    /// Done: tells the core how a dispatched request ended.
-    pub fn handle_done(&self, request: RequestId, outcome: Outcome) {
-        let now = self.clock.now();
-        let mut guard = self.lock();
-        let result: Result<Completion, CoreError> =
-            guard.scheduler.handle_done(now, request, outcome);
-        self.check_invariants(&guard.scheduler);
-        drop(guard);
-        if let Err(err) = result {
-            // Only reachable through a bug in the done guard; the core kept its state intact.
-            self.protocol_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(pool = %self.name, %err, "done rejected by the core");
-        }
-    }
-
-    /// Dones the core rejected plus invariant violations found in debug builds: always a bug,
-    /// and the end-to-end tests assert it stays zero.
-    pub fn protocol_errors(&self) -> u64 {
-        self.protocol_errors.load(Ordering::Relaxed)
-    }
-
-    /// In debug builds, the core's invariants after every event (O(backends + in flight):
-    /// cheap at test sizes, too slow for release).
-    fn check_invariants(&self, scheduler: &Scheduler) {
-        if cfg!(debug_assertions) {
-            if let Err(violation) = scheduler.check_invariants() {
-                self.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(pool = %self.name, %violation, "core invariant violated");
+        let Scheduling {
+            scheduler, table, ..
+        } = scheduling;
+        for entry in table.iter_mut().flatten() {
+            let listed = config
+                .backends
+                .iter()
+                .any(|b| b.address == entry.backend.address);
+            if !listed && !entry.removing {
+                entry.removing = true;
+                scheduler
+                    .drain(entry.backend.id)
+                    .map_err(|e| core_error(&entry.backend.address, e))?;
             }
         }
-    }
-
-    /// The backend the core named.
-    pub fn backend(&self, id: BackendId) -> Option<&Backend> {
-        self.backends.get(id.index()).filter(|b| b.id == id)
-    }
-
-    /// Requests in flight in this pool (for tests and, later, the admin API).
-    pub fn in_flight(&self) -> u32 {
-        self.lock().scheduler.in_flight()
-    }
-
-    /// Requests dispatched to each backend so far, in configuration order.
-    pub fn dispatched_per_backend(&self) -> Vec<(String, u64)> {
-        let now = self.clock.now();
-        let guard = self.lock();
-        self.backends
-            .iter()
-            .map(|b| {
-                let dispatched = guard
-                    .scheduler
-                    .backend(b.id, now)
-                    .map_or(0, |s| s.dispatched);
-                (b.address.clone(), dispatched)
-            })
-            .collect()
-    }
-
-    /// Lock acquisitions that found the scheduler held by another thread (the measure of
-    /// whether one mutex per pool is a bottleneck; see the README's load-test section).
-    pub fn contended_locks(&self) -> u64 {
-        self.contended_locks.load(Ordering::Relaxed)
+        self.check_invariants(&guard.scheduler);
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, Scheduling> {
@@ -251,6 +336,329 @@ impl Pool {
             }
         }
     }
+
+    /// In debug builds, the core's invariants after every event (O(backends + in flight):
+    /// cheap at test sizes, too slow for release).
+    fn check_invariants(&self, scheduler: &Scheduler) {
+        if cfg!(debug_assertions)
+            && let Err(violation) = scheduler.check_invariants()
+        {
+            self.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(pool = %self.name, %violation, "core invariant violated");
+        }
+    }
+
+    /// Carries out a decision: the backend it names, or the reason for refusing.
+    fn resolve(
+        &self,
+        scheduling: &mut Scheduling,
+        decision: Decision,
+    ) -> Result<Dispatch, RejectReason> {
+        match decision {
+            Decision::Dispatch { request, backend } => match scheduling.backend(backend) {
+                Some(b) => Ok((request, b.clone())),
+                None => {
+                    // The core named a backend the table lacks: a bug; keep the counts exact.
+                    let now = self.clock.now();
+                    let _ = scheduling
+                        .scheduler
+                        .handle_done(now, request, Outcome::Cancelled);
+                    self.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(pool = %self.name, %backend, "core named an unknown backend");
+                    Err(RejectReason::NoBackend)
+                }
+            },
+            Decision::Reject { reason } => Err(reason),
+        }
+    }
+}
+
+impl Pool {
+    /// Builds the pool: registers every backend with a fresh scheduler.
+    pub fn new(
+        config: &PoolConfig,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+    ) -> Result<Pool, PoolError> {
+        let core = PoolCore::new(config, clock, metrics)?;
+        Ok(Pool::with_core(config, core, None))
+    }
+
+    /// The pool for a reloaded `config`: the previous generation's scheduler (and so every
+    /// backend's state) when the scheduler settings are unchanged, and its connection pool when
+    /// the client settings are. New backends are added, gone ones drained.
+    pub fn reload(config: &PoolConfig, previous: &Pool) -> Result<Pool, PoolError> {
+        let core = if scheduler_config(config) == previous.core.scheduler_config {
+            previous.core.apply_backends(config)?;
+            previous.core.clone()
+        } else {
+            // The core cannot change these settings in place; in-flight requests finish on the
+            // old scheduler, new ones start with fresh backend state.
+            tracing::warn!(
+                pool = %config.name,
+                "scheduler settings changed: backend state (pending, health, EWMA) starts afresh"
+            );
+            PoolCore::new(config, previous.clock, previous.core.metrics.clone())?
+        };
+        let client =
+            (client_settings(config) == previous.client_settings).then(|| previous.client.clone());
+        Ok(Pool::with_core(config, core, client))
+    }
+
+    fn with_core(config: &PoolConfig, core: Arc<PoolCore>, client: Option<BackendClient>) -> Pool {
+        let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
+        let client = client.unwrap_or_else(|| {
+            let mut connector = HttpConnector::new();
+            connector.set_nodelay(true);
+            connector.set_connect_timeout(Some(connect_timeout));
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_millis(config.idle_timeout_ms))
+                .pool_max_idle_per_host(config.max_idle_per_backend)
+                .pool_timer(TokioTimer::new())
+                .build(connector)
+        });
+        Pool {
+            name: config.name.clone(),
+            clock: core.clock,
+            core,
+            client,
+            connect_timeout,
+            response_header_timeout: Duration::from_millis(config.response_header_timeout_ms),
+            request_timeout: Duration::from_millis(config.request_timeout_ms),
+            health_check: config.health_check.clone(),
+            retries_enabled: config.retry.is_some(),
+            retry_non_idempotent: config.retry.is_some_and(|r| r.retry_non_idempotent),
+            client_settings: client_settings(config),
+        }
+    }
+
+    /// The pool's name as a metrics label.
+    pub fn label(&self) -> &Arc<String> {
+        &self.core.label
+    }
+
+    /// Whether `other` drives the same scheduler (the reload kept it).
+    pub fn shares_core_with(&self, other: &Pool) -> bool {
+        Arc::ptr_eq(&self.core, &other.core)
+    }
+
+    /// Work: asks the core where to send a request arriving now.
+    pub fn handle_work(&self) -> Result<Dispatch, RejectReason> {
+        let now = self.clock.now();
+        let mut guard = self.core.lock();
+        let scheduling = &mut *guard;
+        let decision = scheduling.scheduler.handle_work(now, &mut scheduling.rng);
+        self.core.check_invariants(&scheduling.scheduler);
+        self.core.resolve(scheduling, decision)
+    }
+
+    /// Work for a retry: never to a backend in `exclude`.
+    pub fn handle_retry_work(&self, exclude: &[BackendId]) -> Result<Dispatch, RejectReason> {
+        let now = self.clock.now();
+        let mut guard = self.core.lock();
+        let scheduling = &mut *guard;
+        let decision = scheduling
+            .scheduler
+            .handle_retry_work(now, &mut scheduling.rng, exclude);
+        self.core.check_invariants(&scheduling.scheduler);
+        let dispatched = self.core.resolve(scheduling, decision);
+        drop(guard);
+        if dispatched.is_ok() {
+            self.core
+                .metrics
+                .retries
+                .get_or_create(&PoolLabels {
+                    pool: self.core.label.clone(),
+                })
+                .inc();
+        }
+        dispatched
+    }
+
+    /// Whether a failed try is retried, and after what backoff (the core decides).
+    pub fn decide_retry(&self, failed: &FailedTry) -> RetryDecision {
+        let now = self.clock.now();
+        let mut guard = self.core.lock();
+        let Scheduling { scheduler, rng, .. } = &mut *guard;
+        scheduler.decide_retry(now, failed, rng)
+    }
+
+    /// Done: tells the core how a dispatched request ended.
+    pub fn handle_done(&self, request: RequestId, outcome: Outcome) {
+        let now = self.clock.now();
+        let mut guard = self.core.lock();
+        let result = guard.scheduler.handle_done(now, request, outcome);
+        self.core.check_invariants(&guard.scheduler);
+        let ejected = match &result {
+            Ok(completion) => completion
+                .ejected_until
+                .map(|until| (guard.backend(completion.backend).cloned(), until)),
+            Err(_) => None,
+        };
+        drop(guard);
+        match result {
+            Ok(_) => {}
+            // A backend removed abruptly by a reload of changed scheduler settings is not
+            // possible (those get a new scheduler), so any error is a bug in the done guard.
+            Err(err) => {
+                self.core.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(pool = %self.name, %err, "done rejected by the core");
+            }
+        }
+        if let Some((Some(backend), until)) = ejected {
+            let for_ms = until.saturating_since(now).as_millis();
+            tracing::warn!(pool = %self.name, backend = %backend.address, for_ms, "backend ejected (outlier detection)");
+            self.core
+                .metrics
+                .ejections
+                .get_or_create(&BackendLabels {
+                    pool: self.core.label.clone(),
+                    backend: backend.label.clone(),
+                })
+                .inc();
+        }
+    }
+
+    /// An active health-check result for `backend`; logs and counts transitions.
+    pub fn handle_health_check(&self, backend: &Backend, passed: bool) {
+        let now = self.clock.now();
+        let mut guard = self.core.lock();
+        let result = guard.scheduler.handle_health_check(now, backend.id, passed);
+        self.core.check_invariants(&guard.scheduler);
+        drop(guard);
+        let state = match result {
+            Ok(Some(HealthTransition::WentUp)) => "up",
+            Ok(Some(HealthTransition::WentDown)) => "down",
+            // Unknown: removed by a reload while the probe ran.
+            Ok(None) | Err(_) => return,
+        };
+        tracing::warn!(pool = %self.name, backend = %backend.address, state, "health check: backend went {state}");
+        self.core
+            .metrics
+            .health_transitions
+            .get_or_create(&HealthLabels {
+                pool: self.core.label.clone(),
+                backend: backend.label.clone(),
+                state,
+            })
+            .inc();
+    }
+
+    /// Ends ejections whose time is up (the core does this on work too; this is for idle pools).
+    pub fn handle_timeout(&self) {
+        let now = self.clock.now();
+        let mut guard = self.core.lock();
+        guard.scheduler.handle_timeout(now);
+        self.core.check_invariants(&guard.scheduler);
+    }
+
+    /// Removes backends gone from the config once nothing is in flight on them.
+    pub fn reap(&self) {
+        let now = self.clock.now();
+        let mut guard = self.core.lock();
+        let Scheduling {
+            scheduler, table, ..
+        } = &mut *guard;
+        for place in table.iter_mut() {
+            let Some(entry) = place else { continue };
+            if !entry.removing {
+                continue;
+            }
+            let idle = scheduler
+                .backend(entry.backend.id, now)
+                .is_none_or(|b| b.pending == 0);
+            if idle {
+                let _ = scheduler.remove_backend(entry.backend.id);
+                tracing::info!(pool = %self.name, backend = %entry.backend.address, "backend removed (gone from the config, drained)");
+                *place = None;
+            }
+        }
+        self.core.check_invariants(scheduler);
+    }
+
+    /// The backends, for probes.
+    pub fn backends(&self) -> Vec<Arc<Backend>> {
+        let guard = self.core.lock();
+        guard
+            .table
+            .iter()
+            .flatten()
+            .filter(|e| !e.removing)
+            .map(|e| e.backend.clone())
+            .collect()
+    }
+
+    /// Every backend's state, in table order.
+    pub fn views(&self) -> Vec<BackendView> {
+        let now = self.clock.now();
+        let guard = self.core.lock();
+        guard
+            .table
+            .iter()
+            .flatten()
+            .filter_map(|e| {
+                Some(BackendView {
+                    backend: e.backend.clone(),
+                    snapshot: guard.scheduler.backend(e.backend.id, now)?,
+                    removing: e.removing,
+                })
+            })
+            .collect()
+    }
+
+    /// Drains (`drain = true`) or undrains the backend at `address`.
+    pub fn set_drained(&self, address: &str, drain: bool) -> Result<(), BackendActionError> {
+        let mut guard = self.core.lock();
+        let Some(entry) = guard.find(address) else {
+            return Err(BackendActionError::UnknownBackend {
+                pool: self.name.clone(),
+                address: address.to_owned(),
+            });
+        };
+        let id = entry.backend.id;
+        let removing = entry.removing;
+        if drain {
+            guard.scheduler.drain(id)?;
+        } else if !removing {
+            // A backend gone from the config stays drained until it is removed.
+            guard.scheduler.undrain(id)?;
+        }
+        self.core.check_invariants(&guard.scheduler);
+        Ok(())
+    }
+
+    /// Dones the core rejected plus invariant violations found in debug builds: always a bug,
+    /// and the end-to-end tests assert it stays zero.
+    pub fn protocol_errors(&self) -> u64 {
+        self.core.protocol_errors.load(Ordering::Relaxed)
+    }
+
+    /// Requests in flight in this pool (for tests and the admin API).
+    pub fn in_flight(&self) -> u32 {
+        self.core.lock().scheduler.in_flight()
+    }
+
+    /// Requests dispatched to each backend so far, in table order.
+    pub fn dispatched_per_backend(&self) -> Vec<(String, u64)> {
+        self.views()
+            .into_iter()
+            .map(|v| (v.backend.address.clone(), v.snapshot.dispatched))
+            .collect()
+    }
+
+    /// Lock acquisitions that found the scheduler held by another thread (the measure of
+    /// whether one mutex per pool is a bottleneck; see the README's load-test section).
+    pub fn contended_locks(&self) -> u64 {
+        self.core.contended_locks.load(Ordering::Relaxed)
+    }
+}
+
+fn client_settings(config: &PoolConfig) -> (u64, u64, usize) {
+    (
+        config.connect_timeout_ms,
+        config.idle_timeout_ms,
+        config.max_idle_per_backend,
+    )
 }
 
 /// Shared handle to a pool.

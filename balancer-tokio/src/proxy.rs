@@ -1,26 +1,37 @@
 //! Forwarding one request: route, ask the core, send to the backend, stream the answer back.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use balancer_core::{Decision, FailureKind, RejectReason};
+use balancer_core::{BackendId, FailedTry, FailureKind, RejectReason, RetryDecision};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::Empty;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::{Body, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
+use tokio::task::AbortHandle;
 
 use crate::access_log::{AccessLog, AccessRecord};
-use crate::body::{DoneGuard, End, ProxyBody, RequestBody, RequestBodyError};
+use crate::body::{
+    DoneGuard, End, MAX_REPLAY_BODY_BYTES, ProxyBody, RequestBody, RequestBodyError,
+};
 use crate::config::{Config, Limits};
 use crate::errors::ProxyError;
 use crate::headers;
-use crate::pool::{Backend, Clock, Pool, PoolError, SharedPool};
+use crate::metrics::{LimitLabels, Metrics, RequestLabels};
+use crate::pool::{Backend, Clock, Dispatch, Pool, PoolError, SharedPool};
+use crate::ratelimit::RateLimits;
 use crate::routing::RouteTable;
 use crate::shutdown::DrainGuard;
+
+/// How often the maintenance task runs: ejections end at most this late while a pool is idle
+/// (with traffic, the core ends them on the next request), and drained backends gone from the
+/// config are removed at most this late after their last request.
+const MAINTENANCE_TICK: Duration = Duration::from_millis(250);
 
 /// Where a request came in.
 #[derive(Clone, Copy, Debug)]
@@ -31,33 +42,108 @@ pub struct ConnectionInfo {
     pub listener_port: u16,
 }
 
-/// Everything needed to serve requests; shared by all connections.
+/// Methods that may be retried by default (RFC 9110 §9.2.2: repeating them has the same effect).
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// Everything needed to serve requests under one config generation; shared by all connections.
+/// A reload builds a new one (keeping the pools' schedulers) and swaps it in atomically;
+/// requests in flight finish on the one they started with.
 pub struct Proxy {
     routes: RouteTable,
+    route_labels: Vec<Arc<String>>,
     pools: Vec<SharedPool>,
     limits: Limits,
     access_log: AccessLog,
+    rate_limits: Arc<RateLimits>,
+    metrics: Arc<Metrics>,
+    config: Arc<Config>,
     via_http1: HeaderValue,
     via_http2: HeaderValue,
+    no_backend_label: Arc<String>,
+    /// Health checks and the maintenance tick of this generation, stopped when it is retired.
+    tasks: Mutex<Vec<AbortHandle>>,
+    builder: auto::Builder<TokioExecutor>,
 }
 
 impl Proxy {
     /// Builds the routing table and one pool (scheduler + client) per configured pool.
-    pub fn new(config: &Config) -> Result<Proxy, PoolError> {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Proxy, PoolError> {
         let clock = Clock::new();
         let pools = config
             .pools
             .iter()
-            .map(|p| Pool::new(p, clock).map(Arc::new))
+            .map(|p| Pool::new(p, clock, metrics.clone()).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Proxy {
+        let rate_limits = Arc::new(RateLimits::new(&config.rate_limit, &config.routes));
+        Ok(Proxy::assemble(config, pools, rate_limits, metrics))
+    }
+
+    /// The proxy for a reloaded `config`: pools with the same name keep their scheduler (and
+    /// so their backends' state) and connections; rate limiters are kept when unchanged.
+    pub fn reload(config: &Config, previous: &Proxy) -> Result<Proxy, PoolError> {
+        let clock = previous.pools.first().map_or_else(Clock::new, |p| p.clock);
+        let pools = config
+            .pools
+            .iter()
+            .map(|p| {
+                match previous.pools.iter().find(|old| old.name == p.name) {
+                    Some(old) => Pool::reload(p, old),
+                    None => Pool::new(p, clock, previous.metrics.clone()),
+                }
+                .map(Arc::new)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let rate_limits = if previous
+            .rate_limits
+            .same_config(&config.rate_limit, &config.routes)
+        {
+            previous.rate_limits.clone()
+        } else {
+            Arc::new(RateLimits::new(&config.rate_limit, &config.routes))
+        };
+        Ok(Proxy::assemble(
+            config,
+            pools,
+            rate_limits,
+            previous.metrics.clone(),
+        ))
+    }
+
+    fn assemble(
+        config: &Config,
+        pools: Vec<SharedPool>,
+        rate_limits: Arc<RateLimits>,
+        metrics: Arc<Metrics>,
+    ) -> Proxy {
+        Proxy {
             routes: RouteTable::new(&config.routes),
+            route_labels: config
+                .routes
+                .iter()
+                .map(|r| Arc::new(r.name.clone()))
+                .collect(),
             pools,
             limits: config.limits,
             access_log: AccessLog::new(config.access_log),
+            rate_limits,
+            metrics,
+            config: Arc::new(config.clone()),
             via_http1: HeaderValue::from_static("1.1 balancer"),
             via_http2: HeaderValue::from_static("2.0 balancer"),
-        })
+            no_backend_label: Arc::new("-".into()),
+            tasks: Mutex::new(Vec::new()),
+            builder: crate::server::connection_builder(config.limits),
+        }
+    }
+
+    /// The client connection settings of this generation.
+    pub fn builder(&self) -> &auto::Builder<TokioExecutor> {
+        &self.builder
     }
 
     /// The limits clients are held to.
@@ -73,6 +159,60 @@ impl Proxy {
     /// The pools, in configuration order.
     pub fn pools(&self) -> &[SharedPool] {
         &self.pools
+    }
+
+    /// The config this generation serves.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// The metrics (shared by every generation).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The rate limiters.
+    pub fn rate_limits(&self) -> &Arc<RateLimits> {
+        &self.rate_limits
+    }
+
+    /// Starts this generation's background work: active health checks of each pool that has
+    /// them, and a tick that ends ejections while idle, removes drained backends gone from the
+    /// config and trims the rate limiter's client map.
+    pub fn start_tasks(self: &Arc<Self>) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        for pool in &self.pools {
+            if let Some(check) = &pool.health_check {
+                tasks.push(
+                    tokio::spawn(crate::health::run(pool.clone(), check.clone())).abort_handle(),
+                );
+            }
+        }
+        let pools = self.pools.clone();
+        let rate_limits = self.rate_limits.clone();
+        tasks.push(
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(MAINTENANCE_TICK);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    for pool in &pools {
+                        pool.handle_timeout();
+                        pool.reap();
+                    }
+                    rate_limits.maintain();
+                }
+            })
+            .abort_handle(),
+        );
+    }
+
+    /// Stops this generation's background work (a newer one has taken over, or shutdown).
+    pub fn retire(&self) {
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for task in tasks {
+            task.abort();
+        }
     }
 
     /// Serves one request; never fails (errors become responses).
@@ -121,10 +261,34 @@ impl Proxy {
                 host: host.unwrap_or_default(),
                 path: request.uri().path().to_owned(),
             };
-            return Ok(self.local_error(error, request_id, record, started));
+            let labels = self.labels(None, None);
+            return Ok(self.local_error(error, request_id, record, labels, started));
         };
         if let Some(record) = &mut record {
             record.route.clone_from(&route.name);
+        }
+        let route_label = &self.route_labels[route.index];
+
+        if self.rate_limits.any()
+            && let Err(refusal) = self.rate_limits.check(route.index, connection.client.ip())
+        {
+            self.metrics
+                .rate_limited
+                .get_or_create(&LimitLabels {
+                    limit: refusal.limit.name(),
+                })
+                .inc();
+            let error = ProxyError::RateLimited {
+                limit: refusal.limit.name(),
+                retry_after_s: refusal.retry_after_s(),
+            };
+            let labels = self.labels(Some(route_label), None);
+            let mut response = self.local_error(error, request_id, record, labels, started);
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(refusal.retry_after_s()),
+            );
+            return Ok(response);
         }
         let pool = &self.pools[route.pool];
 
@@ -139,53 +303,22 @@ impl Proxy {
             let error = ProxyError::BodyTooLarge {
                 limit_bytes: self.limits.max_body_bytes,
             };
-            return Ok(self.local_error(error, request_id, record, started));
+            let labels = self.labels(Some(route_label), None);
+            return Ok(self.local_error(error, request_id, record, labels, started));
         }
 
-        let (request_token, backend) = match pool.handle_work() {
-            Decision::Dispatch { request, backend } => match pool.backend(backend) {
-                Some(b) => (request, b),
-                None => {
-                    // The core named a backend the proxy does not know: impossible while the
-                    // backend set is fixed at start; report the done so the counts stay exact.
-                    pool.handle_done(request, balancer_core::Outcome::Cancelled);
-                    let error = ProxyError::NoBackend {
-                        pool: pool.name.clone(),
-                    };
-                    return Ok(self.local_error(error, request_id, record, started));
-                }
-            },
-            Decision::Reject { reason } => {
-                let error = match reason {
-                    RejectReason::NoBackend => ProxyError::NoBackend {
-                        pool: pool.name.clone(),
-                    },
-                    RejectReason::Overloaded => ProxyError::Overloaded {
-                        pool: pool.name.clone(),
-                    },
-                };
-                return Ok(self.local_error(error, request_id, record, started));
+        // Issue 8 will switch this to `handle_work_explained`: the first decision is made here.
+        let first = match pool.handle_work() {
+            Ok(dispatch) => dispatch,
+            Err(reason) => {
+                let error = reject_error(reason, pool);
+                let labels = self.labels(Some(route_label), None);
+                return Ok(self.local_error(error, request_id, record, labels, started));
             }
         };
-        if let Some(record) = &mut record {
-            record.backend.clone_from(&backend.address);
-        }
-        // From here on the guard owns the done: every path below reports it exactly once.
-        let guard = DoneGuard::dispatched(
-            pool.clone(),
-            request_token,
-            record.map(|r| (self.access_log, r)),
-            started,
-        );
 
         let upgrade =
             request.version() == Version::HTTP_11 && headers::is_upgrade_request(request.headers());
-        // Prepare the request for the backend: origin URI on the backend, HTTP/1.1, headers.
-        let uri = match backend_uri(backend, request.uri()) {
-            Ok(uri) => uri,
-            Err(error) => return Ok(self.fail(guard, End::Cancelled, error, request_id, started)),
-        };
-        *request.uri_mut() = uri;
         *request.version_mut() = Version::HTTP_11;
         let client_ip = connection.client.ip();
         {
@@ -202,38 +335,51 @@ impl Proxy {
         }
 
         if upgrade {
+            let (token, backend) = first;
+            if let Some(record) = &mut record {
+                record.backend.clone_from(&backend.address);
+            }
+            let mut guard = DoneGuard::dispatched(pool.clone(), token, started);
+            guard.attach(
+                record.map(|r| (self.access_log, r)),
+                self.labels(Some(route_label), Some(&backend.label)),
+            );
+            match backend_uri(&backend, request.uri()) {
+                Ok(uri) => *request.uri_mut() = uri,
+                Err(error) => {
+                    return Ok(self.fail(guard, End::Cancelled, error, request_id, started));
+                }
+            }
             return Ok(self
-                .forward_upgrade(request, pool, backend, guard, started, request_id, drain)
+                .forward_upgrade(request, pool, &backend, guard, started, request_id, drain)
                 .await);
         }
 
-        let (parts, body) = request.into_parts();
-        let request =
-            Request::from_parts(parts, RequestBody::new(body, self.limits.max_body_bytes));
-        let sent =
-            tokio::time::timeout(pool.response_header_timeout, pool.client.request(request)).await;
-        let response = match sent {
-            Ok(Ok(response)) => response,
-            Ok(Err(err)) => {
-                tracing::debug!(backend = %backend.address, error = %err, "forwarding failed");
-                let (error, end) = classify_client_error(&err, backend, pool, self.limits);
-                return Ok(self.fail(guard, end, error, request_id, started));
-            }
-            Err(_elapsed) => {
-                let error = ProxyError::Timeout {
-                    backend: backend.address.clone(),
-                    timeout_ms: pool.response_header_timeout.as_millis() as u64,
-                };
-                return Ok(self.fail(
-                    guard,
-                    End::Failed(FailureKind::Timeout),
-                    error,
-                    request_id,
-                    started,
-                ));
-            }
+        let tries = Tries {
+            proxy: &self,
+            pool,
+            route_label,
+            started,
+            via,
+            request_id,
         };
-        Ok(backend_response(response, guard, via, request_id))
+        Ok(tries.run(request, first, record).await)
+    }
+
+    /// Metric labels for a request on `route` answered via `backend` (status set at the end).
+    fn labels(
+        &self,
+        route: Option<&Arc<String>>,
+        backend: Option<&Arc<String>>,
+    ) -> Option<(Arc<Metrics>, RequestLabels)> {
+        Some((
+            self.metrics.clone(),
+            RequestLabels {
+                route: route.unwrap_or(&self.no_backend_label).clone(),
+                backend: backend.unwrap_or(&self.no_backend_label).clone(),
+                status: 0,
+            },
+        ))
     }
 
     /// Protocol switch (WebSocket): a dedicated backend connection, then a byte tunnel.
@@ -367,7 +513,7 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         guard.set_status(error.status());
         guard.finish(end, error.body().len() as u64);
-        self.local_error(error, request_id, None, started)
+        self.local_error(error, request_id, None, None, started)
     }
 
     fn local_error(
@@ -375,13 +521,17 @@ impl Proxy {
         error: ProxyError,
         request_id: HeaderValue,
         mut record: Option<AccessRecord>,
+        mut labels: Option<(Arc<Metrics>, RequestLabels)>,
         started: Instant,
     ) -> Response<ProxyBody> {
         let status = error.status();
         if let Some(record) = &mut record {
             record.status = status.as_u16();
         }
-        let guard = DoneGuard::local(record.map(|r| (self.access_log, r)), started);
+        if let Some((_, labels)) = &mut labels {
+            labels.status = status.as_u16();
+        }
+        let guard = DoneGuard::local(record.map(|r| (self.access_log, r)), labels, started);
         let mut response = Response::new(ProxyBody::full(error.body(), Some(guard)));
         *response.status_mut() = status;
         let headers_mut = response.headers_mut();
@@ -391,6 +541,232 @@ impl Proxy {
         );
         headers_mut.insert(headers::X_REQUEST_ID.clone(), request_id);
         response
+    }
+}
+
+/// The tries of one (non-upgrade) request: the first dispatch, then retries on other backends
+/// as long as the core says so, within the pool's overall `request_timeout_ms`.
+struct Tries<'a> {
+    proxy: &'a Proxy,
+    pool: &'a SharedPool,
+    route_label: &'a Arc<String>,
+    started: Instant,
+    via: &'a HeaderValue,
+    request_id: HeaderValue,
+}
+
+/// The request body as the tries see it.
+enum Source {
+    /// Empty, or small enough to have been read whole: every try sends it.
+    Replay(Bytes),
+    /// Streamed to the first try; a retry is impossible once it is taken.
+    Stream(Option<Incoming>),
+}
+
+impl Tries<'_> {
+    async fn run(
+        self,
+        request: Request<Incoming>,
+        first: Dispatch,
+        mut record: Option<AccessRecord>,
+    ) -> Response<ProxyBody> {
+        let pool = self.pool;
+        let proxy = self.proxy;
+        let (mut parts, body) = request.into_parts();
+        let idempotent = is_idempotent(&parts.method);
+        let (token, backend) = first;
+        let mut guard = DoneGuard::dispatched(pool.clone(), token, self.started);
+        let mut backend = backend;
+        let may_retry = pool.retries_enabled && (idempotent || pool.retry_non_idempotent);
+        let declared = body.size_hint().exact();
+        let mut source = if body.is_end_stream() {
+            Source::Replay(Bytes::new())
+        } else if may_retry && declared.is_some_and(|n| n <= MAX_REPLAY_BODY_BYTES) {
+            // Bounded twice: by the declared length (hyper enforces it) and by `Limited`.
+            let read = tokio::time::timeout(
+                pool.request_timeout,
+                Limited::new(body, MAX_REPLAY_BODY_BYTES as usize).collect(),
+            )
+            .await;
+            match read {
+                Ok(Ok(collected)) => Source::Replay(collected.to_bytes()),
+                Ok(Err(_)) | Err(_) => {
+                    let error = ProxyError::BadRequest {
+                        reason: "the request body could not be read",
+                    };
+                    self.attach(&mut guard, &mut record, &backend);
+                    return proxy.fail(guard, End::Cancelled, error, self.request_id, self.started);
+                }
+            }
+        } else {
+            Source::Stream(Some(body))
+        };
+        let replayable = matches!(source, Source::Replay(_));
+        let deadline = tokio::time::Instant::from_std(self.started) + pool.request_timeout;
+        let mut tried: Vec<BackendId> = Vec::new();
+        loop {
+            let uri = match backend_uri(&backend, &parts.uri) {
+                Ok(uri) => uri,
+                Err(error) => {
+                    self.attach(&mut guard, &mut record, &backend);
+                    return proxy.fail(guard, End::Cancelled, error, self.request_id, self.started);
+                }
+            };
+            let body = match &mut source {
+                Source::Replay(bytes) => RequestBody::full(bytes.clone()),
+                Source::Stream(stream) => match stream.take() {
+                    Some(incoming) => RequestBody::new(incoming, proxy.limits.max_body_bytes),
+                    None => RequestBody::full(Bytes::new()), // unreachable: a stream is never retried
+                },
+            };
+            // A retry needs the headers again; a streamed body is sent once, so they move.
+            let headers = if replayable {
+                parts.headers.clone()
+            } else {
+                std::mem::take(&mut parts.headers)
+            };
+            let mut outgoing = Request::new(body);
+            *outgoing.method_mut() = parts.method.clone();
+            *outgoing.uri_mut() = uri;
+            *outgoing.version_mut() = Version::HTTP_11;
+            *outgoing.headers_mut() = headers;
+
+            let per_try = pool
+                .response_header_timeout
+                .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            let sent = tokio::time::timeout(per_try, pool.client.request(outgoing)).await;
+            let (error, kind) = match sent {
+                Ok(Ok(response)) => {
+                    if response.status() == StatusCode::SERVICE_UNAVAILABLE
+                        && may_retry
+                        && replayable
+                    {
+                        let failed =
+                            self.failed_try(&tried, idempotent, FailureKind::ServerError, true);
+                        if let Some((next, backoff)) = self.retry(&mut tried, &backend, &failed) {
+                            tracing::debug!(backend = %backend.address, "503: retrying on another backend");
+                            guard.finish(End::Failed(FailureKind::ServerError), 0);
+                            drop(response);
+                            (guard, backend) = next;
+                            tokio::time::sleep_until(
+                                (tokio::time::Instant::now() + backoff).min(deadline),
+                            )
+                            .await;
+                            continue;
+                        }
+                    }
+                    self.attach(&mut guard, &mut record, &backend);
+                    return backend_response(response, guard, self.via, self.request_id);
+                }
+                Ok(Err(err)) => {
+                    tracing::debug!(backend = %backend.address, error = %err, "forwarding failed");
+                    let (error, end) = classify_client_error(&err, &backend, pool, proxy.limits);
+                    match end {
+                        End::Failed(kind) => (error, kind),
+                        _ => {
+                            self.attach(&mut guard, &mut record, &backend);
+                            return proxy.fail(guard, end, error, self.request_id, self.started);
+                        }
+                    }
+                }
+                Err(_elapsed) => (
+                    ProxyError::Timeout {
+                        backend: backend.address.clone(),
+                        timeout_ms: per_try.as_millis() as u64,
+                    },
+                    FailureKind::Timeout,
+                ),
+            };
+            let time_left = deadline > tokio::time::Instant::now();
+            if may_retry && time_left {
+                let failed = self.failed_try(&tried, idempotent, kind, false);
+                let failed = FailedTry {
+                    body_consumed: !replayable,
+                    ..failed
+                };
+                if let Some((next, backoff)) = self.retry(&mut tried, &backend, &failed) {
+                    tracing::debug!(backend = %backend.address, %error, "retrying on another backend");
+                    guard.finish(End::Failed(kind), 0);
+                    (guard, backend) = next;
+                    tokio::time::sleep_until((tokio::time::Instant::now() + backoff).min(deadline))
+                        .await;
+                    continue;
+                }
+            }
+            self.attach(&mut guard, &mut record, &backend);
+            return proxy.fail(
+                guard,
+                End::Failed(kind),
+                error,
+                self.request_id,
+                self.started,
+            );
+        }
+    }
+
+    fn failed_try(
+        &self,
+        tried: &[BackendId],
+        idempotent: bool,
+        failure: FailureKind,
+        status_503: bool,
+    ) -> FailedTry {
+        FailedTry {
+            retries_so_far: tried.len() as u32,
+            idempotent,
+            failure,
+            status_503,
+            // Tries fail before any of the response is passed on: the response is handed to
+            // the client only once a try has succeeded (or is the last).
+            response_started: false,
+            body_consumed: false,
+        }
+    }
+
+    /// Asks the core whether to retry; if so, dispatches the retry (never to a backend already
+    /// tried) and returns it with the backoff to wait first.
+    fn retry(
+        &self,
+        tried: &mut Vec<BackendId>,
+        failed_backend: &Arc<Backend>,
+        failed: &FailedTry,
+    ) -> Option<((DoneGuard, Arc<Backend>), Duration)> {
+        let RetryDecision::Retry { backoff } = self.pool.decide_retry(failed) else {
+            return None;
+        };
+        tried.push(failed_backend.id);
+        let (token, backend) = self.pool.handle_retry_work(tried).ok()?;
+        let guard = DoneGuard::dispatched(self.pool.clone(), token, self.started);
+        Some(((guard, backend), backoff))
+    }
+
+    /// Makes `guard` the try that answers: it logs and counts the request.
+    fn attach(
+        &self,
+        guard: &mut DoneGuard,
+        record: &mut Option<AccessRecord>,
+        backend: &Arc<Backend>,
+    ) {
+        let record = record.take().map(|mut r| {
+            r.backend.clone_from(&backend.address);
+            (self.proxy.access_log, r)
+        });
+        guard.attach(
+            record,
+            self.proxy
+                .labels(Some(self.route_label), Some(&backend.label)),
+        );
+    }
+}
+
+fn reject_error(reason: RejectReason, pool: &Pool) -> ProxyError {
+    match reason {
+        RejectReason::NoBackend => ProxyError::NoBackend {
+            pool: pool.name.clone(),
+        },
+        RejectReason::Overloaded => ProxyError::Overloaded {
+            pool: pool.name.clone(),
+        },
     }
 }
 

@@ -41,6 +41,15 @@ impl HostPattern {
         })
     }
 
+    /// The pattern as written in a config file (`None` for any host).
+    pub fn as_config(&self) -> Option<String> {
+        match self {
+            HostPattern::Any => None,
+            HostPattern::Exact(host) => Some(host.clone()),
+            HostPattern::Suffix(suffix) => Some(format!("*{suffix}")),
+        }
+    }
+
     fn matches(&self, host: Option<&str>) -> bool {
         match (self, host) {
             (HostPattern::Any, _) => true,
@@ -70,6 +79,8 @@ pub struct Route {
     pub name: String,
     /// Index of the pool it sends to.
     pub pool: usize,
+    /// Its position in the config file (indexes per-route state such as rate limiters).
+    pub index: usize,
     host: HostPattern,
     path_prefix: String,
     port: Option<u16>,
@@ -86,9 +97,11 @@ impl RouteTable {
     pub fn new(routes: &[RouteConfig]) -> RouteTable {
         let mut routes: Vec<Route> = routes
             .iter()
-            .map(|r| Route {
+            .enumerate()
+            .map(|(index, r)| Route {
                 name: r.name.clone(),
                 pool: r.pool,
+                index,
                 host: r.host.clone(),
                 path_prefix: r.path_prefix.clone(),
                 port: r.port,
@@ -145,6 +158,7 @@ mod tests {
             path_prefix: prefix.into(),
             port,
             pool: 0,
+            rate_limit: None,
         }
     }
 

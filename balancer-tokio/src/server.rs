@@ -3,8 +3,9 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -18,9 +19,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
+use arc_swap::ArcSwap;
+
 use crate::access_log::AccessRecord;
-use crate::config::{Config, Limits, ListenerConfig};
+use crate::config::{Config, ConfigError, Limits, ListenerConfig};
 use crate::errors::raw_response;
+use crate::metrics::{Metrics, ReloadLabels};
 use crate::pool::PoolError;
 use crate::proxy::{ConnectionInfo, Proxy};
 use crate::shutdown::{Drain, DrainGuard, Phase, PhaseWatcher, Shutdown};
@@ -49,12 +53,113 @@ pub enum ServeError {
     /// A pool could not be built.
     #[error(transparent)]
     Pool(#[from] PoolError),
+    /// The config file could not be loaded.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// Why a reload was refused (the config in force keeps serving).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The balancer was not started from a file.
+    #[error("nothing to reload: the balancer was not started from a config file")]
+    NoFile,
+    /// The file is not a valid config: the same message `balancer check` prints.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The new config changes what only a restart can change.
+    #[error(
+        "{path}: {what} changed; a reload cannot rebind sockets, restart the balancer to apply it"
+    )]
+    NeedsRestart {
+        /// The file.
+        path: String,
+        /// What changed.
+        what: &'static str,
+    },
+    /// A pool could not be built.
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+}
+
+/// What every connection shares: the config generation in force (swapped atomically by a
+/// reload) and what a reload needs.
+pub struct Shared {
+    proxy: ArcSwap<Proxy>,
+    config_path: Option<PathBuf>,
+    /// One reload at a time: two concurrent ones would both diff against the same generation.
+    reload_lock: Mutex<()>,
+}
+
+impl Shared {
+    /// The config generation in force.
+    pub fn current(&self) -> Arc<Proxy> {
+        self.proxy.load_full()
+    }
+
+    /// Re-reads the config file, validates it and swaps it in; on any error the config in
+    /// force keeps serving. Returns the new config's summary.
+    pub fn reload(&self) -> Result<String, ReloadError> {
+        let _one_at_a_time = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let result = self.reload_locked();
+        let metrics = self.current().metrics().clone();
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics
+            .reloads
+            .get_or_create(&ReloadLabels { result: outcome })
+            .inc();
+        match &result {
+            Ok(summary) => tracing::info!(%summary, "config reloaded"),
+            Err(err) => {
+                tracing::error!(%err, "config reload refused; the previous config keeps serving")
+            }
+        }
+        result
+    }
+
+    fn reload_locked(&self) -> Result<String, ReloadError> {
+        let path = self.config_path.as_deref().ok_or(ReloadError::NoFile)?;
+        let config = Config::load(path)?;
+        let old = self.current();
+        let shown = path.display().to_string();
+        let old_config = old.config();
+        let same_listeners = old_config.listeners.len() == config.listeners.len()
+            && old_config
+                .listeners
+                .iter()
+                .zip(&config.listeners)
+                .all(|(a, b)| {
+                    a.name == b.name
+                        && a.address == b.address
+                        && a.max_connections == b.max_connections
+                });
+        if !same_listeners {
+            return Err(ReloadError::NeedsRestart {
+                path: shown,
+                what: "the listeners",
+            });
+        }
+        if old_config.admin != config.admin {
+            return Err(ReloadError::NeedsRestart {
+                path: shown,
+                what: "the admin address",
+            });
+        }
+        let new = Arc::new(Proxy::reload(&config, &old)?);
+        new.start_tasks();
+        self.proxy.store(new);
+        // Requests in flight keep the old generation alive until they finish; its background
+        // work stops now (the new generation probes the same backends).
+        old.retire();
+        Ok(config.summary())
+    }
 }
 
 /// A started balancer: its bound addresses and the handle to stop it.
 pub struct RunningBalancer {
     addresses: Vec<(String, SocketAddr)>,
-    proxy: Arc<Proxy>,
+    admin: Option<SocketAddr>,
+    shared: Arc<Shared>,
     shutdown: Shutdown,
     drain: Drain,
     accept_tasks: Vec<JoinHandle<()>>,
@@ -70,9 +175,36 @@ pub enum ShutdownReport {
     GraceExpired,
 }
 
-/// Binds every listener of `config` and starts serving.
+/// Binds every listener of `config` and starts serving. Such a balancer cannot reload (it has
+/// no file to re-read); see [`start_file`].
 pub async fn start(config: Config) -> Result<RunningBalancer, ServeError> {
-    let proxy = Arc::new(Proxy::new(&config)?);
+    start_with(config, None).await
+}
+
+/// Loads the config at `path`, binds its listeners and starts serving; `SIGHUP` (handled by the
+/// binary) and the admin `POST /reload` re-read `path`.
+pub async fn start_file(path: &Path) -> Result<RunningBalancer, ServeError> {
+    let config = Config::load(path)?;
+    start_with(config, Some(path.to_owned())).await
+}
+
+async fn start_with(
+    config: Config,
+    config_path: Option<PathBuf>,
+) -> Result<RunningBalancer, ServeError> {
+    let metrics = Arc::new(Metrics::new());
+    let proxy = Arc::new(Proxy::new(&config, metrics)?);
+    let admin_socket = match config.admin {
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .map_err(|err| bind_error(address, &err))?,
+        ),
+        None => None,
+    };
+    let admin = admin_socket
+        .as_ref()
+        .and_then(|socket| socket.local_addr().ok());
     let mut bound = Vec::with_capacity(config.listeners.len());
     for listener in &config.listeners {
         let socket = TcpListener::bind(listener.address)
@@ -85,7 +217,12 @@ pub async fn start(config: Config) -> Result<RunningBalancer, ServeError> {
     }
     let shutdown = Shutdown::new();
     let drain = Drain::new();
-    let builder = connection_builder(proxy.limits());
+    proxy.start_tasks();
+    let shared = Arc::new(Shared {
+        proxy: ArcSwap::new(proxy),
+        config_path,
+        reload_lock: Mutex::new(()),
+    });
     let mut addresses = Vec::new();
     let mut accept_tasks = Vec::new();
     for (listener, socket, local) in bound {
@@ -94,15 +231,22 @@ pub async fn start(config: Config) -> Result<RunningBalancer, ServeError> {
             socket,
             listener,
             local.port(),
-            proxy.clone(),
-            builder.clone(),
+            shared.clone(),
             shutdown.watcher(),
             drain.guard(),
         )));
     }
+    if let Some(socket) = admin_socket {
+        accept_tasks.push(tokio::spawn(crate::admin::serve(
+            socket,
+            shared.clone(),
+            shutdown.watcher(),
+        )));
+    }
     Ok(RunningBalancer {
         addresses,
-        proxy,
+        admin,
+        shared,
         shutdown,
         drain,
         accept_tasks,
@@ -141,9 +285,24 @@ impl RunningBalancer {
             .map(|(_, a)| *a)
     }
 
-    /// The proxy (pools and their schedulers), for inspection.
-    pub fn proxy(&self) -> &Arc<Proxy> {
-        &self.proxy
+    /// The admin listener's bound address, unless `admin = "off"`.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    /// The config generation in force (pools and their schedulers), for inspection.
+    pub fn proxy(&self) -> Arc<Proxy> {
+        self.shared.current()
+    }
+
+    /// What connections share; reloads go through it.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Re-reads the config file (as `SIGHUP` does); the old config keeps serving on error.
+    pub fn reload(&self) -> Result<String, ReloadError> {
+        self.shared.reload()
     }
 
     /// Stops accepting, lets in-flight requests finish within the grace period, then closes
@@ -158,7 +317,9 @@ impl RunningBalancer {
             Err(_) => ShutdownReport::GraceExpired,
         };
         self.shutdown.advance(Phase::Stopped);
-        for pool in self.proxy.pools() {
+        let proxy = self.shared.current();
+        proxy.retire();
+        for pool in proxy.pools() {
             tracing::info!(
                 pool = %pool.name,
                 dispatched = pool
@@ -174,7 +335,8 @@ impl RunningBalancer {
     }
 }
 
-fn connection_builder(limits: Limits) -> auto::Builder<TokioExecutor> {
+/// The HTTP/1.1 + h2c server settings for `limits` (one per config generation).
+pub(crate) fn connection_builder(limits: Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -196,8 +358,7 @@ async fn accept_loop(
     socket: TcpListener,
     listener: ListenerConfig,
     port: u16,
-    proxy: Arc<Proxy>,
-    builder: auto::Builder<TokioExecutor>,
+    shared: Arc<Shared>,
     mut watcher: PhaseWatcher,
     drain: Option<DrainGuard>,
 ) {
@@ -231,8 +392,7 @@ async fn accept_loop(
                 client,
                 listener_port: port,
             },
-            proxy: proxy.clone(),
-            builder: builder.clone(),
+            shared: shared.clone(),
             watcher: watcher.clone(),
             drain: drain.clone(),
         };
@@ -246,8 +406,7 @@ async fn accept_loop(
 
 struct Connection {
     info: ConnectionInfo,
-    proxy: Arc<Proxy>,
-    builder: auto::Builder<TokioExecutor>,
+    shared: Arc<Shared>,
     watcher: PhaseWatcher,
     drain: DrainGuard,
 }
@@ -255,7 +414,10 @@ struct Connection {
 impl Connection {
     async fn serve(mut self, mut stream: TcpStream) {
         let _ = stream.set_nodelay(true);
-        let limits = self.proxy.limits();
+        // The connection's limits come from the config in force when it was accepted; each
+        // request is served by the config in force when it arrives.
+        let proxy = self.shared.current();
+        let limits = proxy.limits();
         let started = Instant::now();
         let first = tokio::select! {
             biased;
@@ -270,14 +432,20 @@ impl Connection {
                     "request headers not received within {} ms",
                     limits.header_read_timeout_ms
                 );
-                self.answer_raw(stream, StatusCode::REQUEST_TIMEOUT, &message, started)
-                    .await;
+                self.answer_raw(
+                    &proxy,
+                    stream,
+                    StatusCode::REQUEST_TIMEOUT,
+                    &message,
+                    started,
+                )
+                .await;
                 return;
             }
             FirstHead::Incomplete => {
                 let message =
                     "malformed request: the client stopped sending before the end of the headers";
-                self.answer_raw(stream, StatusCode::BAD_REQUEST, message, started)
+                self.answer_raw(&proxy, stream, StatusCode::BAD_REQUEST, message, started)
                     .await;
                 return;
             }
@@ -287,6 +455,7 @@ impl Connection {
                     limits.max_header_bytes
                 );
                 self.answer_raw(
+                    &proxy,
                     stream,
                     StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                     &message,
@@ -301,11 +470,12 @@ impl Connection {
             prefix: head.freeze(),
             stream,
         });
-        let proxy = self.proxy.clone();
+        let shared = self.shared.clone();
         let info = self.info;
         let drain = self.drain.clone();
-        let service = service_fn(move |request| proxy.clone().handle(request, info, drain.clone()));
-        let connection = self.builder.serve_connection_with_upgrades(io, service);
+        let service =
+            service_fn(move |request| shared.current().handle(request, info, drain.clone()));
+        let connection = proxy.builder().serve_connection_with_upgrades(io, service);
         tokio::pin!(connection);
         tokio::select! {
             result = connection.as_mut() => {
@@ -325,6 +495,7 @@ impl Connection {
     /// Answers an error found before hyper saw the request, then closes politely.
     async fn answer_raw(
         &self,
+        proxy: &Proxy,
         mut stream: TcpStream,
         status: StatusCode,
         message: &str,
@@ -345,7 +516,7 @@ impl Connection {
             io::Result::Ok(())
         })
         .await;
-        let log = self.proxy.access_log();
+        let log = proxy.access_log();
         if log.enabled() {
             log.write(&AccessRecord {
                 request_id: "-".into(),

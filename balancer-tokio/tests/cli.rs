@@ -162,7 +162,7 @@ fn backend_and_balancer(tag: &str) -> (Running, Running, SocketAddr, PathBuf) {
     std::fs::write(
         &config,
         format!(
-            "listen = \"{balancer_address}\"\naccess_log = \"off\"\nmax_body_bytes = 104857600\nbackends = [\"{backend_address}\"]\n"
+            "listen = \"{balancer_address}\"\nadmin = \"127.0.0.1:0\"\naccess_log = \"off\"\nmax_body_bytes = 104857600\nbackends = [\"{backend_address}\"]\n"
         ),
     )
     .unwrap();
@@ -228,11 +228,11 @@ fn a_50_mb_body_streams_through_with_bounded_memory() {
     let _ = std::fs::remove_file(config);
 }
 
-/// The binary with no arguments: demo mode on 8080 and 9001-9004. Skipped (with a note) when
+/// The binary with no arguments: demo mode on 8080 and 9001-9004, admin on 9901. Skipped (with a note) when
 /// any of those ports is taken on this machine, e.g. by a developer's own demo.
 #[test]
 fn default_run_is_the_demo_on_the_documented_ports() {
-    let ports = [8080, 9001, 9002, 9003, 9004];
+    let ports = [8080, 9001, 9002, 9003, 9004, 9901];
     if ports
         .iter()
         .any(|p| TcpListener::bind(("127.0.0.1", *p)).is_err())
@@ -254,8 +254,12 @@ fn default_run_is_the_demo_on_the_documented_ports() {
         );
         banner.push(line.trim_end().to_owned());
     }
-    assert_eq!(banner.len(), 6, "{banner:?}");
-    assert_eq!(banner[5], "try: curl http://127.0.0.1:8080/");
+    assert_eq!(banner.len(), 7, "{banner:?}");
+    assert!(
+        banner[5].starts_with("admin listening on http://127.0.0.1:9901/"),
+        "{banner:?}"
+    );
+    assert_eq!(banner[6], "try: curl http://127.0.0.1:8080/");
     // Keep draining stdout (access-log lines) so the child never blocks on a full pipe.
     std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
     let address: SocketAddr = "127.0.0.1:8080".parse().unwrap();

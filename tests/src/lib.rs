@@ -101,14 +101,47 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Starts the balancer from `toml` (listeners should use port 0 or `free_port()`).
+    /// Starts the balancer from `toml` (listeners should use port 0 or `free_port()`). Unless
+    /// `toml` names an `admin` address, the admin listener gets a free port (the default 9901
+    /// would clash between tests running in parallel).
     pub async fn start(toml: &str) -> Proxy {
-        let config = Config::from_toml_str(toml, "test.toml")
+        let toml = with_admin_on_a_free_port(toml);
+        let config = Config::from_toml_str(&toml, "test.toml")
             .unwrap_or_else(|err| panic!("test config is invalid: {err}\n{toml}"));
         let running = balancer_tokio::start(config)
             .await
             .unwrap_or_else(|err| panic!("balancer does not start: {err}"));
         Proxy { running }
+    }
+
+    /// Starts the balancer from a config file, so that it can reload (`POST /reload`, which
+    /// re-reads the file). The admin listener is put on a free port as in [`Proxy::start`].
+    pub async fn start_file(file: &ConfigFile) -> Proxy {
+        let running = balancer_tokio::start_file(&file.path)
+            .await
+            .unwrap_or_else(|err| panic!("balancer does not start: {err}"));
+        Proxy { running }
+    }
+
+    /// The admin listener's address.
+    pub fn admin(&self) -> SocketAddr {
+        self.running
+            .admin_addr()
+            .expect("the admin listener is on in tests")
+    }
+
+    /// `GET path` on the admin listener.
+    pub async fn admin_get(&self, path: &str) -> Reply {
+        self.send(self.admin(), get(path, "admin")).await
+    }
+
+    /// `POST path` (empty body) on the admin listener.
+    pub async fn admin_post(&self, path: &str) -> Reply {
+        let request = Request::post(path)
+            .header(http::header::HOST, "admin")
+            .body(Empty::<Bytes>::new())
+            .expect("valid request");
+        self.send(self.admin(), request).await
     }
 
     /// Wraps a balancer started some other way (e.g. demo mode).
@@ -181,6 +214,49 @@ impl Proxy {
             );
         }
         report
+    }
+}
+
+fn with_admin_on_a_free_port(toml: &str) -> String {
+    if toml.lines().any(|l| l.trim_start().starts_with("admin")) {
+        toml.to_owned()
+    } else {
+        // Top-level keys must come before the first table, so it goes first.
+        format!("admin = \"127.0.0.1:0\"\n{toml}")
+    }
+}
+
+/// A config file in the temporary directory, removed when dropped; `write` replaces its text
+/// (for reload tests).
+pub struct ConfigFile {
+    /// Where it is.
+    pub path: std::path::PathBuf,
+}
+
+impl ConfigFile {
+    /// Writes `toml` (with the admin listener on a free port, as [`Proxy::start`] does) to a
+    /// fresh file named after `tag`.
+    pub fn new(tag: &str, toml: &str) -> ConfigFile {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "balancer-test-{tag}-{}-{n}.toml",
+            std::process::id()
+        ));
+        let file = ConfigFile { path };
+        file.write(toml);
+        file
+    }
+
+    /// Replaces the file's text.
+    pub fn write(&self, toml: &str) {
+        std::fs::write(&self.path, with_admin_on_a_free_port(toml)).expect("write the config file");
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 

@@ -12,13 +12,15 @@ async fn demo_mode_answers_from_all_four_backends() {
     let demo = Demo::start(DemoPorts {
         balancer: 0,
         first_backend: 0,
+        admin: 0,
     })
     .await
     .expect("demo starts");
     let banner = demo.banner();
-    assert_eq!(banner.len(), 6, "{banner:?}");
+    assert_eq!(banner.len(), 7, "{banner:?}");
+    assert!(banner[5].starts_with("admin listening on "), "{banner:?}");
     assert!(
-        banner[5].starts_with("try: curl http://127.0.0.1:"),
+        banner[6].starts_with("try: curl http://127.0.0.1:"),
         "{banner:?}"
     );
     let Demo { backends, balancer } = demo;

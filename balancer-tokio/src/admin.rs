@@ -1,0 +1,298 @@
+//! The admin listener (default 127.0.0.1:9901): metrics, backend states, drain/undrain,
+//! health, the effective config, and reload.
+//!
+//! It has no authentication: anyone who can connect can drain every backend. That is why it
+//! binds to loopback by default; exposing it (`admin = "0.0.0.0:9901"`) should go with a
+//! firewall or a private network.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::config::Config;
+use crate::metrics::{BackendLabels, HealthLabels};
+use crate::server::Shared;
+use crate::shutdown::{Phase, PhaseWatcher};
+
+/// Concurrent admin connections: a scraper and an operator or two; more is a mistake or abuse.
+pub const MAX_ADMIN_CONNECTIONS: usize = 32;
+/// An admin request head must arrive within this.
+const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the admin API on `socket` until shutdown begins.
+pub async fn serve(socket: TcpListener, shared: Arc<Shared>, mut watcher: PhaseWatcher) {
+    let permits = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = watcher.reached(Phase::Draining) => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            biased;
+            _ = watcher.reached(Phase::Draining) => break,
+            accepted = socket.accept() => accepted,
+        };
+        let Ok((stream, _)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let shared = shared.clone();
+        let mut watcher = watcher.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let shared = shared.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(&shared, request)) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(ADMIN_HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = connection => {}
+                _ = watcher.reached(Phase::Stopped) => {}
+            }
+            drop(permit);
+        });
+    }
+}
+
+fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = request.uri().path().trim_end_matches('/');
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let method = request.method();
+    match (method, segments.as_slice()) {
+        (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok\n".into()),
+        (&Method::GET, ["metrics"]) => metrics(shared),
+        (&Method::GET, ["backends"]) => json_response(StatusCode::OK, &backends(shared)),
+        (&Method::GET, ["config"]) => json_response(
+            StatusCode::OK,
+            &config_json(shared.current().config().as_ref()),
+        ),
+        (&Method::POST, ["reload"]) => match shared.reload() {
+            Ok(summary) => text(StatusCode::OK, format!("reloaded: {summary}\n")),
+            Err(err) => text(StatusCode::BAD_REQUEST, format!("reload refused: {err}\n")),
+        },
+        (&Method::POST, ["backends", pool, address, action @ ("drain" | "undrain")]) => {
+            drain(shared, pool, address, *action == "drain")
+        }
+        (_, ["healthz" | "metrics" | "backends" | "config" | "reload"])
+        | (_, ["backends", _, _, "drain" | "undrain"]) => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into())
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try GET /metrics, /backends, /config, /healthz, POST /reload, POST /backends/POOL/ADDRESS/drain|undrain\n".into(),
+        ),
+    }
+}
+
+fn drain(shared: &Shared, pool: &str, address: &str, drain: bool) -> Response<Full<Bytes>> {
+    let proxy = shared.current();
+    let Some(found) = proxy.pools().iter().find(|p| p.name == pool) else {
+        return text(StatusCode::NOT_FOUND, format!("no pool {pool:?}\n"));
+    };
+    match found.set_drained(address, drain) {
+        Ok(()) => {
+            let verb = if drain { "draining" } else { "undrained" };
+            tracing::info!(pool, backend = address, "admin: backend {verb}");
+            text(StatusCode::OK, format!("{pool}/{address}: {verb}\n"))
+        }
+        Err(err) => text(StatusCode::NOT_FOUND, format!("{err}\n")),
+    }
+}
+
+fn metrics(shared: &Shared) -> Response<Full<Bytes>> {
+    let proxy = shared.current();
+    let metrics = proxy.metrics();
+    // Gauges of backend state are rebuilt from the core at each scrape, so backends removed
+    // by a reload disappear from them.
+    metrics.pending.clear();
+    metrics.weight.clear();
+    metrics.ewma_seconds.clear();
+    metrics.health.clear();
+    for pool in proxy.pools() {
+        let now = pool.clock.now();
+        for view in pool.views() {
+            let labels = BackendLabels {
+                pool: pool.label().clone(),
+                backend: view.backend.label.clone(),
+            };
+            metrics
+                .pending
+                .get_or_create(&labels)
+                .set(i64::from(view.snapshot.pending));
+            metrics
+                .weight
+                .get_or_create(&labels)
+                .set(i64::from(view.snapshot.weight));
+            metrics
+                .ewma_seconds
+                .get_or_create(&labels)
+                .set(view.snapshot.ewma_ns / 1e9);
+            let current = view.state_name(now);
+            for state in ["up", "down", "draining", "drained", "ejected"] {
+                metrics
+                    .health
+                    .get_or_create(&HealthLabels {
+                        pool: labels.pool.clone(),
+                        backend: labels.backend.clone(),
+                        state,
+                    })
+                    .set(i64::from(state == current));
+            }
+        }
+    }
+    let mut response = Response::new(Full::new(Bytes::from(metrics.encode())));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
+}
+
+fn backends(shared: &Shared) -> Value {
+    let proxy = shared.current();
+    let pools: Vec<Value> = proxy
+        .pools()
+        .iter()
+        .map(|pool| {
+            let now = pool.clock.now();
+            let backends: Vec<Value> = pool
+                .views()
+                .iter()
+                .map(|view| {
+                    let s = &view.snapshot;
+                    json!({
+                        "address": view.backend.address,
+                        "state": view.state_name(now),
+                        "pending": s.pending,
+                        "weight": s.weight,
+                        "ewma_ms": (s.ewma_ns / 1e3).round() / 1e3,
+                        "dispatched": s.dispatched,
+                        "succeeded": s.succeeded,
+                        "failed": s.failed,
+                        "consecutive_failures": s.consecutive_failures,
+                        "ejected_for_ms": s.ejected_until.map(|t| t.saturating_since(now).as_millis() as u64),
+                        "eligible": s.eligible,
+                        "removing": view.removing,
+                    })
+                })
+                .collect();
+            json!({ "pool": pool.name, "in_flight": pool.in_flight(), "backends": backends })
+        })
+        .collect();
+    json!({ "pools": pools })
+}
+
+/// The effective config (every default filled in) as JSON.
+pub fn config_json(config: &Config) -> Value {
+    let rate = |r: Option<crate::config::Rate>| {
+        r.map(|r| json!({ "rate_per_s": r.rate_per_s, "burst": r.burst }))
+    };
+    let ms = |d: Duration| d.as_millis() as u64;
+    json!({
+        "admin": config.admin.map_or_else(|| "off".to_owned(), |a: SocketAddr| a.to_string()),
+        "access_log": format!("{:?}", config.access_log).to_lowercase(),
+        "shutdown_grace_ms": config.shutdown_grace_ms,
+        "header_read_timeout_ms": config.limits.header_read_timeout_ms,
+        "max_header_bytes": config.limits.max_header_bytes,
+        "max_body_bytes": config.limits.max_body_bytes,
+        "listeners": config.listeners.iter().map(|l| json!({
+            "name": l.name,
+            "address": l.address.to_string(),
+            "max_connections": l.max_connections,
+        })).collect::<Vec<_>>(),
+        "rate_limit": {
+            "global": rate(config.rate_limit.global),
+            "per_client": rate(config.rate_limit.per_client),
+            "max_tracked_clients": config.rate_limit.max_tracked_clients,
+        },
+        "pools": config.pools.iter().map(|p| json!({
+            "name": p.name,
+            "policy": p.policy.name(),
+            "seed": p.seed,
+            "backends": p.backends.iter().map(|b| json!({ "address": b.address, "weight": b.weight })).collect::<Vec<_>>(),
+            "connect_timeout_ms": p.connect_timeout_ms,
+            "response_header_timeout_ms": p.response_header_timeout_ms,
+            "request_timeout_ms": p.request_timeout_ms,
+            "idle_timeout_ms": p.idle_timeout_ms,
+            "max_idle_per_backend": p.max_idle_per_backend,
+            "max_in_flight": p.max_in_flight,
+            "max_pending_per_backend": p.max_pending_per_backend,
+            "health_check": p.health_check.as_ref().map(|h| json!({
+                "path": h.path,
+                "interval_ms": h.interval_ms,
+                "timeout_ms": h.timeout_ms,
+                "rise": h.rise,
+                "fall": h.fall,
+                "expected_status": format!("{}-{}", h.expected_status_min, h.expected_status_max),
+            })),
+            "outlier": p.outlier.map(|o| json!({
+                "consecutive_failures": o.consecutive_failures,
+                "base_ejection_ms": ms(o.base_ejection),
+                "max_ejection_ms": ms(o.max_ejection),
+                "max_ejected_percent": o.max_ejected_percent,
+            })),
+            "retry": p.retry.map_or_else(|| json!({ "max_retries": 0 }), |r| json!({
+                "max_retries": r.max_retries,
+                "retry_non_idempotent": r.retry_non_idempotent,
+                "retry_on_503": r.retry_on_503,
+                "budget_ratio": r.budget_ratio,
+                "budget_min_per_s": r.budget_min_per_s,
+                "budget_window_ms": ms(r.budget_window),
+                "backoff_base_ms": ms(r.backoff_base),
+                "backoff_max_ms": ms(r.backoff_max),
+            })),
+            "slow_start": p.slow_start.map(|s| json!({
+                "window_ms": s.window_ms,
+                "min_weight_percent": s.min_weight_percent,
+            })),
+            "panic_threshold_percent": p.panic_threshold_percent,
+        })).collect::<Vec<_>>(),
+        "routes": config.routes.iter().map(|r| json!({
+            "name": r.name,
+            "host": r.host.as_config(),
+            "path_prefix": r.path_prefix,
+            "port": r.port,
+            "pool": config.pools[r.pool].name,
+            "rate_limit": rate(r.rate_limit),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response<Full<Bytes>> {
+    let mut body = serde_json::to_string_pretty(value).unwrap_or_default();
+    body.push('\n');
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

@@ -1,0 +1,209 @@
+//! Prometheus metrics (prometheus-client): what the admin listener's `GET /metrics` serves.
+//!
+//! Counters and histograms are updated on the request path (one hashed label lookup under a
+//! read lock each); gauges of backend state are refreshed from the core's snapshots when
+//! scraped, so they cost nothing between scrapes. One `Metrics` lives for the whole process:
+//! it survives config reloads.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of a finished request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The route's name (`-` when none matched).
+    pub route: Arc<String>,
+    /// The backend's address (`-` when the proxy answered itself).
+    pub backend: Arc<String>,
+    /// The status sent to the client.
+    pub status: u16,
+}
+
+/// Labels naming a route.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// The route's name.
+    pub route: Arc<String>,
+}
+
+/// Labels naming a pool.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    /// The pool's name.
+    pub pool: Arc<String>,
+}
+
+/// Labels naming a backend of a pool.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    /// The pool's name.
+    pub pool: Arc<String>,
+    /// The backend's address.
+    pub backend: Arc<String>,
+}
+
+/// Labels of a rate-limited request: which limit refused it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    /// `global`, `client` or `route`.
+    pub limit: &'static str,
+}
+
+/// Labels of a reload: `ok` or `error`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
+/// Labels of a backend's health: one series per state, 1 for the current one.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HealthLabels {
+    /// The pool's name.
+    pub pool: Arc<String>,
+    /// The backend's address.
+    pub backend: Arc<String>,
+    /// `up`, `down`, `draining` or `ejected`.
+    pub state: &'static str,
+}
+
+/// Every metric the proxy exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests finished, by route, backend and status.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Request arrival to end of response body, in seconds, by route.
+    pub request_duration: Family<RouteLabels, Histogram>,
+    /// Requests in flight per backend (refreshed at scrape).
+    pub pending: Family<BackendLabels, Gauge>,
+    /// Backend weight (refreshed at scrape).
+    pub weight: Family<BackendLabels, Gauge>,
+    /// Peak-EWMA latency estimate per backend, in seconds (refreshed at scrape).
+    pub ewma_seconds: Family<BackendLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Backend health: 1 for the current state (refreshed at scrape).
+    pub health: Family<HealthLabels, Gauge>,
+    /// Retries dispatched, by pool.
+    pub retries: Family<PoolLabels, Counter>,
+    /// Outlier ejections, by backend.
+    pub ejections: Family<BackendLabels, Counter>,
+    /// Active health-check transitions, by backend.
+    pub health_transitions: Family<HealthLabels, Counter>,
+    /// Requests refused by a rate limit, by limit.
+    pub rate_limited: Family<LimitLabels, Counter>,
+    /// Config reloads, by result.
+    pub reloads: Family<ReloadLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("balancer");
+        let requests = Family::<RequestLabels, Counter>::default();
+        // 100 µs to about 13 s in 18 doublings: loopback hops to slow uploads.
+        let request_duration = Family::<RouteLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(0.0001, 2.0, 18))) as fn() -> Histogram,
+        );
+        let pending = Family::<BackendLabels, Gauge>::default();
+        let weight = Family::<BackendLabels, Gauge>::default();
+        let ewma_seconds = Family::default();
+        let health = Family::<HealthLabels, Gauge>::default();
+        let retries = Family::<PoolLabels, Counter>::default();
+        let ejections = Family::<BackendLabels, Counter>::default();
+        let health_transitions = Family::<HealthLabels, Counter>::default();
+        let rate_limited = Family::<LimitLabels, Counter>::default();
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests finished, by route, backend and status",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Request head to end of response body",
+            request_duration.clone(),
+        );
+        registry.register(
+            "backend_pending",
+            "Requests in flight per backend",
+            pending.clone(),
+        );
+        registry.register("backend_weight", "Backend weight", weight.clone());
+        registry.register(
+            "backend_ewma_latency_seconds",
+            "Peak-EWMA latency estimate per backend",
+            ewma_seconds.clone(),
+        );
+        registry.register(
+            "backend_health",
+            "1 for the backend's current state (up, down, draining, ejected)",
+            health.clone(),
+        );
+        registry.register("retries", "Retries dispatched, by pool", retries.clone());
+        registry.register(
+            "outlier_ejections",
+            "Backends ejected by outlier detection",
+            ejections.clone(),
+        );
+        registry.register(
+            "health_transitions",
+            "Active health-check transitions (state is the new state)",
+            health_transitions.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Requests refused with 429, by limit",
+            rate_limited.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Config reloads, by result",
+            reloads.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            pending,
+            weight,
+            ewma_seconds,
+            health,
+            retries,
+            ejections,
+            health_transitions,
+            rate_limited,
+            reloads,
+        }
+    }
+
+    /// Counts one finished request.
+    pub fn observe_request(&self, labels: &RequestLabels, duration: Duration) {
+        self.requests.get_or_create(labels).inc();
+        // Avoids building a second label set when the route's histogram exists already.
+        self.request_duration
+            .get_or_create(&RouteLabels {
+                route: labels.route.clone(),
+            })
+            .observe(duration.as_secs_f64());
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
