@@ -260,6 +260,152 @@ impl Drop for ConfigFile {
     }
 }
 
+/// Clients sending `GET path` in a loop over keep-alive connections until stopped, counting
+/// answers: the load under which kills and reloads must not fail a request.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ok: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    failures: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// What a [`Load`] saw.
+#[derive(Debug)]
+pub struct LoadReport {
+    /// Requests answered 200.
+    pub ok: u64,
+    /// Requests answered otherwise, or failed (a description of each).
+    pub failures: Vec<String>,
+}
+
+/// Pause between one client's requests: keeps the load from hogging the shared cores while
+/// still keeping requests in flight at every moment.
+const LOAD_PAUSE: Duration = Duration::from_millis(1);
+
+impl Load {
+    /// Starts `clients` clients against `address`.
+    pub fn start(address: SocketAddr, clients: usize, path: &'static str) -> Load {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tasks = (0..clients)
+            .map(|_| {
+                let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+                tokio::spawn(async move {
+                    let mut sender = None;
+                    while !stop.load(Ordering::Relaxed) {
+                        if sender.is_none() {
+                            match connect(address).await {
+                                Ok(s) => sender = Some(s),
+                                Err(err) => {
+                                    failures.lock().unwrap().push(format!("connect: {err}"));
+                                    tokio::time::sleep(LOAD_PAUSE).await;
+                                    continue;
+                                }
+                            }
+                        }
+                        let Some(s) = sender.as_mut() else { continue };
+                        let exchange = async {
+                            s.ready().await?;
+                            let response = s.send_request(get(path, "load.test")).await?;
+                            let status = response.status();
+                            let body = response.into_body().collect().await?.to_bytes();
+                            Ok::<_, hyper::Error>((status, body))
+                        };
+                        match tokio::time::timeout(EXCHANGE_TIMEOUT, exchange).await {
+                            Ok(Ok((status, _))) if status == StatusCode::OK => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(Ok((status, body))) => failures.lock().unwrap().push(format!(
+                                "{status}: {}",
+                                String::from_utf8_lossy(&body).trim_end()
+                            )),
+                            Ok(Err(err)) => {
+                                failures.lock().unwrap().push(format!("exchange: {err}"));
+                                sender = None;
+                            }
+                            Err(_) => {
+                                failures.lock().unwrap().push("timed out".into());
+                                sender = None;
+                            }
+                        }
+                        tokio::time::sleep(LOAD_PAUSE).await;
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failures,
+            tasks,
+        }
+    }
+
+    /// Requests answered 200 so far.
+    pub fn ok(&self) -> u64 {
+        self.ok.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits (bounded) until `more` further requests have been answered 200.
+    pub async fn wait_for(&self, more: u64) {
+        let target = self.ok() + more;
+        within("the load to make progress", async {
+            while self.ok() < target {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+    }
+
+    /// Stops the clients and reports.
+    pub async fn finish(self) -> LoadReport {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let ok = self.ok.clone();
+        let failures = self.failures.clone();
+        within("the load to stop", async {
+            for task in self.tasks {
+                task.await.expect("load client");
+            }
+        })
+        .await;
+        let failures = std::mem::take(&mut *failures.lock().unwrap());
+        LoadReport {
+            ok: ok.load(std::sync::atomic::Ordering::Relaxed),
+            failures,
+        }
+    }
+}
+
+async fn connect(
+    address: SocketAddr,
+) -> Result<
+    hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    Box<dyn std::error::Error + Send + Sync>,
+> {
+    let stream = TcpStream::connect(address).await?;
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+/// Polls `condition` every 10 ms until it holds (bounded by `EXCHANGE_TIMEOUT`).
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    within(what, async {
+        while !condition().await {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
 /// A `GET path` with `Host: host`.
 pub fn get(path: &str, host: &str) -> Request<Empty<Bytes>> {
     Request::get(path)

@@ -1,0 +1,197 @@
+//! Health and failure handling under load: a killed backend costs no request (retries), is
+//! ejected, and comes back; active checks take a backend down and up; the per-backend cap
+//! answers 503 at once.
+
+use std::time::Duration;
+
+use balancer_tokio::{DemoBackend, DemoBackendConfig};
+use tests::{Load, Proxy, eventually, start_backends, toml_list, within};
+
+/// The state (`up`, `down`, `ejected`, `drained`, …) of the backend at `address` in the first pool.
+fn state_of(proxy: &Proxy, address: std::net::SocketAddr) -> String {
+    let current = proxy.running().proxy();
+    let pool = &current.pools()[0];
+    let now = pool.clock.now();
+    pool.views()
+        .iter()
+        .find(|v| v.backend.address == address.to_string())
+        .map_or_else(|| "absent".into(), |v| v.state_name(now).to_owned())
+}
+
+fn served_by(proxy: &Proxy, address: std::net::SocketAddr) -> u64 {
+    proxy.running().proxy().pools()[0]
+        .views()
+        .iter()
+        .find(|v| v.backend.address == address.to_string())
+        .map_or(0, |v| v.snapshot.succeeded)
+}
+
+async fn restart(address: std::net::SocketAddr, id: u32) -> DemoBackend {
+    DemoBackend::start(DemoBackendConfig {
+        listen: address,
+        id,
+        latency_ms: 1,
+        jitter_ms: 0,
+    })
+    .await
+    .expect("the backend restarts on its old port")
+}
+
+#[tokio::test]
+async fn a_backend_killed_under_load_fails_no_request_is_ejected_and_comes_back() {
+    let mut backends = start_backends(&[1, 1, 1]).await;
+    let proxy = Proxy::start(&format!(
+        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n\
+         [pools.default]\nbackends = {}\n\
+         outlier = {{ consecutive_failures = 2, base_ejection_ms = 300, max_ejection_ms = 1000 }}\n\
+         retry = {{ max_retries = 2, backoff_base_ms = 1, backoff_max_ms = 5 }}\n",
+        toml_list(&backends)
+    ))
+    .await;
+    let load = Load::start(proxy.addr(), 4, "/");
+    load.wait_for(100).await;
+
+    let victim = backends.remove(1);
+    let victim_address = victim.local_addr();
+    victim.stop().await;
+    eventually("the killed backend to be ejected", || async {
+        state_of(&proxy, victim_address) == "ejected"
+    })
+    .await;
+    load.wait_for(200).await;
+
+    // Recovery: the same address answers again; once its ejection ends it gets traffic.
+    let revived = restart(victim_address, 2).await;
+    let served_before = served_by(&proxy, victim_address);
+    eventually("the revived backend to serve again", || async {
+        served_by(&proxy, victim_address) > served_before + 10
+    })
+    .await;
+    assert_eq!(state_of(&proxy, victim_address), "up");
+
+    let report = load.finish().await;
+    let metrics = proxy.admin_get("/metrics").await.body;
+    let counted = |prefix: &str| -> Vec<String> {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(str::to_owned)
+            .collect()
+    };
+    eprintln!(
+        "backend kill under load: {} requests ok, {} failed; {:?} {:?}",
+        report.ok,
+        report.failures.len(),
+        counted("balancer_retries_total"),
+        counted("balancer_outlier_ejections_total"),
+    );
+    assert!(report.failures.is_empty(), "failed: {:?}", report.failures);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("balancer_outlier_ejections_total{") && !l.ends_with(" 0")),
+        "no ejection counted:\n{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("balancer_retries_total{pool=\"default\"}")),
+        "no retry counted:\n{metrics}"
+    );
+    proxy.wait_for_in_flight(0).await;
+    proxy.stop().await;
+    revived.stop().await;
+    for backend in backends {
+        backend.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn active_health_checks_take_a_dead_backend_down_and_bring_it_back_up() {
+    let mut backends = start_backends(&[0, 0]).await;
+    let proxy = Proxy::start(&format!(
+        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n\
+         [pools.default]\nbackends = {}\n\
+         health_check = {{ path = \"/status/204\", interval_ms = 50, timeout_ms = 500, rise = 2, fall = 2, expected_status = \"200-299\" }}\n",
+        toml_list(&backends)
+    ))
+    .await;
+    let second = backends.remove(1);
+    let address = second.local_addr();
+    assert_eq!(state_of(&proxy, address), "up");
+    second.stop().await;
+    eventually("the probes to mark the stopped backend down", || async {
+        state_of(&proxy, address) == "down"
+    })
+    .await;
+    // While it is down, every request goes to the other backend, without a retry.
+    for _ in 0..10 {
+        let reply = proxy.get("/").await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.body, "Hello from #1\n");
+    }
+    let revived = restart(address, 2).await;
+    eventually("the probes to mark the revived backend up", || async {
+        state_of(&proxy, address) == "up"
+    })
+    .await;
+    let metrics = proxy.admin_get("/metrics").await.body;
+    for state in ["down", "up"] {
+        let series = format!(
+            "balancer_health_transitions_total{{pool=\"default\",backend=\"{address}\",state=\"{state}\"}} 1"
+        );
+        assert!(metrics.contains(&series), "no {series} in\n{metrics}");
+    }
+    proxy.stop().await;
+    revived.stop().await;
+    for backend in backends {
+        backend.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_probe_with_an_unexpected_status_fails() {
+    let backends = start_backends(&[0]).await;
+    let proxy = Proxy::start(&format!(
+        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n\
+         [pools.default]\nbackends = {}\n\
+         health_check = {{ path = \"/status/500\", interval_ms = 50, fall = 1 }}\n",
+        toml_list(&backends)
+    ))
+    .await;
+    let address = backends[0].local_addr();
+    eventually("a 500 from the health path to mark it down", || async {
+        state_of(&proxy, address) == "down"
+    })
+    .await;
+    let reply = proxy.get("/").await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.body, "no eligible backend in pool \"default\"\n");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn past_the_per_backend_cap_the_answer_is_503_at_once() {
+    let backends = start_backends(&[0]).await;
+    let proxy = Proxy::start(&format!(
+        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n\
+         [pools.default]\nbackends = {}\nmax_pending_per_backend = 1\n",
+        toml_list(&backends)
+    ))
+    .await;
+    let address = proxy.addr();
+    let slow =
+        tokio::spawn(
+            async move { tests::send_http1(address, tests::get("/sleep/2000", "t")).await },
+        );
+    proxy.wait_for_in_flight(1).await;
+    // Well before the slow request ends: no waiting queue, so the refusal is immediate.
+    let reply = tokio::time::timeout(Duration::from_millis(1500), proxy.get("/"))
+        .await
+        .expect("the 503 comes before the slow request ends");
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.body, "pool \"default\" is overloaded; retry later\n");
+    assert_eq!(within("the slow request", slow).await.unwrap().status, 200);
+    assert_eq!(proxy.get("/").await.status, 200);
+    proxy.stop().await;
+}
