@@ -1,0 +1,138 @@
+//! Hot reload: `POST /reload` re-reads the file; under load no request fails, backends kept
+//! across keep their state, gone ones drain; a bad file is refused and the old config serves.
+
+use balancer_tokio::Config;
+use tests::{ConfigFile, Load, Proxy, eventually, start_backends, within};
+
+fn pool_toml(addresses: &[std::net::SocketAddr], extra: &str) -> String {
+    let list: Vec<String> = addresses.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n[pools.default]\nbackends = [{}]\n{extra}",
+        list.join(", ")
+    )
+}
+
+fn dispatched(proxy: &Proxy, address: std::net::SocketAddr) -> Option<u64> {
+    proxy.running().proxy().pools()[0]
+        .views()
+        .iter()
+        .find(|v| v.backend.address == address.to_string())
+        .map(|v| v.snapshot.dispatched)
+}
+
+#[tokio::test]
+async fn reload_under_load_fails_no_request_and_keeps_backend_state() {
+    let backends = start_backends(&[1, 1, 1]).await;
+    let [a, b, c] = [0, 1, 2].map(|i| backends[i].local_addr());
+    let file = ConfigFile::new("reload-load", &pool_toml(&[a, b], ""));
+    let proxy = Proxy::start_file(&file).await;
+    let load = Load::start(proxy.addr(), 4, "/");
+    load.wait_for(100).await;
+    // A slow request in flight across the reload finishes on the config it started with.
+    let address = proxy.addr();
+    let slow = tokio::spawn(async move {
+        tests::send_http1(address, tests::get("/sleep/400", "slow.test")).await
+    });
+    let b_before = dispatched(&proxy, b).expect("b is in the pool");
+
+    // A goes, C comes, B stays (with a new weight).
+    file.write(&pool_toml(&[b, c], "").replace(
+        &format!("\"{b}\""),
+        &format!("{{ address = \"{b}\", weight = 2 }}"),
+    ));
+    let reply = proxy.admin_post("/reload").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(
+        reply.body.starts_with("reloaded: 1 listener(s)"),
+        "{}",
+        reply.body
+    );
+    load.wait_for(200).await;
+    assert!(backends[2].served() > 0, "the new backend got no traffic");
+    let b_after = dispatched(&proxy, b).expect("b is still in the pool");
+    assert!(
+        b_after > b_before,
+        "b's counters restarted: {b_before} -> {b_after}"
+    );
+    eventually("the removed backend to drain and leave", || async {
+        dispatched(&proxy, a).is_none()
+    })
+    .await;
+    let a_served = backends[0].served();
+
+    // A reload that changes the scheduler settings starts a new scheduler; still no failure.
+    file.write(&pool_toml(&[a, b, c], "policy = \"round-robin\"\n"));
+    let reply = proxy.admin_post("/reload").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    load.wait_for(200).await;
+    assert!(
+        backends[0].served() > a_served,
+        "the re-added backend got no traffic"
+    );
+
+    assert_eq!(within("the slow request", slow).await.unwrap().status, 200);
+    let report = load.finish().await;
+    eprintln!(
+        "reload under load: {} requests ok, {} failed (2 reloads)",
+        report.ok,
+        report.failures.len()
+    );
+    assert!(report.failures.is_empty(), "failed: {:?}", report.failures);
+    let metrics = proxy.admin_get("/metrics").await.body;
+    assert!(
+        metrics.contains("balancer_config_reloads_total{result=\"ok\"} 2"),
+        "{metrics}"
+    );
+    proxy.wait_for_in_flight(0).await;
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_file_is_refused_with_checks_message_and_the_old_config_keeps_serving() {
+    let backends = start_backends(&[0]).await;
+    let good = pool_toml(&[backends[0].local_addr()], "");
+    let file = ConfigFile::new("reload-bad", &good);
+    let proxy = Proxy::start_file(&file).await;
+    let config_before = proxy.admin_get("/config").await.body;
+
+    let bad_files = [
+        good.replace("[pools.default]", "[pools.default]\ntimeout = 3"),
+        format!("{good}[[routes]]\npool = \"missing\"\n"),
+        good.replace("backends = [", "backends = "),
+        good.replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.2:0\""),
+    ];
+    for bad in &bad_files {
+        file.write(bad);
+        let reply = proxy.admin_post("/reload").await;
+        assert_eq!(reply.status, 400, "{bad}\n{}", reply.body);
+        // What `balancer check FILE` prints after "balancer: error: ".
+        match Config::load(&file.path) {
+            Err(expected) => assert_eq!(reply.body, format!("reload refused: {expected}\n")),
+            Ok(_) => assert!(
+                reply.body.contains("restart the balancer"),
+                "{}",
+                reply.body
+            ),
+        }
+        let served = proxy.get("/").await;
+        assert_eq!(served.status, 200);
+        assert_eq!(served.body, "Hello from #1\n");
+    }
+    assert_eq!(proxy.admin_get("/config").await.body, config_before);
+    let metrics = proxy.admin_get("/metrics").await.body;
+    assert!(
+        metrics.contains("balancer_config_reloads_total{result=\"error\"} 4"),
+        "{metrics}"
+    );
+    // A balancer started without a file says so.
+    let plain = Proxy::start(&good).await;
+    let reply = plain.admin_post("/reload").await;
+    assert_eq!(reply.status, 400);
+    assert!(
+        reply.body.contains("not started from a config file"),
+        "{}",
+        reply.body
+    );
+    plain.stop().await;
+    proxy.stop().await;
+}
