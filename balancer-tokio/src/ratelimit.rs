@@ -1,9 +1,10 @@
 //! Rate limiting (governor's GCRA): global, per client IP, per route; 429 with `Retry-After`.
 //!
-//! The per-client map is bounded by `max_tracked_clients`: before a check finds the map at the
+//! The per-client map is bounded by `max_tracked_clients`: when a check leaves the map over the
 //! bound, entries of clients back at a full burst are dropped (`retain_recent`, which loses
-//! nothing: such a client would start from a full burst anyway); if the map is still full, it
-//! is replaced by an empty one. That forgets the state of every client at once, so a flood of
+//! nothing: such a client would start from a full burst anyway); if the map is still over, it
+//! is replaced by an empty one (between a check's insert and that trim, concurrent checks can
+//! overshoot the bound by at most the number of checks in progress). That forgets the state of every client at once, so a flood of
 //! distinct addresses can make limits lenient for a moment but can never grow memory past the
 //! bound. The maintenance task also calls `retain_recent` every tick.
 
@@ -64,22 +65,22 @@ struct ClientLimiter {
 
 impl ClientLimiter {
     fn check(&self, ip: IpAddr, clock: &DefaultClock) -> Result<(), Duration> {
-        let mut limiter = self.limiter.load();
-        if limiter.len() >= self.max_tracked {
+        let limiter = self.limiter.load();
+        let checked = limiter
+            .check_key(&ip)
+            .map_err(|not_until| not_until.wait_time_from(clock.now()));
+        if limiter.len() > self.max_tracked {
             limiter.retain_recent();
-            if limiter.len() >= self.max_tracked {
+            if limiter.len() > self.max_tracked {
                 tracing::warn!(
                     max_tracked_clients = self.max_tracked,
                     "rate limiter: too many distinct clients; forgetting all their state"
                 );
                 self.limiter
                     .store(Arc::new(DefaultKeyedRateLimiter::keyed(self.quota)));
-                limiter = self.limiter.load();
             }
         }
-        limiter
-            .check_key(&ip)
-            .map_err(|not_until| not_until.wait_time_from(clock.now()))
+        checked
     }
 
     fn tracked(&self) -> usize {
