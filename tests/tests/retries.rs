@@ -1,0 +1,149 @@
+//! Retries: idempotent requests go to another backend after a connect failure; POST only when
+//! configured and its body could be kept; 503s only with `retry_on_503`; per-try and overall
+//! timeouts.
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use tests::{Proxy, free_port, start_backends};
+
+/// A backend address with nothing listening: connecting is refused at once.
+fn dead_address() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+fn post(path: &str, body: Vec<u8>) -> Request<Full<Bytes>> {
+    Request::post(path)
+        .header(http::header::HOST, "t")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap()
+}
+
+fn retries(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("balancer_retries_total{pool=\"default\"} "))
+        .map_or(0, |v| v.parse().unwrap())
+}
+
+#[tokio::test]
+async fn gets_are_retried_posts_only_when_allowed_and_small() {
+    let backends = start_backends(&[0]).await;
+    let pool = |extra: &str| {
+        format!(
+            "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n[pools.default]\nbackends = [\"{}\", \"{}\"]\nretry = {{ backoff_base_ms = 1 {extra} }}\n",
+            dead_address(),
+            backends[0].local_addr()
+        )
+    };
+    let proxy = Proxy::start(&pool("")).await;
+    // Least-pending alternates between the two idle backends, so half the first tries fail.
+    for _ in 0..10 {
+        let reply = proxy.get("/").await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(
+            proxy
+                .send(proxy.addr(), post("/echo", b"x".to_vec()))
+                .await
+                .status
+                .as_u16(),
+        );
+    }
+    assert!(
+        statuses.contains(&502),
+        "POST was retried by default: {statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| [200, 502].contains(s)),
+        "{statuses:?}"
+    );
+    assert!(retries(&proxy.admin_get("/metrics").await.body) >= 3);
+    proxy.stop().await;
+
+    let proxy = Proxy::start(&pool(", retry_non_idempotent = true")).await;
+    for _ in 0..10 {
+        let reply = proxy
+            .send(proxy.addr(), post("/echo", b"small body".to_vec()))
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(reply.body, "small body", "the replayed body arrived whole");
+    }
+    // Above the 64 KiB replay buffer a body streams once and cannot be retried.
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let reply = proxy
+            .send(proxy.addr(), post("/echo", vec![b'y'; 100 * 1024]))
+            .await;
+        if reply.status == 200 {
+            assert_eq!(reply.body.len(), 100 * 1024);
+        }
+        statuses.push(reply.status.as_u16());
+    }
+    assert!(
+        statuses.contains(&502),
+        "a streamed body was retried: {statuses:?}"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_503_is_retried_only_with_retry_on_503() {
+    let backends = start_backends(&[0, 0]).await;
+    for (retry_on_503, expected_retries) in [(false, 0), (true, 4)] {
+        let proxy = Proxy::start(&format!(
+            "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n[pools.default]\nbackends = [\"{}\", \"{}\"]\nretry = {{ retry_on_503 = {retry_on_503}, backoff_base_ms = 1 }}\n",
+            backends[0].local_addr(),
+            backends[1].local_addr()
+        ))
+        .await;
+        for _ in 0..4 {
+            let reply = proxy.get("/status/503").await;
+            // Both backends say 503: after the retry the second answer goes to the client.
+            assert_eq!(reply.status, 503);
+            assert!(
+                reply.body.starts_with("status 503 from #"),
+                "{}",
+                reply.body
+            );
+        }
+        assert_eq!(
+            retries(&proxy.admin_get("/metrics").await.body),
+            expected_retries,
+            "retry_on_503 = {retry_on_503}"
+        );
+        proxy.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn per_try_and_overall_timeouts_bound_a_request() {
+    let backends = start_backends(&[0, 0]).await;
+    let proxy = Proxy::start(&format!(
+        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n[pools.default]\nbackends = [\"{}\", \"{}\"]\n\
+         response_header_timeout_ms = 200\nrequest_timeout_ms = 300\nretry = {{ backoff_base_ms = 1 }}\n",
+        backends[0].local_addr(),
+        backends[1].local_addr()
+    ))
+    .await;
+    let reply = proxy.get("/sleep/5000").await;
+    assert_eq!(reply.status, 504);
+    // The second try only had what was left of the overall 300 ms.
+    let ms: u64 = reply
+        .body
+        .split("within ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected body {:?}", reply.body));
+    assert!(
+        ms < 200,
+        "second try was not cut to the overall timeout: {}",
+        reply.body
+    );
+    assert_eq!(retries(&proxy.admin_get("/metrics").await.body), 1);
+    proxy.wait_for_in_flight(0).await;
+    proxy.stop().await;
+}
