@@ -11,6 +11,7 @@ FROM debian:bookworm-slim
 COPY --from=build /usr/local/bin/balancer /usr/local/bin/balancer
 # The same binary serves as balancer and as demo backend; neither needs root.
 USER nobody
-EXPOSE 8080
+# 8080: traffic; 9901: admin API (publish it on loopback or a private network only).
+EXPOSE 8080 9901
 ENTRYPOINT ["balancer"]
 CMD ["--config", "/etc/balancer/balancer.toml"]
