@@ -83,6 +83,8 @@ pub struct BackendSnapshot {
     pub consecutive_failures: u32,
     /// In slow start since then.
     pub warming_since: Option<Timestamp>,
+    /// Ejections so far, less those forgiven by time back in rotation (see `OutlierConfig`).
+    pub times_ejected: u32,
 }
 
 /// One slot of the table. A slot with `live == false` is free (its backend was removed).
@@ -314,6 +316,7 @@ impl BackendTable {
             ejected_until: slot.ejected_until,
             consecutive_failures: slot.consecutive_failures,
             warming_since: slot.warming_since,
+            times_ejected: slot.times_ejected,
         }
     }
 

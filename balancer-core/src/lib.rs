@@ -42,6 +42,7 @@ pub mod policy;
 mod retry;
 mod scheduler;
 mod time;
+pub mod trace;
 mod warmup;
 
 pub use backend::{BackendId, BackendSnapshot, BackendState, MAX_BACKENDS, MAX_WEIGHT};

@@ -741,7 +741,11 @@ impl Scheduler {
             Outcome::Cancelled => {}
         }
         if outcome != Outcome::Cancelled {
-            slot.ewma.observe(now, latency.as_nanos() as f64, decay_ns);
+            // From the timestamps, not the Duration: u128 → f64 showed in the sim's profile.
+            let latency_ns = now
+                .as_nanos()
+                .saturating_sub(entry.dispatched_at.as_nanos());
+            slot.ewma.observe(now, latency_ns as f64, decay_ns);
         }
         if slot.eligible() {
             self.policy.on_pending_changed(index as u32, old, old - 1);
