@@ -136,6 +136,8 @@ fn check(file: &Path) -> anyhow::Result<()> {
 }
 
 async fn run(file: &Path) -> anyhow::Result<()> {
+    // Installed before serving: SIGHUP's default action would end the process.
+    let mut hangups = Hangups::new().context("cannot listen for SIGHUP")?;
     let balancer = balancer_tokio::start_file(file).await?;
     for address in balancer.local_addrs() {
         eprintln!("balancer listening on http://{address}/");
@@ -148,8 +150,7 @@ async fn run(file: &Path) -> anyhow::Result<()> {
     let signal = loop {
         tokio::select! {
             signal = os_signal() => break signal.context("cannot listen for signals")?,
-            hangup = hangup() => {
-                hangup.context("cannot listen for SIGHUP")?;
+            () = hangups.next() => {
                 // Refusals are logged by reload itself; the old config keeps serving.
                 let _ = balancer.reload();
             }
@@ -161,17 +162,26 @@ async fn run(file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits for SIGHUP (reload); never returns where there is no such signal.
-async fn hangup() -> std::io::Result<()> {
+/// SIGHUP (reload) as a stream; never fires where there is no such signal.
+struct Hangups {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        signal(SignalKind::hangup())?.recv().await;
-        Ok(())
+    signal: tokio::signal::unix::Signal,
+}
+
+impl Hangups {
+    fn new() -> std::io::Result<Hangups> {
+        Ok(Hangups {
+            #[cfg(unix)]
+            signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?,
+        })
     }
-    #[cfg(not(unix))]
-    {
-        std::future::pending().await
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if self.signal.recv().await.is_some() {
+            return;
+        }
+        std::future::pending::<()>().await
     }
 }
 

@@ -281,3 +281,56 @@ fn default_run_is_the_demo_on_the_documented_ports() {
     demo.signal("INT");
     assert!(demo.wait_for_exit().success());
 }
+
+/// SIGHUP re-reads the config file: a good file takes effect, a bad one is refused and the
+/// config in force keeps serving.
+#[test]
+fn sighup_reloads_the_config_file_and_a_bad_file_keeps_the_old_config() {
+    let backend_address =
+        |_: ()| -> SocketAddr { format!("127.0.0.1:{}", free_port()).parse().unwrap() };
+    let (first, second) = (backend_address(()), backend_address(()));
+    let _backends = [(first, "1"), (second, "2")].map(|(address, id)| {
+        let backend =
+            Running::spawn(&["demo-backend", "--listen", &address.to_string(), "--id", id]);
+        wait_until_listening(address);
+        backend
+    });
+    let balancer_address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = std::env::temp_dir().join(format!("balancer-hup-{}.toml", std::process::id()));
+    let write = |backend: SocketAddr| {
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"{balancer_address}\"\nadmin = \"off\"\naccess_log = \"off\"\nbackends = [\"{backend}\"]\n"
+            ),
+        )
+        .unwrap();
+    };
+    write(first);
+    let balancer = Running::spawn(&["--config", &config.display().to_string()]);
+    wait_until_listening(balancer_address);
+    assert!(http_get(balancer_address, "/").ends_with("Hello from #1\n"));
+
+    write(second);
+    balancer.signal("HUP");
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while !http_get(balancer_address, "/").ends_with("Hello from #2\n") {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reload the config"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    std::fs::write(&config, "listen = \"not an address\"\n").unwrap();
+    balancer.signal("HUP");
+    // The refusal is only logged; give the signal time to be handled, then check nothing changed.
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..5 {
+        assert!(http_get(balancer_address, "/").ends_with("Hello from #2\n"));
+    }
+    let mut balancer = balancer;
+    balancer.signal("TERM");
+    assert!(balancer.wait_for_exit().success());
+    let _ = std::fs::remove_file(config);
+}
