@@ -131,6 +131,8 @@ pub struct Pool {
     pub retries_enabled: bool,
     /// Whether non-idempotent methods (POST, PATCH) may be retried.
     pub retry_non_idempotent: bool,
+    /// Whether a backend's 503 may be retried.
+    pub retry_on_503: bool,
     client_settings: (u64, u64, usize),
     /// The clock that stamps work and done.
     pub clock: Clock,
@@ -428,6 +430,7 @@ impl Pool {
             health_check: config.health_check.clone(),
             retries_enabled: config.retry.is_some(),
             retry_non_idempotent: config.retry.is_some_and(|r| r.retry_non_idempotent),
+            retry_on_503: config.retry.is_some_and(|r| r.retry_on_503),
             client_settings: client_settings(config),
         }
     }
@@ -663,3 +666,31 @@ fn client_settings(config: &PoolConfig) -> (u64, u64, usize) {
 
 /// Shared handle to a pool.
 pub type SharedPool = Arc<Pool>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_config_maps_onto_the_core_scheduler_config() {
+        let config = crate::Config::from_toml_str(
+            "listen = \"127.0.0.1:1\"\n[pools.p]\nbackends = [\"a:1\"]\npolicy = \"p2c\"\n\
+             max_in_flight = 9\nmax_pending_per_backend = 3\npanic_threshold_percent = 40\n\
+             health_check = { rise = 4, fall = 5 }\noutlier = { consecutive_failures = 6 }\n\
+             retry = { max_retries = 1 }\nslow_start = { window_ms = 1500, min_weight_percent = 20 }\n",
+            "t.toml",
+        )
+        .unwrap();
+        let mapped = scheduler_config(&config.pools[0]);
+        assert_eq!(mapped.policy, balancer_core::PolicyKind::P2c);
+        assert_eq!(mapped.max_in_flight, 9);
+        assert_eq!(mapped.max_pending_per_backend, Some(3));
+        assert_eq!(mapped.panic_threshold_percent, Some(40));
+        assert_eq!((mapped.health_check.rise, mapped.health_check.fall), (4, 5));
+        assert_eq!(mapped.outlier.unwrap().consecutive_failures, 6);
+        assert_eq!(mapped.retry.unwrap().max_retries, 1);
+        let slow = mapped.slow_start.unwrap();
+        assert_eq!(slow.window, Duration::from_millis(1500));
+        assert_eq!(slow.min_weight_percent, 20);
+    }
+}

@@ -638,6 +638,7 @@ impl Tries<'_> {
             let (error, kind) = match sent {
                 Ok(Ok(response)) => {
                     if response.status() == StatusCode::SERVICE_UNAVAILABLE
+                        && pool.retry_on_503
                         && may_retry
                         && replayable
                     {

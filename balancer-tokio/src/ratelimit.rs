@@ -101,6 +101,7 @@ pub struct RateLimits {
     per_client: Option<ClientLimiter>,
     routes: Vec<Option<DefaultDirectRateLimiter>>,
     config: (RateLimitConfig, Vec<Option<Rate>>),
+    any: bool,
 }
 
 fn quota(rate: Rate) -> Quota {
@@ -131,6 +132,9 @@ impl RateLimits {
                 })
                 .collect(),
             config: (*config, routes.iter().map(|r| r.rate_limit).collect()),
+            any: config.global.is_some()
+                || config.per_client.is_some()
+                || routes.iter().any(|r| r.rate_limit.is_some()),
         }
     }
 
@@ -149,9 +153,7 @@ impl RateLimits {
 
     /// Whether any limit is configured (so the request path can skip the checks).
     pub fn any(&self) -> bool {
-        self.global.is_some()
-            || self.per_client.is_some()
-            || self.routes.iter().any(Option::is_some)
+        self.any
     }
 
     /// Checks the client's, the route's and the global limit, in that order (the most specific

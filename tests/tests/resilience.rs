@@ -195,3 +195,27 @@ async fn past_the_per_backend_cap_the_answer_is_503_at_once() {
     assert_eq!(proxy.get("/").await.status, 200);
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn below_the_panic_threshold_traffic_spreads_over_unhealthy_backends() {
+    let backends = start_backends(&[0, 0]).await;
+    for (panic, expected) in [("", 503), ("panic_threshold_percent = 50\n", 200)] {
+        // Every probe fails (the health path answers 500), so both backends go down.
+        let proxy = Proxy::start(&format!(
+            "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n\
+             [pools.default]\nbackends = {}\n{panic}\
+             health_check = {{ path = \"/status/500\", interval_ms = 50, fall = 1 }}\n",
+            toml_list(&backends)
+        ))
+        .await;
+        for backend in &backends {
+            let address = backend.local_addr();
+            eventually("the probes to mark both backends down", || async {
+                state_of(&proxy, address) == "down"
+            })
+            .await;
+        }
+        assert_eq!(proxy.get("/").await.status, expected, "with {panic:?}");
+        proxy.stop().await;
+    }
+}
