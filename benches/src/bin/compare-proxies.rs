@@ -36,7 +36,7 @@ const FDS_SETTLE_MAX: Duration = Duration::from_secs(15);
 /// The balancer beside HAProxy and nginx: closed loop (wrk), open loop (oha), CPU per request and
 /// memory, with interleaved repeats and medians. Loopback only; every run is bounded.
 #[derive(Parser, Debug)]
-#[command(name = "compare-proxies", version, about)]
+#[command(name = "compare-proxies", version)]
 struct Cli {
     /// Measured seconds of each closed- and open-loop run [default: 10; 3 with --quick].
     #[arg(long)]
@@ -785,10 +785,60 @@ fn in_flight_phase(
     drop(slow);
 }
 
-fn cpu_s(child: Option<&Child>, before: Option<u64>, ticks_per_s: f64) -> Option<f64> {
-    let child = child?;
-    let after = procs::group_cpu_ticks(child.pid());
-    Some(after.saturating_sub(before?) as f64 / ticks_per_s)
+/// CPU counters at the start of a measured window.
+struct Window {
+    proxy_ticks: Option<u64>,
+    proxy_cpus: Option<(u64, u64)>,
+    load_cpus: Option<(u64, u64)>,
+}
+
+/// What the CPUs did over a measured window.
+struct WindowCpu {
+    /// The proxy's own CPU seconds.
+    cpu_s: Option<f64>,
+    /// Busy time of the proxy's CPUs spent in other processes, percent.
+    other_on_proxy_cpu_pct: Option<f64>,
+    /// Busy time of the load generator's CPUs, percent.
+    load_cpu_busy_pct: Option<f64>,
+}
+
+impl Window {
+    fn start(child: Option<&Child>, proxy_cpus: &[usize], load_cpus: &[usize]) -> Window {
+        Window {
+            proxy_ticks: child.map(|c| procs::group_cpu_ticks(c.pid())),
+            proxy_cpus: procs::cpus_ticks(proxy_cpus),
+            load_cpus: procs::cpus_ticks(load_cpus),
+        }
+    }
+
+    fn end(
+        &self,
+        child: Option<&Child>,
+        proxy_cpus: &[usize],
+        load_cpus: &[usize],
+        ticks_per_s: f64,
+    ) -> WindowCpu {
+        let proxy_ticks = match (child, self.proxy_ticks) {
+            (Some(c), Some(before)) => Some(procs::group_cpu_ticks(c.pid()).saturating_sub(before)),
+            _ => None,
+        };
+        let delta = |before: Option<(u64, u64)>, cpus: &[usize]| {
+            let (b0, t0) = before?;
+            let (b1, t1) = procs::cpus_ticks(cpus)?;
+            let total = t1.saturating_sub(t0);
+            (total > 0).then(|| (b1.saturating_sub(b0), total))
+        };
+        let other_on_proxy_cpu_pct = delta(self.proxy_cpus, proxy_cpus).map(|(busy, total)| {
+            busy.saturating_sub(proxy_ticks.unwrap_or(0)) as f64 * 100.0 / total as f64
+        });
+        let load_cpu_busy_pct = delta(self.load_cpus, load_cpus)
+            .map(|(busy, total)| busy as f64 * 100.0 / total as f64);
+        WindowCpu {
+            cpu_s: proxy_ticks.map(|t| t as f64 / ticks_per_s),
+            other_on_proxy_cpu_pct,
+            load_cpu_busy_pct,
+        }
+    }
 }
 
 /// Interleaved closed- and open-loop runs against every target.
@@ -801,6 +851,8 @@ fn load_phase(
     results: &mut [TargetResults],
 ) {
     let ticks_per_s = procs::clock_ticks_per_s();
+    let proxy_cpus = procs::parse_cpu_list(&ctx.proxy_cpus);
+    let load_cpus = procs::parse_cpu_list(&ctx.load_cpus);
     // One proxy instance per target for the whole phase, started fresh.
     let mut children: Vec<Option<Child>> = Vec::new();
     for r in results.iter_mut() {
@@ -842,10 +894,11 @@ fn load_phase(
                 }
             }
             let label = loadgen::label(&[name, &repeat.to_string(), "closed"]);
-            let before = child.as_ref().map(|c| procs::group_cpu_ticks(c.pid()));
+            let window = Window::start(child.as_ref(), &proxy_cpus, &load_cpus);
             match load.wrk(port, settings.duration, &label) {
                 Ok(w) => {
-                    let cpu = cpu_s(child.as_ref(), before, ticks_per_s);
+                    let used = window.end(child.as_ref(), &proxy_cpus, &load_cpus, ticks_per_s);
+                    let cpu = used.cpu_s;
                     if w.errors > 0 {
                         r.notes.push(format!(
                             "closed loop {repeat}: {} errors (non-2xx/3xx or socket errors)",
@@ -853,11 +906,14 @@ fn load_phase(
                         ));
                     }
                     eprintln!(
-                        "  closed: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, cpu {}",
+                        "  closed: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, cpu {}, other load on \
+                         proxy CPU {:.0} %, load CPU {:.0} %",
                         w.rps,
                         w.p50_ms,
                         w.p99_ms,
-                        cpu.map_or("–".into(), |c| format!("{c:.2} s"))
+                        cpu.map_or("–".into(), |c| format!("{c:.2} s")),
+                        used.other_on_proxy_cpu_pct.unwrap_or(f64::NAN),
+                        used.load_cpu_busy_pct.unwrap_or(f64::NAN),
                     );
                     r.closed.push(ClosedSample {
                         rps: w.rps,
@@ -866,16 +922,18 @@ fn load_phase(
                         requests: w.requests,
                         errors: w.errors,
                         cpu_s: cpu,
+                        other_on_proxy_cpu_pct: used.other_on_proxy_cpu_pct,
+                        load_cpu_busy_pct: used.load_cpu_busy_pct,
                     });
                 }
                 Err(err) => r.notes.push(format!("closed loop {repeat}: {err:#}")),
             }
             if load.oha.is_some() {
                 let label = loadgen::label(&[name, &repeat.to_string(), "open"]);
-                let before = child.as_ref().map(|c| procs::group_cpu_ticks(c.pid()));
+                let window = Window::start(child.as_ref(), &proxy_cpus, &load_cpus);
                 match load.oha(port, rate, settings.duration, &label) {
                     Ok(o) => {
-                        let cpu = cpu_s(child.as_ref(), before, ticks_per_s);
+                        let used = window.end(child.as_ref(), &proxy_cpus, &load_cpus, ticks_per_s);
                         eprintln!(
                             "  open: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms",
                             o.rps, o.p50_ms, o.p99_ms, o.p999_ms
@@ -900,7 +958,9 @@ fn load_phase(
                             p999_ms: o.p999_ms,
                             requests: (o.rps * settings.duration.as_secs_f64()).round() as u64,
                             success_rate: o.success_rate,
-                            cpu_s: cpu,
+                            cpu_s: used.cpu_s,
+                            other_on_proxy_cpu_pct: used.other_on_proxy_cpu_pct,
+                            load_cpu_busy_pct: used.load_cpu_busy_pct,
                         });
                     }
                     Err(err) => r.notes.push(format!("open loop {repeat}: {err:#}")),

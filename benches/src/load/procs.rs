@@ -332,6 +332,46 @@ pub fn group_rss_kib(pgid: u32) -> u64 {
         .sum()
 }
 
+/// CPU numbers of a `taskset -c` list such as "0", "1,3" or "0-1".
+pub fn parse_cpu_list(list: &str) -> Vec<usize> {
+    let mut cpus = Vec::new();
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                if let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<usize>()) {
+                    cpus.extend(a..=b);
+                }
+            }
+            None => cpus.extend(part.parse::<usize>().ok()),
+        }
+    }
+    cpus
+}
+
+/// (busy, total) clock ticks of these CPUs since boot, from /proc/stat; busy excludes idle and
+/// iowait. Same unit as the process times of [`group_cpu_ticks`].
+pub fn cpus_ticks(cpus: &[usize]) -> Option<(u64, u64)> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let (mut busy, mut total) = (0, 0);
+    for &cpu in cpus {
+        let name = format!("cpu{cpu}");
+        let line = stat
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name.as_str()))?;
+        let values: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal (guest time is already in user).
+        let all: u64 = values.iter().take(8).sum();
+        let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
+        busy += all - idle;
+        total += all;
+    }
+    Some((busy, total))
+}
+
 /// Open file descriptors of the group (a sanity check that connections are really held).
 pub fn group_fds(pgid: u32) -> usize {
     group_pids(pgid)
@@ -408,4 +448,22 @@ pub fn check_ports_free(ports: &[u16]) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0"), vec![0]);
+        assert_eq!(parse_cpu_list("1,3"), vec![1, 3]);
+        assert_eq!(parse_cpu_list("0-2"), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn cpu_ticks_of_cpu0_grow() {
+        let (busy, total) = cpus_ticks(&[0]).expect("/proc/stat has cpu0");
+        assert!(busy <= total);
+    }
 }

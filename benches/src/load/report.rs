@@ -67,6 +67,10 @@ pub struct ClosedSample {
     pub errors: u64,
     /// The proxy's user+system CPU over the window (None for direct).
     pub cpu_s: Option<f64>,
+    /// Busy time of the proxy's CPU(s) not spent in the proxy (other processes), percent.
+    pub other_on_proxy_cpu_pct: Option<f64>,
+    /// Busy time of the load generator's CPU(s), percent.
+    pub load_cpu_busy_pct: Option<f64>,
 }
 
 /// One open-loop (oha) run.
@@ -86,6 +90,10 @@ pub struct OpenSample {
     pub success_rate: f64,
     /// The proxy's CPU over the window (None for direct).
     pub cpu_s: Option<f64>,
+    /// Busy time of the proxy's CPU(s) not spent in the proxy (other processes), percent.
+    pub other_on_proxy_cpu_pct: Option<f64>,
+    /// Busy time of the load generator's CPU(s), percent.
+    pub load_cpu_busy_pct: Option<f64>,
 }
 
 /// Everything measured for one target.
@@ -164,6 +172,10 @@ pub struct Row {
     pub req_per_cpu_s: Option<f64>,
     /// Closed loop: errors (non-2xx/3xx and socket errors) summed over repeats.
     pub errors: u64,
+    /// Closed loop: busy time of the proxy's CPU spent in other processes, percent (noise).
+    pub other_on_proxy_cpu_pct: Option<f64>,
+    /// Closed loop: busy time of the load generator's CPU, percent (near 100: it is the limit).
+    pub load_cpu_busy_pct: Option<f64>,
     /// Open loop: achieved requests per second.
     pub rps_open: Option<f64>,
     /// Open loop: median latency (corrected for coordinated omission when oha can).
@@ -227,6 +239,8 @@ impl Row {
                     .filter_map(|s| Some(s.requests as f64 / s.cpu_s.filter(|&c| c > 0.0)?)),
             ),
             errors: closed.iter().map(|s| s.errors).sum(),
+            other_on_proxy_cpu_pct: median(closed.iter().filter_map(|s| s.other_on_proxy_cpu_pct)),
+            load_cpu_busy_pct: median(closed.iter().filter_map(|s| s.load_cpu_busy_pct)),
             rps_open: median(open.iter().map(|s| s.rps)),
             p50_ms_open: median(open.iter().map(|s| s.p50_ms)),
             p99_ms_open: median(open.iter().map(|s| s.p99_ms)),
@@ -327,13 +341,14 @@ pub fn markdown(meta: &Meta, rows: &[Row]) -> String {
     let _ = writeln!(
         md,
         "\n## Closed loop (wrk), medians of interleaved repeats\n\n\
-         | proxy | repeats | req/s | p50 ms | p99 ms | proxy CPU s | req per proxy CPU-s | errors |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|"
+         | proxy | repeats | req/s | p50 ms | p99 ms | proxy CPU s | req per proxy CPU-s | errors \
+         | other load on proxy CPU % | load-generator CPU busy % |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in rows {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.proxy,
             r.repeats,
             fmt_opt(r.rps, 0),
@@ -341,7 +356,9 @@ pub fn markdown(meta: &Meta, rows: &[Row]) -> String {
             fmt_opt(r.p99_ms, 3),
             fmt_opt(r.cpu_s, 2),
             fmt_opt(r.req_per_cpu_s, 0),
-            r.errors
+            r.errors,
+            fmt_opt(r.other_on_proxy_cpu_pct, 0),
+            fmt_opt(r.load_cpu_busy_pct, 0),
         );
     }
     let _ = writeln!(
@@ -404,6 +421,41 @@ pub fn markdown(meta: &Meta, rows: &[Row]) -> String {
         let _ = writeln!(md, "| {name} | {better} | {} | {} | {goal} |", vs(h), vs(n));
     }
 
+    let _ = writeln!(md, "\n## The team's goals\n");
+    let goals: [(&str, Option<&Row>, Pick, f64, bool); 3] = [
+        (
+            "requests per proxy CPU-second ≥ 1.10 × HAProxy",
+            h,
+            |r| r.req_per_cpu_s,
+            1.10,
+            true,
+        ),
+        (
+            "requests per proxy CPU-second ≥ 1.0 × nginx",
+            n,
+            |r| r.req_per_cpu_s,
+            1.0,
+            true,
+        ),
+        (
+            "open-loop p99 ≤ HAProxy's",
+            h,
+            |r| r.p99_ms_open,
+            1.0,
+            false,
+        ),
+    ];
+    for (name, other, pick, bound, higher_is_better) in goals {
+        let verdict = match ratio(b.and_then(pick), other.and_then(pick)) {
+            Some(q) if (higher_is_better && q >= bound) || (!higher_is_better && q <= bound) => {
+                format!("met ({q:.3})")
+            }
+            Some(q) => format!("NOT met ({q:.3})"),
+            None => "not measured".into(),
+        };
+        let _ = writeln!(md, "- {name}: {verdict}");
+    }
+
     let _ = writeln!(
         md,
         "\n## Memory (RSS of the proxy's processes, KiB)\n\n\
@@ -434,8 +486,10 @@ pub fn markdown(meta: &Meta, rows: &[Row]) -> String {
 
     let _ = writeln!(
         md,
-        "\n## Every run (closed loop: req/s, p99 ms, CPU s; open loop: p99 ms)\n\n\
-         | proxy | repeat | req/s | p99 ms | CPU s | open p99 ms |\n|---|---:|---:|---:|---:|---:|"
+        "\n## Every run\n\n\
+         | proxy | repeat | req/s | p99 ms | CPU s | other load on proxy CPU % | load CPU % \
+         | open p99 ms | open: other load on proxy CPU % |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in rows {
         let count = r.samples_closed.len().max(r.samples_open.len());
@@ -444,13 +498,16 @@ pub fn markdown(meta: &Meta, rows: &[Row]) -> String {
             let o = r.samples_open.get(i);
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.proxy,
                 i + 1,
                 fmt_opt(c.map(|s| s.rps), 0),
                 fmt_opt(c.map(|s| s.p99_ms), 3),
                 fmt_opt(c.and_then(|s| s.cpu_s), 2),
+                fmt_opt(c.and_then(|s| s.other_on_proxy_cpu_pct), 0),
+                fmt_opt(c.and_then(|s| s.load_cpu_busy_pct), 0),
                 fmt_opt(o.map(|s| s.p99_ms), 3),
+                fmt_opt(o.and_then(|s| s.other_on_proxy_cpu_pct), 0),
             );
         }
     }
