@@ -107,6 +107,52 @@ pub struct SimConfig {
     pub record_trace: bool,
     /// Outlier ejection, per-backend cap, retries, active health checks.
     pub core: CoreOptions,
+    /// Recorded traffic to replay instead of `arrivals` and the fleet's service distributions.
+    pub replay: Option<Replayed>,
+}
+
+/// Traffic from a trace: arrival times and observed service times, shared (cheap to clone).
+///
+/// With it, arrivals come at `arrivals_ns` (sorted; `requests` must equal its length) and
+/// backend `i` draws its service times uniformly from `service_ns[i % service_ns.len()]`
+/// (its own stream, as always), divided by its speed. The fleet's `service` is then used only
+/// for capacity (set it to the empirical mean).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Replayed {
+    /// Arrival times, non-decreasing.
+    pub arrivals_ns: std::sync::Arc<[u64]>,
+    /// Per backend (or one pooled entry), observed service times; none empty.
+    pub service_ns: std::sync::Arc<[Vec<u64>]>,
+}
+
+/// One dispatch, recorded when [`SimConfig::record_trace`] is set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DispatchRecord {
+    /// Number of the event during which it happened (1-based, as [`RunStats::events`] counts).
+    pub event: u64,
+    /// Virtual time.
+    pub time_ns: u64,
+    /// Sim backend index.
+    pub backend: u32,
+    /// A retry rather than a first try.
+    pub retry: bool,
+}
+
+/// One ejection as the core's own snapshot (`Scheduler::backends(now)`) showed it, recorded
+/// when [`SimConfig::record_trace`] is set: the first event after which the snapshot named a
+/// new `ejected_until`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EjectionRecord {
+    /// Sim backend index.
+    pub backend: u32,
+    /// Event after which it was first seen ejected.
+    pub event: u64,
+    /// Virtual time of that event.
+    pub from_ns: u64,
+    /// The snapshot's `ejected_until`.
+    pub until_ns: u64,
+    /// Whether the snapshot also said `eligible == false` then.
+    pub ineligible: bool,
 }
 
 impl SimConfig {
@@ -124,6 +170,7 @@ impl SimConfig {
             max_in_flight: balancer_core::DEFAULT_MAX_IN_FLIGHT,
             record_trace: false,
             core: CoreOptions::default(),
+            replay: None,
         }
     }
 
@@ -139,7 +186,20 @@ impl SimConfig {
         for spec in &config.fleet {
             check_spec(spec).map_err(SimError::Config)?;
         }
-        if !(config.load > 0.0 && config.load <= MAX_LOAD) {
+        if let Some(r) = &config.replay {
+            if r.arrivals_ns.len() as u64 != config.requests
+                || r.arrivals_ns.windows(2).any(|w| w[0] > w[1])
+            {
+                return Err(SimError::Config(
+                    "replay: requests must equal the number of arrivals, in time order".into(),
+                ));
+            }
+            if r.service_ns.is_empty() || r.service_ns.iter().any(Vec::is_empty) {
+                return Err(SimError::Config(
+                    "replay: no observed service times to draw from".into(),
+                ));
+            }
+        } else if !(config.load > 0.0 && config.load <= MAX_LOAD) {
             return Err(SimError::Config(format!(
                 "load must be in (0, {MAX_LOAD}], got {}",
                 config.load
@@ -157,6 +217,7 @@ impl SimConfig {
             .map(|s| s.service.mean_ns() / s.speed)
             .fold(0.0, f64::max);
         let horizon_ns = match config.arrivals {
+            _ if config.replay.is_some() => 0.0,
             ArrivalSpec::Closed { clients, think_ns } => {
                 (think_ns as f64 + slowest_service_ns) * config.requests as f64 / f64::from(clients)
             }
@@ -295,6 +356,10 @@ pub struct RunStats {
     pub in_flight_at_end: u32,
     /// Every request's end, in order, if [`SimConfig::record_trace`] was set.
     pub trace: Vec<Ended>,
+    /// Every dispatch, in order, if [`SimConfig::record_trace`] was set.
+    pub dispatches: Vec<DispatchRecord>,
+    /// Every ejection the core's snapshots showed, in order, if [`SimConfig::record_trace`] was set.
+    pub ejections: Vec<EjectionRecord>,
 }
 
 /// How a request ended, as recorded in [`RunStats::trace`].
@@ -392,6 +457,12 @@ struct Sim<'a> {
     trace: TraceHash,
     events: u64,
     ended_log: Vec<Ended>,
+    dispatch_log: Vec<DispatchRecord>,
+    ejection_log: Vec<EjectionRecord>,
+    /// Per sim backend, the last `ejected_until` seen in the core's snapshot (record_trace only).
+    seen_ejected_until: Vec<Option<u64>>,
+    /// Next replayed arrival to schedule.
+    next_replayed: usize,
     /// Jobs waiting for their `Failed` event, and the free slots among them.
     failing: Vec<FailingJob>,
     free_failing: Vec<u32>,
@@ -448,6 +519,10 @@ impl<'a> Sim<'a> {
             trace: TraceHash(TraceHash::OFFSET),
             events: 0,
             ended_log: Vec::new(),
+            dispatch_log: Vec::new(),
+            ejection_log: Vec::new(),
+            seen_ejected_until: Vec::new(),
+            next_replayed: 0,
             failing: Vec::new(),
             free_failing: Vec::new(),
             retrying: Vec::new(),
@@ -489,6 +564,7 @@ impl<'a> Sim<'a> {
             .sum::<f64>()
             / config.fleet.len() as f64;
         match config.arrivals {
+            _ if config.replay.is_some() => {}
             ArrivalSpec::Poisson => {
                 sim.open_loop = Some(OpenLoop::new(rate_per_ns, None, &mut sim.arrival_rng));
             }
@@ -517,6 +593,7 @@ impl<'a> Sim<'a> {
             let at = open.next_ns(&mut sim.arrival_rng);
             sim.queue.push(at, EventKind::Arrival);
         }
+        sim.schedule_replayed();
         Ok(sim)
     }
 
@@ -538,6 +615,7 @@ impl<'a> Sim<'a> {
                             let at = open.next_ns(&mut self.arrival_rng).max(self.now_ns);
                             self.queue.push(at, EventKind::Arrival);
                         }
+                        self.schedule_replayed();
                     }
                 }
                 EventKind::ClientWakes { client } => {
@@ -565,6 +643,9 @@ impl<'a> Sim<'a> {
                     let step = self.steps[index as usize].1;
                     self.apply(step)?;
                 }
+            }
+            if self.config.record_trace {
+                self.watch_ejections();
             }
             if self.config.check_invariants {
                 self.scheduler
@@ -606,7 +687,43 @@ impl<'a> Sim<'a> {
             events: self.events,
             in_flight_at_end: self.scheduler.in_flight(),
             trace: self.ended_log,
+            dispatches: self.dispatch_log,
+            ejections: self.ejection_log,
         })
+    }
+
+    /// Schedules the next recorded arrival, if replaying.
+    fn schedule_replayed(&mut self) {
+        if let Some(r) = &self.config.replay {
+            if let Some(&at) = r.arrivals_ns.get(self.next_replayed) {
+                self.next_replayed += 1;
+                self.queue.push(at.max(self.now_ns), EventKind::Arrival);
+            }
+        }
+    }
+
+    /// Records ejections as the core's own snapshots show them (tests; O(backends) per event).
+    fn watch_ejections(&mut self) {
+        let now = Timestamp::from_nanos(self.now_ns);
+        for snapshot in self.scheduler.backends(now) {
+            let index = self.by_slot[snapshot.id.index()] as usize;
+            if self.seen_ejected_until.len() <= index {
+                self.seen_ejected_until.resize(index + 1, None);
+            }
+            let until = snapshot.ejected_until.map(Timestamp::as_nanos);
+            if until != self.seen_ejected_until[index] {
+                self.seen_ejected_until[index] = until;
+                if let Some(until_ns) = until {
+                    self.ejection_log.push(EjectionRecord {
+                        backend: index as u32,
+                        event: self.events,
+                        from_ns: self.now_ns,
+                        until_ns,
+                        ineligible: !snapshot.eligible,
+                    });
+                }
+            }
+        }
     }
 
     fn core_error(&self, source: CoreError) -> SimError {
@@ -719,6 +836,14 @@ impl<'a> Sim<'a> {
                     }
                 }
                 let index = self.by_slot[backend.index()];
+                if self.config.record_trace {
+                    self.dispatch_log.push(DispatchRecord {
+                        event: self.events,
+                        time_ns: self.now_ns,
+                        backend: index,
+                        retry: job.retries > 0,
+                    });
+                }
                 let job = Job {
                     request,
                     arrived_ns: job.arrived_ns,
@@ -833,7 +958,13 @@ impl<'a> Sim<'a> {
             self.queue.push(now_ns, EventKind::Failed { slot });
             return Ok(());
         }
-        job.service_ns = b.spec.service.sample_ns(&mut b.rng);
+        job.service_ns = match &self.config.replay {
+            None => b.spec.service.sample_ns(&mut b.rng),
+            Some(r) => {
+                let samples = &r.service_ns[index as usize % r.service_ns.len()];
+                samples[b.rng.random_range(0..samples.len())]
+            }
+        };
         match b.idle.pop() {
             Some(server) => self.start(index, server, job),
             None => {
@@ -1025,7 +1156,12 @@ impl<'a> Sim<'a> {
             }
             Step::Recover(b) => {
                 self.backends[b as usize].crashed = false;
-                self.set_up(b, true)?;
+                // With active health checks the probes bring it back (after `rise` passes,
+                // and then through slow start), as in the proxy; without them the schedule
+                // stands for an operator who marks it up at once.
+                if self.config.core.health.is_none() {
+                    self.set_up(b, true)?;
+                }
             }
             Step::BlackHole(b, on) => self.backends[b as usize].black_hole = on,
             Step::Flaky(b, rate) => self.backends[b as usize].error_rate = rate,

@@ -45,6 +45,9 @@ pub mod theory;
 pub use arrivals::ArrivalSpec;
 pub use backends::BackendSpec;
 pub use distribution::ServiceDist;
-pub use engine::{CoreOptions, EndKind, Ended, HealthProbes, RunStats, SimConfig, SimError, run};
+pub use engine::{
+    CoreOptions, DispatchRecord, EjectionRecord, EndKind, Ended, HealthProbes, Replayed, RunStats,
+    SimConfig, SimError, run,
+};
 pub use faults::{Fault, FaultAction, Scenario, ScenarioError};
 pub use report::Summary;

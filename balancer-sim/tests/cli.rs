@@ -188,6 +188,10 @@ fn example_scenarios_run_with_invariant_checks() {
         "spike-and-scale.toml",
         "flaky.toml",
         "black-hole-ejected.toml",
+        "total-outage.toml",
+        "flapping.toml",
+        "slow-backend.toml",
+        "crash-recover.toml",
     ] {
         // 20 000 requests ≈ 2.2 s of virtual time at ρ = 0.9 over 10 backends: the faults
         // at 1–2 s fire; later ones are past the end, which is allowed.
@@ -208,6 +212,54 @@ fn example_scenarios_run_with_invariant_checks() {
             + json["rejected"].as_u64().unwrap();
         assert_eq!(total, 20_000, "{name}");
     }
+}
+
+fn run_json(args: &[&str]) -> serde_json::Value {
+    let out = sim(args);
+    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Each fault scenario of issue 6 with its own invariant beyond conservation.
+#[test]
+fn fault_scenarios_keep_their_promises() {
+    let run = |name: &str, policy: &str| {
+        run_json(&[
+            "run",
+            "--faults",
+            &scenario(name),
+            "--policy",
+            policy,
+            "--requests",
+            "20000",
+            "--check-invariants",
+            "--format",
+            "json",
+        ])
+    };
+    let u = |v: &serde_json::Value, key: &str| v[key].as_u64().unwrap();
+    // Total outage, 0.5 s of 2.2: the budget (20% of requests + 100 per 10 s) caps retries
+    // far below the 2 per failed request they would be without it.
+    let outage = run("total-outage.toml", "least-pending");
+    assert!(u(&outage, "failed") > 3_000, "{outage}");
+    assert!(
+        (u(&outage, "retries") as f64) <= 0.2 * 20_000.0 + 100.0,
+        "{outage}"
+    );
+    // Flapping: ejection and probes keep the failures to a small fraction of the 8 flaps ×
+    // 100 ms × its ~900 requests/s share (≈ 720 if it were never taken out).
+    let flapping = run("flapping.toml", "round-robin");
+    assert!(u(&flapping, "failed") < 200, "{flapping}");
+    // Slow backend: load-aware policies route around it; round-robin queues behind it.
+    let slow_lp = run("slow-backend.toml", "least-pending");
+    let slow_rr = run("slow-backend.toml", "round-robin");
+    let p99 = |v: &serde_json::Value| v["latency_ms"]["p99"].as_f64().unwrap();
+    assert!(p99(&slow_lp) * 5.0 < p99(&slow_rr), "{slow_lp}\n{slow_rr}");
+    assert_eq!(u(&slow_lp, "failed"), 0);
+    // Crash found by probes and ejection: a few failures, then back and serving.
+    let crash = run("crash-recover.toml", "p2c");
+    assert!(u(&crash, "failed") < 50, "{crash}");
+    assert!(crash["per_backend"][7].as_u64().unwrap() > 500, "{crash}");
 }
 
 #[test]

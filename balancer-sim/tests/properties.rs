@@ -211,6 +211,7 @@ prop_compose! {
             max_in_flight: if small_limit { 8 } else { balancer_core::DEFAULT_MAX_IN_FLIGHT },
             record_trace: true,
             core,
+            replay: None,
         }
     }
 }
