@@ -50,7 +50,17 @@ pub fn run_grid(
     threads: usize,
     on_done: &(dyn Fn() + Sync),
 ) -> Result<Vec<Summary>, SimError> {
-    let configs = grid.configs();
+    run_all(&grid.configs(), threads, on_done)
+}
+
+/// Runs every config on up to `threads` threads, results in config order; `on_done` is
+/// called after each. Each result lands in its own slot: the output does not depend on the
+/// thread count or on scheduling. Wall time is left out (zero) of the summaries.
+pub fn run_all(
+    configs: &[SimConfig],
+    threads: usize,
+    on_done: &(dyn Fn() + Sync),
+) -> Result<Vec<Summary>, SimError> {
     if configs.is_empty() || configs.len() > MAX_GRID_RUNS {
         return Err(SimError::Config(format!(
             "the grid must have 1..={MAX_GRID_RUNS} cells, got {}",
@@ -200,8 +210,47 @@ fn plot(
     y_label: &str,
     metric: fn(&Summary) -> f64,
 ) -> anyhow::Result<()> {
+    let series: Vec<(String, Vec<(f64, f64)>)> = grid
+        .policies
+        .iter()
+        .enumerate()
+        .map(|(p, policy)| {
+            let points = grid
+                .loads
+                .iter()
+                .enumerate()
+                .map(|(l, &load)| (load, metric(&results[p * grid.loads.len() + l])))
+                .collect();
+            (policy.name().to_owned(), points)
+        })
+        .collect();
+    plot_lines(
+        path,
+        title,
+        "offered load ρ (arrival rate ÷ fleet capacity)",
+        y_label,
+        &series,
+        None,
+    )
+}
+
+/// One line (with points) per named series, log-scaled y; `reference` adds a dashed
+/// horizontal line with its label (e.g. a recorded figure).
+pub fn plot_lines(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+    reference: Option<(&str, f64)>,
+) -> anyhow::Result<()> {
     let fail = |e: &dyn std::fmt::Display| anyhow::anyhow!("plotting {}: {e}", path.display());
-    let values: Vec<f64> = results.iter().map(metric).filter(|v| *v > 0.0).collect();
+    let values: Vec<f64> = series
+        .iter()
+        .flat_map(|(_, points)| points.iter().map(|p| p.1))
+        .chain(reference.map(|r| r.1))
+        .filter(|v| *v > 0.0)
+        .collect();
     let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = values.iter().copied().fold(0.0, f64::max);
     let (lo, hi) = if values.is_empty() {
@@ -209,9 +258,17 @@ fn plot(
     } else {
         (lo / 1.5, hi * 1.5)
     };
-    let x_lo = grid.loads.iter().copied().fold(f64::INFINITY, f64::min);
-    let x_hi = grid.loads.iter().copied().fold(0.0, f64::max);
-    let pad = ((x_hi - x_lo) * 0.05).max(0.01);
+    let xs = series
+        .iter()
+        .flat_map(|(_, points)| points.iter().map(|p| p.0));
+    let x_lo = xs.clone().fold(f64::INFINITY, f64::min);
+    let x_hi = xs.fold(f64::NEG_INFINITY, f64::max);
+    let (x_lo, x_hi) = if x_lo.is_finite() {
+        (x_lo, x_hi)
+    } else {
+        (0.0, 1.0)
+    };
+    let pad = ((x_hi - x_lo) * 0.05).max(0.01 * x_hi.abs().max(1.0));
     let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| fail(&e))?;
     let mut chart = ChartBuilder::on(&root)
@@ -223,7 +280,7 @@ fn plot(
         .map_err(|e| fail(&e))?;
     chart
         .configure_mesh()
-        .x_desc("offered load ρ (arrival rate ÷ fleet capacity)")
+        .x_desc(x_label)
         .y_desc(y_label)
         .y_labels(12)
         .y_label_formatter(&|v| {
@@ -240,18 +297,13 @@ fn plot(
         .light_line_style(RGBColor(0xee, 0xee, 0xee))
         .draw()
         .map_err(|e| fail(&e))?;
-    for (p, policy) in grid.policies.iter().enumerate() {
+    for (p, (name, points)) in series.iter().enumerate() {
         let colour = COLOURS[p % COLOURS.len()];
-        let points: Vec<(f64, f64)> = grid
-            .loads
-            .iter()
-            .enumerate()
-            .map(|(l, &load)| (load, metric(&results[p * grid.loads.len() + l]).max(lo)))
-            .collect();
+        let points: Vec<(f64, f64)> = points.iter().map(|&(x, y)| (x, y.max(lo))).collect();
         chart
             .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))
             .map_err(|e| fail(&e))?
-            .label(policy.name())
+            .label(name.as_str())
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
             });
@@ -263,9 +315,26 @@ fn plot(
             )
             .map_err(|e| fail(&e))?;
     }
+    if let Some((label, value)) = reference.filter(|r| r.1 > 0.0) {
+        chart
+            .draw_series(DashedLineSeries::new(
+                vec![(x_lo - pad, value), (x_hi + pad, value)],
+                8,
+                6,
+                BLACK.stroke_width(2),
+            ))
+            .map_err(|e| fail(&e))?
+            .label(label)
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
+    }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        // Latency grows with load (upper left is empty) and falls with speed (upper right is).
+        .position(if reference.is_some() {
+            SeriesLabelPosition::UpperRight
+        } else {
+            SeriesLabelPosition::UpperLeft
+        })
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()

@@ -12,6 +12,7 @@
 //! - [`engine`]: the driver that feeds the core and measures;
 //! - [`report`]: one run's summary as JSON or a table;
 //! - [`compare`]: the policy comparison grid, its report and plots;
+//! - [`replay`]: recorded traffic (`balancer_core::trace`) through the simulator, "what if";
 //! - [`theory`]: closed forms the theory checks compare against.
 //!
 //! ```
@@ -39,6 +40,7 @@ pub mod distribution;
 pub mod engine;
 pub mod events;
 pub mod faults;
+pub mod replay;
 pub mod report;
 pub mod theory;
 

@@ -1,4 +1,4 @@
-//! The `balancer-sim` command line: `run` one simulation, or `compare` policies over loads.
+//! The `balancer-sim` command line: `run` one simulation, `compare` policies over loads, `replay` a trace.
 #![deny(unsafe_code)]
 
 use std::path::PathBuf;
@@ -55,6 +55,55 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Replay a recorded trace (balancer_core::trace format) with a policy, or --compare several.
+    Replay(ReplayArgs),
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// Trace file written by the proxy (`# balancer-trace v1` header, tab-separated).
+    #[arg(long)]
+    trace: PathBuf,
+    /// Policy: least-pending, p2c, round-robin, random, peak-ewma.
+    #[arg(long, default_value = "least-pending")]
+    policy: PolicyKind,
+    /// Simulated backends (default: one per backend address in the trace).
+    #[arg(long, conflicts_with = "fleet")]
+    backends: Option<usize>,
+    /// Scenario file whose [[backend]] fleet (count, concurrency, speed, weight) and [core]
+    /// options are used; service times still come from the trace; faults are not allowed.
+    #[arg(long)]
+    fleet: Option<PathBuf>,
+    /// Servers per simulated backend (without --fleet); give real backends' parallelism.
+    #[arg(long, default_value_t = 1)]
+    concurrency: u32,
+    /// Backends F times as fast: service times are divided by F.
+    #[arg(long, default_value_t = 1.0)]
+    speed_factor: f64,
+    /// Seed of the service-time draws and the policy's RNG.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Output format (single replay).
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    /// Check the core's invariants after every event (slower).
+    #[arg(long)]
+    check_invariants: bool,
+    /// Report wall time as zero, so that the whole output is deterministic.
+    #[arg(long)]
+    zero_wall: bool,
+    /// Compare these policies instead (comma-separated) and write a report to --out.
+    #[arg(long, value_delimiter = ',')]
+    compare: Option<Vec<PolicyKind>>,
+    /// With --compare: speed factors to try (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,1.25,1.5,2")]
+    speed_factors: Vec<f64>,
+    /// With --compare: output directory.
+    #[arg(long, default_value = "replay-report")]
+    out: PathBuf,
+    /// With --compare: worker threads (default: the machine's cores). The output does not depend on it.
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(Args)]
@@ -267,7 +316,86 @@ fn real_main() -> anyhow::Result<()> {
             );
             eprintln!("wrote {}", out.join("report.md").display());
         }
+        Command::Replay(args) => replay(args)?,
     }
+    Ok(())
+}
+
+fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    use balancer_sim::replay::{
+        ReplayConfig, ReplayGrid, load_trace, observed, run_replay_grid, sim_config, summarise,
+        write_report,
+    };
+    let records = load_trace(&args.trace)?;
+    let mut config = ReplayConfig::new(args.policy);
+    config.backends = args.backends;
+    config.concurrency = args.concurrency;
+    config.speed_factor = args.speed_factor;
+    config.seed = args.seed;
+    config.check_invariants = args.check_invariants;
+    if let Some(path) = &args.fleet {
+        let defaults = BackendSpec::new(ServiceDist::Constant { mean_ns: 1e6 }, args.concurrency);
+        let scenario = Scenario::load(path, defaults)?;
+        if !scenario.faults.is_empty() {
+            anyhow::bail!(
+                "{}: a replay fleet file may not have [[fault]]s",
+                path.display()
+            );
+        }
+        config.fleet = Some(scenario.fleet.unwrap_or_else(|| vec![defaults]));
+        config.core = scenario.core;
+    }
+    let Some(policies) = args.compare else {
+        let (sim, model) = sim_config(&records, &config)?;
+        let started = Instant::now();
+        let stats = run(&sim).with_context(|| {
+            format!(
+                "replay failed (seed {}); replay with: cargo run -p balancer-sim -- {}",
+                sim.seed,
+                replay_args()
+            )
+        })?;
+        let wall_s = if args.zero_wall {
+            0.0
+        } else {
+            started.elapsed().as_secs_f64()
+        };
+        let summary = summarise(&sim, &model, &stats, wall_s);
+        match args.format {
+            Format::Table => print!("{}", summary.to_table()),
+            Format::Json => println!("{}", summary.to_json()),
+        }
+        return Ok(());
+    };
+    if policies.is_empty() || args.speed_factors.is_empty() {
+        anyhow::bail!("--compare and --speed-factors need at least one value each");
+    }
+    let grid = ReplayGrid {
+        policies,
+        speed_factors: args.speed_factors,
+        base: config,
+    };
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let results = run_replay_grid(&records, &grid, threads, &|| {})?;
+    let name = args.trace.file_name().map_or_else(
+        || args.trace.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    write_report(
+        &args.out,
+        &grid,
+        &results,
+        &observed(&records),
+        &name,
+        &command_line(),
+    )?;
+    print!(
+        "{}",
+        std::fs::read_to_string(args.out.join("report.md")).unwrap_or_default()
+    );
+    eprintln!("wrote {}", args.out.join("report.md").display());
     Ok(())
 }
 
