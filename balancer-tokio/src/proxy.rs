@@ -307,16 +307,6 @@ impl Proxy {
             return Ok(self.local_error(error, request_id, record, labels, started));
         }
 
-        // Issue 8 will switch this to `handle_work_explained`: the first decision is made here.
-        let first = match pool.handle_work() {
-            Ok(dispatch) => dispatch,
-            Err(reason) => {
-                let error = reject_error(reason, pool);
-                let labels = self.labels(Some(route_label), None);
-                return Ok(self.local_error(error, request_id, record, labels, started));
-            }
-        };
-
         let upgrade =
             request.version() == Version::HTTP_11 && headers::is_upgrade_request(request.headers());
         *request.version_mut() = Version::HTTP_11;
@@ -335,7 +325,13 @@ impl Proxy {
         }
 
         if upgrade {
-            let (token, backend) = first;
+            let (token, backend) = match self.first_dispatch(pool) {
+                Ok(dispatch) => dispatch,
+                Err(error) => {
+                    let labels = self.labels(Some(route_label), None);
+                    return Ok(self.local_error(error, request_id, record, labels, started));
+                }
+            };
             if let Some(record) = &mut record {
                 record.backend.clone_from(&backend.address);
             }
@@ -355,6 +351,25 @@ impl Proxy {
                 .await);
         }
 
+        let (parts, body) = request.into_parts();
+        // A body small enough to be replayed is read before a backend is chosen, so a slow
+        // uploader does not hold a backend's pending slot while it sends.
+        let may_retry =
+            pool.retries_enabled && (is_idempotent(&parts.method) || pool.retry_non_idempotent);
+        let source = match read_replayable(body, may_retry, pool.request_timeout).await {
+            Ok(source) => source,
+            Err(error) => {
+                let labels = self.labels(Some(route_label), None);
+                return Ok(self.local_error(error, request_id, record, labels, started));
+            }
+        };
+        let first = match self.first_dispatch(pool) {
+            Ok(dispatch) => dispatch,
+            Err(error) => {
+                let labels = self.labels(Some(route_label), None);
+                return Ok(self.local_error(error, request_id, record, labels, started));
+            }
+        };
         let tries = Tries {
             proxy: &self,
             pool,
@@ -363,7 +378,14 @@ impl Proxy {
             via,
             request_id,
         };
-        Ok(tries.run(request, first, record).await)
+        Ok(tries.run(parts, source, may_retry, first, record).await)
+    }
+
+    /// The first try's dispatch. Issue 8 will switch this to `handle_work_explained`: every
+    /// first decision is made here (retries in `Tries::retry`).
+    fn first_dispatch(&self, pool: &Pool) -> Result<Dispatch, ProxyError> {
+        pool.handle_work()
+            .map_err(|reason| reject_error(reason, pool))
     }
 
     /// Metric labels for a request on `route` answered via `backend` (status set at the end).
@@ -555,6 +577,34 @@ struct Tries<'a> {
     request_id: HeaderValue,
 }
 
+/// Reads the body into memory when a retry could resend it and it is declared small enough
+/// (empty bodies cost nothing); otherwise leaves it to stream once.
+async fn read_replayable(
+    body: Incoming,
+    may_retry: bool,
+    timeout: Duration,
+) -> Result<Source, ProxyError> {
+    if body.is_end_stream() {
+        return Ok(Source::Replay(Bytes::new()));
+    }
+    let declared = body.size_hint().exact();
+    if !may_retry || declared.is_none_or(|n| n > MAX_REPLAY_BODY_BYTES) {
+        return Ok(Source::Stream(Some(body)));
+    }
+    // Bounded twice: by the declared length (hyper enforces it) and by `Limited`.
+    let read = tokio::time::timeout(
+        timeout,
+        Limited::new(body, MAX_REPLAY_BODY_BYTES as usize).collect(),
+    )
+    .await;
+    match read {
+        Ok(Ok(collected)) => Ok(Source::Replay(collected.to_bytes())),
+        Ok(Err(_)) | Err(_) => Err(ProxyError::BadRequest {
+            reason: "the request body could not be read",
+        }),
+    }
+}
+
 /// The request body as the tries see it.
 enum Source {
     /// Empty, or small enough to have been read whole: every try sends it.
@@ -566,41 +616,17 @@ enum Source {
 impl Tries<'_> {
     async fn run(
         self,
-        request: Request<Incoming>,
+        mut parts: http::request::Parts,
+        mut source: Source,
+        may_retry: bool,
         first: Dispatch,
         mut record: Option<AccessRecord>,
     ) -> Response<ProxyBody> {
         let pool = self.pool;
         let proxy = self.proxy;
-        let (mut parts, body) = request.into_parts();
         let idempotent = is_idempotent(&parts.method);
-        let (token, backend) = first;
+        let (token, mut backend) = first;
         let mut guard = DoneGuard::dispatched(pool.clone(), token, self.started);
-        let mut backend = backend;
-        let may_retry = pool.retries_enabled && (idempotent || pool.retry_non_idempotent);
-        let declared = body.size_hint().exact();
-        let mut source = if body.is_end_stream() {
-            Source::Replay(Bytes::new())
-        } else if may_retry && declared.is_some_and(|n| n <= MAX_REPLAY_BODY_BYTES) {
-            // Bounded twice: by the declared length (hyper enforces it) and by `Limited`.
-            let read = tokio::time::timeout(
-                pool.request_timeout,
-                Limited::new(body, MAX_REPLAY_BODY_BYTES as usize).collect(),
-            )
-            .await;
-            match read {
-                Ok(Ok(collected)) => Source::Replay(collected.to_bytes()),
-                Ok(Err(_)) | Err(_) => {
-                    let error = ProxyError::BadRequest {
-                        reason: "the request body could not be read",
-                    };
-                    self.attach(&mut guard, &mut record, &backend);
-                    return proxy.fail(guard, End::Cancelled, error, self.request_id, self.started);
-                }
-            }
-        } else {
-            Source::Stream(Some(body))
-        };
         let replayable = matches!(source, Source::Replay(_));
         let deadline = tokio::time::Instant::from_std(self.started) + pool.request_timeout;
         let mut tried: Vec<BackendId> = Vec::new();
@@ -620,7 +646,7 @@ impl Tries<'_> {
                 },
             };
             // A retry needs the headers again; a streamed body is sent once, so they move.
-            let headers = if replayable {
+            let headers = if may_retry && replayable {
                 parts.headers.clone()
             } else {
                 std::mem::take(&mut parts.headers)
