@@ -348,3 +348,117 @@ proptest! {
         prop_assert!(shares[RAMP_BINS as usize].0 > 0.0, "no traffic after the ramp; {}", replay(&config));
     }
 }
+
+/// The figures in the README's "Faults" section:
+/// `cargo test --release -p balancer-sim --test faults -- --ignored --nocapture`.
+#[test]
+#[ignore = "prints the README's fault figures; a few seconds in release"]
+fn fault_figures() {
+    let n = 10;
+    let hole = Fault {
+        at_ns: 4_000_000_000,
+        action: FaultAction::BlackHole {
+            backend: 3,
+            until_ns: Some(6_000_000_000),
+        },
+    };
+    let short = OutlierConfig {
+        consecutive_failures: 5,
+        base_ejection: Duration::from_millis(200),
+        max_ejection: Duration::from_secs(2),
+        max_ejected_percent: 50,
+    };
+    println!("black hole (backend 3 of 10, 4 s to 6 s, 100 000 requests, rho 0.9, seed 1)");
+    println!(
+        "| policy | failed, no ejection | error rate | failed, ejection (defaults) | ejections | failed, ejection (5, 200 ms) | ejections | error rate |"
+    );
+    for policy in PolicyKind::ALL {
+        let mut config = SimConfig::new(policy, n, exp_1ms());
+        config.faults = vec![hole];
+        config.record_trace = true;
+        let none = run(&config).unwrap();
+        config.core.outlier = Some(OutlierConfig::default());
+        let defaults = run(&config).unwrap();
+        config.core.outlier = Some(short);
+        let fast = run(&config).unwrap();
+        let rate = |s: &RunStats| 100.0 * s.failed as f64 / s.submitted as f64;
+        println!(
+            "| {policy} | {} | {:.2}% | {} | {} | {} | {} | {:.3}% |",
+            none.failed,
+            rate(&none),
+            defaults.failed,
+            defaults.ejections.len(),
+            fast.failed,
+            fast.ejections.len(),
+            rate(&fast)
+        );
+    }
+
+    println!("\ntotal outage: all backends crashed, undetected, 2 retries, default budget");
+    println!("| backends | rho | requests | virtual s | floor | tries / request | bound |");
+    for (requests, floor) in [
+        (4_000u64, 10u32),
+        (20_000, 10),
+        (80_000, 10),
+        (20_000, 0),
+        (200_000, 10),
+    ] {
+        let mut config = SimConfig::new(PolicyKind::LeastPending, n, exp_1ms());
+        config.requests = requests;
+        config.faults = (0..n as u32)
+            .map(|backend| Fault {
+                at_ns: 0,
+                action: FaultAction::Crash {
+                    backend,
+                    detect_after_ns: None,
+                },
+            })
+            .collect();
+        let retry = RetryConfig {
+            max_retries: 2,
+            budget_min_per_s: floor,
+            ..RetryConfig::default()
+        };
+        config.core.retry = Some(retry);
+        let s = run(&config).unwrap();
+        println!(
+            "| {n} | 0.9 | {requests} | {:.2} | {floor}/s | {:.4} | {:.4} |",
+            s.end_ns as f64 / 1e9,
+            (s.submitted + s.retries) as f64 / s.submitted as f64,
+            1.2 + floor_retries(&retry) / s.submitted as f64
+        );
+    }
+
+    println!("\nslow start: backend 10 added at 1 s to 10 busy ones, 1 s ramp from 10%, rho 0.9");
+    println!("| policy | 0-250 ms | 250-500 | 500-750 | 750-1000 | 1000-1250 | fair share |");
+    for policy in PolicyKind::ALL {
+        let mut config = SimConfig::new(policy, n, exp_1ms());
+        config.requests = 30_000;
+        config.record_trace = true;
+        config.faults = vec![Fault {
+            at_ns: 1_000_000_000,
+            action: FaultAction::Add(exp_1ms()),
+        }];
+        config.core.slow_start = Some(SlowStartConfig {
+            window: Duration::from_secs(1),
+            min_weight_percent: 10,
+        });
+        let s = run(&config).unwrap();
+        let mut row = format!("| {policy} |");
+        for bin in 0..5u64 {
+            let from = 1_000_000_000 + bin * 250_000_000;
+            let to = from + 250_000_000;
+            let in_bin: Vec<_> = s
+                .dispatches
+                .iter()
+                .filter(|d| d.time_ns >= from && d.time_ns < to)
+                .collect();
+            let ours = in_bin.iter().filter(|d| d.backend == n as u32).count();
+            row.push_str(&format!(
+                " {:.1}% |",
+                100.0 * ours as f64 / in_bin.len() as f64
+            ));
+        }
+        println!("{row} 9.1% |");
+    }
+}
