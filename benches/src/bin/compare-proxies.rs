@@ -260,6 +260,12 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         .out_dir
         .clone()
         .unwrap_or_else(|| ws.root.join("target").join("load-report"));
+    fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let leftovers = procs::adopt_child_record(&out.join("children.txt"));
+    if leftovers > 0 {
+        eprintln!("stopped {leftovers} process group(s) left behind by a previous, killed run");
+        thread::sleep(Duration::from_millis(500));
+    }
     for sub in ["configs", "logs", "raw", "run"] {
         let dir = out.join(sub);
         if dir.exists() {

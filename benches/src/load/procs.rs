@@ -21,6 +21,57 @@ static LIVE_GROUPS: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
 /// or the main thread could spawn one between the handler's sweep and its exit.
 static STOPPING: AtomicBool = AtomicBool::new(false);
 
+/// File that records every child group started (pgid and start time), so that a later run can
+/// stop what a run killed with SIGKILL left behind.
+static CHILD_RECORD: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// Start time of a process (clock ticks since boot), which tells a live pid from a reused one.
+fn start_time(pid: u32) -> Option<u64> {
+    stat_fields(pid)?.get(19)?.parse().ok()
+}
+
+fn record_child(pgid: u32) {
+    let Ok(path) = CHILD_RECORD.lock() else {
+        return;
+    };
+    let (Some(path), Some(start)) = (path.as_ref(), start_time(pgid)) else {
+        return;
+    };
+    use std::io::Write;
+    if let Ok(mut file) = fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(file, "{pgid} {start}");
+    }
+}
+
+/// Stops the groups that a previous run recorded in `path` and left alive (that run was killed
+/// with SIGKILL), then records this run's children there. Returns how many were stopped.
+pub fn adopt_child_record(path: &Path) -> usize {
+    let mut stopped = 0;
+    if let Ok(text) = fs::read_to_string(path) {
+        for line in text.lines() {
+            let mut words = line.split_whitespace();
+            let (Some(Ok(pgid)), Some(Ok(start))) = (
+                words.next().map(str::parse::<u32>),
+                words.next().map(str::parse::<u64>),
+            ) else {
+                continue;
+            };
+            // Only the very process that was started (same start time), never a reused pid.
+            if start_time(pgid) == Some(start) {
+                signal_group(pgid, "TERM");
+                thread::sleep(Duration::from_millis(300));
+                signal_group(pgid, "KILL");
+                stopped += 1;
+            }
+        }
+    }
+    let _ = fs::write(path, "");
+    if let Ok(mut record) = CHILD_RECORD.lock() {
+        *record = Some(path.to_owned());
+    }
+    stopped
+}
+
 /// Whether an interrupt has begun stopping everything (the run's results are then incomplete).
 pub fn stopping() -> bool {
     STOPPING.load(Ordering::SeqCst)
@@ -134,6 +185,7 @@ impl Child {
             .with_context(|| format!("cannot start {name} ({:?})", command.get_program()))?;
         let pgid = child.id();
         groups.insert(pgid);
+        record_child(pgid);
         Ok(Child {
             name: name.to_owned(),
             child,
@@ -254,6 +306,7 @@ pub fn run_bounded(
         .with_context(|| format!("cannot start {name} ({:?})", command.get_program()))?;
     let pgid = child.id();
     groups.insert(pgid);
+    record_child(pgid);
     drop(groups);
     let mut child = Child {
         name: name.to_owned(),
