@@ -191,6 +191,7 @@ struct Ctx {
     nginx: PathBuf,
     balancer: Result<PathBuf, String>,
     haproxy_maxconn: usize,
+    nofile: u64,
     proxy_cpus: String,
     load_cpus: String,
     configs_dir: PathBuf,
@@ -349,6 +350,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         nginx: tool("nginx")?,
         balancer,
         haproxy_maxconn,
+        nofile,
         proxy_cpus: cli.proxy_cpus.clone(),
         load_cpus: cli.load_cpus.clone(),
         configs_dir: out.join("configs"),
@@ -527,7 +529,7 @@ fn start_backend(ctx: &Ctx, id: usize, port: u16) -> anyhow::Result<Child> {
     let prefix = ctx.run_dir.join(format!("backend{id}"));
     fs::create_dir_all(&prefix)?;
     let conf = ctx.configs_dir.join(format!("backend{id}-nginx.conf"));
-    fs::write(&conf, configs::nginx_backend(&prefix, port))?;
+    fs::write(&conf, configs::nginx_backend(&prefix, port, ctx.nofile))?;
     let mut child = Child::spawn(
         &format!("backend{id}"),
         pinned(ctx, &ctx.load_cpus, &ctx.nginx)
@@ -613,7 +615,10 @@ fn start_proxy(
             let prefix = ctx.run_dir.join(&name);
             fs::create_dir_all(&prefix)?;
             let conf = ctx.configs_dir.join(format!("{name}.conf"));
-            fs::write(&conf, configs::nginx_proxy(&prefix, port, backends))?;
+            fs::write(
+                &conf,
+                configs::nginx_proxy(&prefix, port, backends, ctx.nofile),
+            )?;
             check_command(
                 "nginx",
                 Command::new(&ctx.nginx)

@@ -18,9 +18,18 @@ pub const UPSTREAM_KEEPALIVE: usize = 256;
 /// the memory measurement (nginx's default client_header_timeout is 60 s).
 pub const CLIENT_IDLE_TIMEOUT_S: u64 = 60;
 
+/// nginx's `worker_connections` that fits `nofile` open files (nginx only warns when it does
+/// not, then fails at run time), at most `wanted`.
+fn nginx_worker_connections(wanted: usize, nofile: u64) -> usize {
+    wanted
+        .min(usize::try_from(nofile).unwrap_or(usize::MAX))
+        .max(1024)
+}
+
 /// One nginx backend: one worker serving [`BACKEND_BODY`] on `port`.
-pub fn nginx_backend(prefix: &Path, port: u16) -> String {
+pub fn nginx_backend(prefix: &Path, port: u16, nofile: u64) -> String {
     let p = prefix.display();
+    let wc = nginx_worker_connections(16_384, nofile);
     format!(
         r#"# Load-test backend on 127.0.0.1:{port}: a fixed small body, no logs.
 worker_processes 1;
@@ -28,8 +37,8 @@ daemon off;
 master_process on;
 pid {p}/nginx.pid;
 error_log stderr warn;
-worker_rlimit_nofile 32768;
-events {{ worker_connections 16384; }}
+worker_rlimit_nofile {nofile};
+events {{ worker_connections {wc}; }}
 http {{
     access_log off;
     client_body_temp_path {p}/client_body;
@@ -112,6 +121,7 @@ frontend fe
     http-request set-header X-Forwarded-Host %[req.hdr(host)]
     http-request add-header Via "1.1 haproxy"
     http-response set-header X-Request-ID %[unique-id]
+    http-response add-header Via "1.1 haproxy"
     default_backend be
 
 backend be
@@ -122,7 +132,7 @@ backend be
 }
 
 /// nginx: one worker, least_conn, upstream keep-alive.
-pub fn nginx_proxy(prefix: &Path, port: u16, backends: &[u16]) -> String {
+pub fn nginx_proxy(prefix: &Path, port: u16, backends: &[u16], nofile: u64) -> String {
     let p = prefix.display();
     let mut servers = String::new();
     for b in backends {
@@ -136,7 +146,7 @@ daemon off;
 master_process on;
 pid {p}/nginx.pid;
 error_log stderr warn;
-worker_rlimit_nofile 65536;
+worker_rlimit_nofile {nofile};
 events {{ worker_connections {wc}; }}
 http {{
     access_log off;
@@ -166,11 +176,12 @@ http {{
             proxy_set_header Via "1.1 nginx";
             proxy_set_header X-Request-ID $request_id;
             add_header X-Request-ID $request_id;
+            add_header Via "1.1 nginx";
         }}
     }}
 }}
 "#,
         // Each client connection may hold a second, upstream, connection.
-        wc = MAX_CLIENT_CONNECTIONS * 2 + 1000,
+        wc = nginx_worker_connections(MAX_CLIENT_CONNECTIONS * 2 + 1000, nofile),
     )
 }
