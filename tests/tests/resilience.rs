@@ -124,6 +124,15 @@ async fn active_health_checks_take_a_dead_backend_down_and_bring_it_back_up() {
         state_of(&proxy, address) == "down"
     })
     .await;
+    let current = proxy.running().proxy();
+    let snapshot = current.pools()[0]
+        .views()
+        .into_iter()
+        .find(|v| v.backend.address == address.to_string())
+        .expect("the stopped backend is still in the pool")
+        .snapshot;
+    assert_eq!(snapshot.state, balancer_core::BackendState::Down);
+    assert!(!snapshot.eligible);
     // While it is down, every request goes to the other backend, without a retry.
     for _ in 0..10 {
         let reply = proxy.get("/").await;
