@@ -243,31 +243,31 @@ pub fn sim_config(
             "concurrency must be in 1..={MAX_CONCURRENCY}"
         )));
     }
-    let unsorted = |address: Option<&str>| -> Vec<u64> {
-        records
-            .iter()
-            .filter(|r| {
-                r.outcome == TraceOutcome::Ok
-                    && r.service_ns > 0
-                    && address.is_none_or(|a| r.backend.as_deref() == Some(a))
-            })
-            .map(|r| r.service_ns)
-            .collect::<Vec<u64>>()
-    };
-    // Sorted, so that the draws depend on the trace's content, not on its line order.
-    let samples = |address: Option<&str>| {
-        let mut v = unsorted(address);
-        v.sort_unstable();
-        v
-    };
-    let pooled = samples(None);
+    // One pass: samples per address (a BTreeMap, so addresses come out sorted) and pooled.
+    let mut by_address: std::collections::BTreeMap<&str, Vec<u64>> = Default::default();
+    let mut pooled = Vec::new();
+    for r in records {
+        let address = r.backend.as_deref();
+        let entry = address.map(|a| by_address.entry(a).or_default());
+        if r.outcome == TraceOutcome::Ok && r.service_ns > 0 {
+            pooled.push(r.service_ns);
+            if let Some(samples) = entry {
+                samples.push(r.service_ns);
+            }
+        }
+    }
     if pooled.is_empty() {
         return Err(ReplayError::Unusable(
             "the trace has no `ok` record with a positive service_ns to draw service times from"
                 .into(),
         ));
     }
-    let addresses = observed(records).backends;
+    // Sorted, so that the draws depend on the trace's content, not on its line order.
+    pooled.sort_unstable();
+    for samples in by_address.values_mut() {
+        samples.sort_unstable();
+    }
+    let (addresses, mut own_samples): (Vec<&str>, Vec<Vec<u64>>) = by_address.into_iter().unzip();
     let mut fleet = match (&config.fleet, config.backends) {
         (Some(fleet), _) => fleet.clone(),
         (None, n) => {
@@ -285,7 +285,7 @@ pub fn sim_config(
     let mut pools = Vec::with_capacity(fleet.len());
     for (i, spec) in fleet.iter_mut().enumerate() {
         let own = if one_to_one {
-            samples(Some(&addresses[i]))
+            std::mem::take(&mut own_samples[i])
         } else {
             Vec::new()
         };
@@ -293,7 +293,7 @@ pub fn sim_config(
         let (source, pool) = if own.is_empty() {
             (None, pooled.clone())
         } else {
-            (Some(addresses[i].clone()), own)
+            (Some(addresses[i].to_owned()), own)
         };
         let mean_ns = pool.iter().map(|&s| s as f64).sum::<f64>() / pool.len() as f64;
         // Used for capacity (and so the reported load) only; draws come from `pool`.
@@ -309,7 +309,12 @@ pub fn sim_config(
     for a in &mut arrivals {
         *a -= first;
     }
-    let observed_rate = observed(records).arrival_rate_per_s;
+    let span_ns = arrivals[arrivals.len() - 1];
+    let observed_rate = if span_ns == 0 {
+        0.0
+    } else {
+        (arrivals.len() - 1) as f64 / (span_ns as f64 / 1e9)
+    };
     let mut sim = SimConfig::new(config.policy, fleet.len(), fleet[0]);
     sim.fleet = fleet;
     sim.requests = arrivals.len() as u64;
@@ -341,7 +346,11 @@ pub fn summarise(
     stats: &crate::engine::RunStats,
     wall_s: f64,
 ) -> Summary {
-    let mut summary = Summary::new(sim, stats, wall_s);
+    label(Summary::new(sim, stats, wall_s), model)
+}
+
+/// Names the service model and the arrivals in a summary of a replayed run.
+fn label(mut summary: Summary, model: &ServiceModel) -> Summary {
     summary.service = format!("trace:{}", model.name());
     summary.arrivals = "trace".into();
     for (detail, source) in summary.per_backend_detail.iter_mut().zip(&model.sources) {
@@ -389,14 +398,7 @@ pub fn run_replay_grid(
     Ok(summaries
         .into_iter()
         .zip(&models)
-        .map(|(mut s, model)| {
-            s.service = format!("trace:{}", model.name());
-            s.arrivals = "trace".into();
-            for (detail, source) in s.per_backend_detail.iter_mut().zip(&model.sources) {
-                detail.service = format!("trace:{}", source.as_deref().unwrap_or("pooled"));
-            }
-            s
-        })
+        .map(|(s, model)| label(s, model))
         .collect())
 }
 
