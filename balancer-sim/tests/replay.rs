@@ -280,3 +280,51 @@ fn compare_writes_a_report_with_the_recorded_figures() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_fleet_file_sets_the_simulated_backends_and_defences() {
+    let dir = temp_dir("fleet");
+    let trace = dir.join("recorded.trace");
+    std::fs::write(&trace, trace_text(&synthetic(1_000, 5))).unwrap();
+    let fleet = dir.join("fleet.toml");
+    std::fs::write(
+        &fleet,
+        "[core.outlier]\nconsecutive_failures = 3\n\n[[backend]]\ncount = 2\nconcurrency = 3\nspeed = 2.0\n",
+    )
+    .unwrap();
+    let out = sim(&[
+        "replay",
+        "--trace",
+        &trace.display().to_string(),
+        "--fleet",
+        &fleet.display().to_string(),
+        "--format",
+        "json",
+        "--check-invariants",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["backends"], 2);
+    assert_eq!(
+        json["service"], "trace:pooled",
+        "2 backends for 3 addresses"
+    );
+    assert_eq!(json["per_backend_detail"][0]["concurrency"], 3);
+    assert_eq!(json["per_backend_detail"][0]["speed"], 2.0);
+    // Faults have no place in a replay fleet.
+    std::fs::write(
+        &fleet,
+        "[[backend]]\ncount = 2\n\n[[fault]]\nkind = \"crash\"\nat = \"1ms\"\nbackend = 0\n",
+    )
+    .unwrap();
+    let out = sim(&[
+        "replay",
+        "--trace",
+        &trace.display().to_string(),
+        "--fleet",
+        &fleet.display().to_string(),
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("fault"), "{}", stderr(&out));
+    let _ = std::fs::remove_dir_all(&dir);
+}
