@@ -669,7 +669,7 @@ impl Tries<'_> {
                         && replayable
                     {
                         let failed =
-                            self.failed_try(&tried, idempotent, FailureKind::ServerError, true);
+                            failed_try(&tried, idempotent, FailureKind::ServerError, true, false);
                         if let Some((next, backoff)) = self.retry(&mut tried, &backend, &failed) {
                             tracing::debug!(backend = %backend.address, "503: retrying on another backend");
                             guard.finish(End::Failed(FailureKind::ServerError), 0);
@@ -706,11 +706,8 @@ impl Tries<'_> {
             };
             let time_left = deadline > tokio::time::Instant::now();
             if may_retry && time_left {
-                let failed = self.failed_try(&tried, idempotent, kind, false);
-                let failed = FailedTry {
-                    body_consumed: !replayable,
-                    ..failed
-                };
+                // A streamed body went to hyper with the try: it cannot be sent again.
+                let failed = failed_try(&tried, idempotent, kind, false, !replayable);
                 if let Some((next, backoff)) = self.retry(&mut tried, &backend, &failed) {
                     tracing::debug!(backend = %backend.address, %error, "retrying on another backend");
                     guard.finish(End::Failed(kind), 0);
@@ -728,25 +725,6 @@ impl Tries<'_> {
                 self.request_id,
                 self.started,
             );
-        }
-    }
-
-    fn failed_try(
-        &self,
-        tried: &[BackendId],
-        idempotent: bool,
-        failure: FailureKind,
-        status_503: bool,
-    ) -> FailedTry {
-        FailedTry {
-            retries_so_far: tried.len() as u32,
-            idempotent,
-            failure,
-            status_503,
-            // Tries fail before any of the response is passed on: the response is handed to
-            // the client only once a try has succeeded (or is the last).
-            response_started: false,
-            body_consumed: false,
         }
     }
 
@@ -783,6 +761,26 @@ impl Tries<'_> {
             self.proxy
                 .labels(Some(self.route_label), Some(&backend.label)),
         );
+    }
+}
+
+/// What the core needs to decide on a failed try.
+fn failed_try(
+    tried: &[BackendId],
+    idempotent: bool,
+    failure: FailureKind,
+    status_503: bool,
+    body_consumed: bool,
+) -> FailedTry {
+    FailedTry {
+        retries_so_far: tried.len() as u32,
+        idempotent,
+        failure,
+        status_503,
+        // Tries fail before any of the response is passed on: the response is handed to the
+        // client only once a try has succeeded or is the last.
+        response_started: false,
+        body_consumed,
     }
 }
 
