@@ -228,3 +228,36 @@ async fn below_the_panic_threshold_traffic_spreads_over_unhealthy_backends() {
         proxy.stop().await;
     }
 }
+
+#[tokio::test]
+async fn an_ejection_ends_while_the_pool_is_idle() {
+    let mut backends = start_backends(&[0, 0]).await;
+    let proxy = Proxy::start(&format!(
+        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n\
+         [pools.default]\nbackends = {}\n\
+         outlier = {{ consecutive_failures = 1, base_ejection_ms = 1000 }}\n",
+        toml_list(&backends)
+    ))
+    .await;
+    let victim = backends.remove(1);
+    let address = victim.local_addr();
+    victim.stop().await;
+    let eligible = |proxy: &Proxy| {
+        proxy.running().proxy().pools()[0]
+            .views()
+            .iter()
+            .find(|v| v.backend.address == address.to_string())
+            .is_some_and(|v| v.snapshot.eligible)
+    };
+    // Least-pending alternates, so the second request hits the dead backend (and is retried).
+    for _ in 0..2 {
+        assert_eq!(proxy.get("/").await.status, 200);
+    }
+    assert!(!eligible(&proxy), "one failure should eject it");
+    // No request arrives from now on: only the maintenance tick can end the ejection.
+    eventually("the ejection to end without traffic", || async {
+        eligible(&proxy)
+    })
+    .await;
+    proxy.stop().await;
+}
