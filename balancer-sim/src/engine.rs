@@ -360,6 +360,9 @@ pub struct RunStats {
     pub dispatches: Vec<DispatchRecord>,
     /// Every ejection the core's snapshots showed, in order, if [`SimConfig::record_trace`] was set.
     pub ejections: Vec<EjectionRecord>,
+    /// Every start of a slow-start ramp the core's snapshots showed (`warming_since`), as
+    /// (sim backend index, since ns), in order, if [`SimConfig::record_trace`] was set.
+    pub warmups: Vec<(u32, u64)>,
 }
 
 /// How a request ended, as recorded in [`RunStats::trace`].
@@ -461,6 +464,9 @@ struct Sim<'a> {
     ejection_log: Vec<EjectionRecord>,
     /// Per sim backend, the last `ejected_until` seen in the core's snapshot (record_trace only).
     seen_ejected_until: Vec<Option<u64>>,
+    warmup_log: Vec<(u32, u64)>,
+    /// Per sim backend, the last `warming_since` seen in the core's snapshot (record_trace only).
+    seen_warming_since: Vec<Option<u64>>,
     /// Next replayed arrival to schedule.
     next_replayed: usize,
     /// Jobs waiting for their `Failed` event, and the free slots among them.
@@ -522,6 +528,8 @@ impl<'a> Sim<'a> {
             dispatch_log: Vec::new(),
             ejection_log: Vec::new(),
             seen_ejected_until: Vec::new(),
+            warmup_log: Vec::new(),
+            seen_warming_since: Vec::new(),
             next_replayed: 0,
             failing: Vec::new(),
             free_failing: Vec::new(),
@@ -689,6 +697,7 @@ impl<'a> Sim<'a> {
             trace: self.ended_log,
             dispatches: self.dispatch_log,
             ejections: self.ejection_log,
+            warmups: self.warmup_log,
         })
     }
 
@@ -702,13 +711,22 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// Records ejections as the core's own snapshots show them (tests; O(backends) per event).
+    /// Records ejections and slow-start ramps as the core's own snapshots show them (tests;
+    /// O(backends) per event).
     fn watch_ejections(&mut self) {
         let now = Timestamp::from_nanos(self.now_ns);
         for snapshot in self.scheduler.backends(now) {
             let index = self.by_slot[snapshot.id.index()] as usize;
             if self.seen_ejected_until.len() <= index {
                 self.seen_ejected_until.resize(index + 1, None);
+                self.seen_warming_since.resize(index + 1, None);
+            }
+            let since = snapshot.warming_since.map(Timestamp::as_nanos);
+            if since != self.seen_warming_since[index] {
+                self.seen_warming_since[index] = since;
+                if let Some(since_ns) = since {
+                    self.warmup_log.push((index as u32, since_ns));
+                }
             }
             let until = snapshot.ejected_until.map(Timestamp::as_nanos);
             if until != self.seen_ejected_until[index] {

@@ -291,13 +291,15 @@ const RAMP_BINS: u64 = 4;
 proptest! {
     #![proptest_config(config(256))]
 
-    /// Slow start ramps monotonically: a backend added to a serving pool of 3–8 gets a share of
-    /// dispatches, per quarter of the ramp window, that does not decrease beyond sampling noise.
+    /// Slow start ramps monotonically: a backend that returns to a serving pool of 3–8 — added,
+    /// or back from a crash through health checks — gets a share of dispatches, per quarter of
+    /// the ramp window from the `warming_since` the core's snapshot shows, that does not
+    /// decrease beyond sampling noise.
     ///
     /// Tolerance: the share in a bin is a proportion of n dispatches; two neighbours differ by
     /// noise of σ = √(p(1−p)(1/n₁ + 1/n₂)) with p their pooled share. We allow 4σ + 1/n₁ (the
     /// 1/n₁ covers the discreteness of tiny counts); one-sided 4σ is exceeded by chance with
-    /// probability 3×10⁻⁵ per comparison, about 2% over the 768 comparisons of this test if
+    /// probability 3×10⁻⁵ per comparison, about 2% over the 1 024 comparisons of this test if
     /// dispatches were independent. They are not quite (queues correlate them), so this is a
     /// tolerance against noise, not a proof; the fixed seed makes the verdict stable.
     #[test]
@@ -308,30 +310,46 @@ proptest! {
         seed in any::<u64>(),
         window_ms in prop_oneof![Just(200u64), Just(300), Just(400)],
         min_percent in 0u8..=30,
+        crash in any::<bool>(),
     ) {
         let mut config = SimConfig::new(policy, n, exp_1ms());
         config.load = (load * 100.0).round() / 100.0;
         config.seed = seed;
         config.record_trace = true;
-        let add_ns = 100_000_000;
+        let back_ns = 100_000_000;
         let window_ns = window_ms * 1_000_000;
+        let returning = if crash {
+            // Crashes unnoticed but by the probes (every 5 ms, fall 2), restarts at 100 ms and
+            // is brought back by them (rise 2), so its ramp starts at about 110 ms.
+            config.core.health = Some(HealthProbes { interval_ns: 5_000_000, rise: 2, fall: 2 });
+            config.faults = vec![
+                Fault { at_ns: 50_000_000, action: FaultAction::Crash { backend: 0, detect_after_ns: None } },
+                Fault { at_ns: back_ns, action: FaultAction::Recover { backend: 0 } },
+            ];
+            0
+        } else {
+            config.faults = vec![Fault { at_ns: back_ns, action: FaultAction::Add(exp_1ms()) }];
+            n as u32
+        };
         // Enough requests to run to the end of the window and one bin beyond.
         let rate_per_ns = config.load * config.capacity_per_ns();
-        let end_ns = add_ns + window_ns + window_ns / RAMP_BINS;
+        let end_ns = back_ns + 50_000_000 + window_ns + window_ns / RAMP_BINS;
         config.requests = (rate_per_ns * end_ns as f64 * 1.1).ceil() as u64;
-        config.faults = vec![Fault { at_ns: add_ns, action: FaultAction::Add(exp_1ms()) }];
         config.core.slow_start = Some(SlowStartConfig {
             window: Duration::from_nanos(window_ns),
             min_weight_percent: min_percent,
         });
         let stats = run_ok(&config)?;
-        let new = n as u32;
+        let ramps: Vec<u64> = stats.warmups.iter().filter(|w| w.0 == returning).map(|w| w.1).collect();
+        prop_assert_eq!(ramps.len(), 1, "one ramp for backend {}: {:?}; {}", returning, stats.warmups, replay(&config));
+        let since_ns = ramps[0];
+        prop_assert!(since_ns >= back_ns, "ramp at {since_ns} before the return; {}", replay(&config));
         let bin_ns = window_ns / RAMP_BINS;
         let mut shares = Vec::new();
         for bin in 0..=RAMP_BINS {
-            let (from, to) = (add_ns + bin * bin_ns, add_ns + (bin + 1) * bin_ns);
+            let (from, to) = (since_ns + bin * bin_ns, since_ns + (bin + 1) * bin_ns);
             let in_bin: Vec<_> = stats.dispatches.iter().filter(|d| d.time_ns >= from && d.time_ns < to).collect();
-            let ours = in_bin.iter().filter(|d| d.backend == new).count();
+            let ours = in_bin.iter().filter(|d| d.backend == returning).count();
             prop_assert!(!in_bin.is_empty(), "no dispatches in bin {bin}; {}", replay(&config));
             shares.push((ours as f64 / in_bin.len() as f64, in_bin.len() as f64));
         }
