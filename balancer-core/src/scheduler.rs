@@ -253,9 +253,65 @@ impl Scheduler {
         }
     }
 
-    /// The configuration it was made with.
+    /// The configuration in force.
     pub fn config(&self) -> &SchedulerConfig {
         &self.config
+    }
+
+    /// Changes the configuration in place, keeping the backends with their load, health,
+    /// EWMA and counters, and the requests in flight (a config reload should not forget what
+    /// the pool has learnt). A new policy starts its own index over the eligible backends;
+    /// turning outlier detection off ends current ejections at `now`; turning slow start off
+    /// ends warm-ups; a new per-backend cap applies at once.
+    pub fn reconfigure(&mut self, now: Timestamp, mut config: SchedulerConfig) {
+        config.max_pending_per_backend = config.max_pending_per_backend.map(|cap| cap.max(1));
+        let old = std::mem::replace(&mut self.config, config);
+        if old.policy != config.policy {
+            self.policy = Policy::new(config.policy);
+            for position in 0..self.backends.eligible.len() {
+                let index = self.backends.eligible[position];
+                let pending = self.backends.slots[index as usize].pending;
+                self.policy.on_eligible(index, pending);
+            }
+        }
+        let live: Vec<u32> = self.backends.live_indices().collect();
+        for &index in &live {
+            let slot = &self.backends.slots[index as usize];
+            let full = config
+                .max_pending_per_backend
+                .is_some_and(|cap| slot.pending >= cap);
+            if slot.full != full {
+                if full {
+                    self.full += 1;
+                } else {
+                    self.full -= 1;
+                }
+                self.update_index_state(index as usize, |slot| slot.full = full);
+            }
+            let slot = &self.backends.slots[index as usize];
+            if config.outlier.is_none() && slot.ejected_until.is_some() {
+                self.ejected -= 1;
+                self.update_index_state(index as usize, |slot| {
+                    slot.ejected_until = None;
+                    slot.returned_at = now;
+                });
+            }
+            let slot = &mut self.backends.slots[index as usize];
+            if config.slow_start.is_none() && slot.warming_since.take().is_some() {
+                self.warming -= 1;
+            }
+        }
+        if config.outlier.is_none() {
+            self.ejections.clear();
+        }
+        let window = |c: &SchedulerConfig| c.retry.map(|r| r.budget_window);
+        if window(&old) != window(&config) {
+            self.retry_budget = RetryBudget::new(
+                config
+                    .retry
+                    .map_or(Duration::from_secs(10), |r| r.budget_window),
+            );
+        }
     }
 
     /// The policy in force.
@@ -858,7 +914,9 @@ impl Scheduler {
         }
         if let Some(cap) = self.config.max_pending_per_backend {
             for slot in live() {
-                if slot.pending > cap || slot.full != (slot.pending >= cap) {
+                // Pending may exceed the cap only after a reload lowered it; the backend then
+                // stays full until enough requests finish.
+                if slot.full != (slot.pending >= cap) {
                     return Err(InvariantViolation(format!(
                         "a backend has {} pending with a cap of {cap} (full: {})",
                         slot.pending, slot.full

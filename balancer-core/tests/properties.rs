@@ -62,6 +62,8 @@ enum Op {
     RetryWork {
         avoid: [usize; 2],
     },
+    /// A config reload that keeps the pool's state.
+    Reconfigure(Box<SchedulerConfig>),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -79,6 +81,7 @@ fn op() -> impl Strategy<Value = Op> {
                 1 => (0u32..5_000_000).prop_map(|nanos| Op::Advance { nanos }),
         2 => (any::<usize>(), any::<bool>()).prop_map(|(pick, passed)| Op::HealthCheck { pick, passed }),
         2 => any::<[usize; 2]>().prop_map(|avoid| Op::RetryWork { avoid }),
+        1 => scheduler_config().prop_map(|config| Op::Reconfigure(Box::new(config))),
     ]
 }
 
@@ -140,8 +143,7 @@ fn pick<T: Copy>(items: &[T], index: usize) -> Option<T> {
     (!items.is_empty()).then(|| items[index % items.len()])
 }
 
-fn run(config: SchedulerConfig, seed: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let policy = config.policy;
+fn run(mut config: SchedulerConfig, seed: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut s = Scheduler::new(config);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut m = Model::default();
@@ -239,7 +241,7 @@ fn run(config: SchedulerConfig, seed: u64, ops: Vec<Op>) -> Result<(), TestCaseE
                         // Slow start may pass over a warming backend, so the minimum is
                         // only guaranteed when none is warming.
                         let warming = eligible.iter().any(|b| b.warming_since.is_some());
-                        if policy == PolicyKind::LeastPending && !panic && !warming {
+                        if config.policy == PolicyKind::LeastPending && !panic && !warming {
                             let min = eligible.iter().map(|b| b.pending).min().unwrap();
                             prop_assert_eq!(
                                 chosen.unwrap().pending,
@@ -317,6 +319,11 @@ fn run(config: SchedulerConfig, seed: u64, ops: Vec<Op>) -> Result<(), TestCaseE
                 }
             }
             Op::Advance { nanos } => now = now + Duration::from_nanos(nanos.into()),
+            Op::Reconfigure(new) => {
+                s.reconfigure(now, *new);
+                config = *new;
+                config.max_pending_per_backend = config.max_pending_per_backend.map(|c| c.max(1));
+            }
             Op::HealthCheck { pick: p, passed } => {
                 if let Some(id) = pick(&m.backends, p) {
                     s.handle_health_check(now, id, passed).unwrap();

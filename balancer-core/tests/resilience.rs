@@ -444,3 +444,39 @@ fn panic_mode_spreads_over_all_backends_when_too_few_are_healthy() {
     assert!(served.iter().all(|&n| n > 50), "{served:?}");
     s.check_invariants().unwrap();
 }
+
+#[test]
+fn reconfigure_keeps_backends_load_and_in_flight_requests() {
+    let (mut s, ids) = pool(outlier_config(), 3);
+    let mut rng = rng();
+    let (r0, _) = dispatch(&mut s, at_ms(0), &mut rng);
+    let _ = dispatch(&mut s, at_ms(0), &mut rng);
+    assert!(fail_on(&mut s, ids[2], 3, at_ms(0), &mut rng).is_some());
+    let before: Vec<_> = s
+        .backends(at_ms(1))
+        .map(|b| (b.id, b.pending, b.dispatched))
+        .collect();
+    // A reload: another policy, a cap, no outlier detection.
+    let mut config = SchedulerConfig::new(PolicyKind::P2c);
+    config.max_pending_per_backend = Some(1);
+    s.reconfigure(at_ms(1), config);
+    let after: Vec<_> = s
+        .backends(at_ms(1))
+        .map(|b| (b.id, b.pending, b.dispatched))
+        .collect();
+    assert_eq!(before, after);
+    assert_eq!(s.policy(), PolicyKind::P2c);
+    // Outlier detection off: the ejection ended at once. The two busy backends are full.
+    let b2 = s.backend(ids[2], at_ms(1)).unwrap();
+    assert_eq!((b2.ejected_until, b2.eligible), (None, true));
+    let (_, chosen) = dispatch(&mut s, at_ms(1), &mut rng);
+    assert_eq!(chosen, ids[2]);
+    // Requests dispatched before the reload finish normally.
+    assert_eq!(
+        s.handle_done(at_ms(2), r0, Outcome::Success)
+            .unwrap()
+            .backend,
+        ids[0]
+    );
+    s.check_invariants().unwrap();
+}
