@@ -112,9 +112,12 @@ impl AccessLog {
 
 /// Current UTC time as `2026-11-26T07:29:40.123Z`, without a date library.
 fn rfc3339_now() -> String {
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    rfc3339(SystemTime::now())
+}
+
+/// `time` in UTC as `2026-11-26T07:29:40.123Z`.
+pub fn rfc3339(time: SystemTime) -> String {
+    let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since_epoch.as_secs();
     let (year, month, day) = civil_from_days((secs / 86_400) as i64);
     let of_day = secs % 86_400;

@@ -79,6 +79,7 @@ fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Full<Bytes>> 
         (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok\n".into()),
         (&Method::GET, ["metrics"]) => metrics(shared),
         (&Method::GET, ["backends"]) => json_response(StatusCode::OK, &backends(shared)),
+        (&Method::GET, ["explain", id]) => explain(shared, id),
         (&Method::GET, ["config"]) => json_response(
             StatusCode::OK,
             &config_json(shared.current().config().as_ref()),
@@ -90,15 +91,156 @@ fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Full<Bytes>> 
         (&Method::POST, ["backends", pool, address, action @ ("drain" | "undrain")]) => {
             drain(shared, pool, address, *action == "drain")
         }
-        (_, ["healthz" | "metrics" | "backends" | "config" | "reload"])
+        (_, ["healthz" | "metrics" | "backends" | "config" | "reload"] | ["explain", _])
         | (_, ["backends", _, _, "drain" | "undrain"]) => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into())
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try GET /metrics, /backends, /config, /healthz, POST /reload, POST /backends/POOL/ADDRESS/drain|undrain\n".into(),
+            "not found; try GET /metrics, /backends, /config, /healthz, /explain/REQUEST_ID, POST /reload, POST /backends/POOL/ADDRESS/drain|undrain\n".into(),
         ),
     }
+}
+
+/// `GET /explain/{request-id}`: the decision records of every try of that request.
+fn explain(shared: &Shared, segment: &str) -> Response<Full<Bytes>> {
+    let Some(id) = crate::explain::percent_decode(segment) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "malformed request id: a bad %-escape in the path\n".into(),
+        );
+    };
+    if let Err(reason) = crate::explain::validate_id(&id) {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("malformed request id: {reason}\n"),
+        );
+    }
+    let shown = String::from_utf8_lossy(&id).into_owned();
+    let proxy = shared.current();
+    let Some(ring) = proxy.explain() else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("no record of request {shown}: explanations are off (explain_ring_size = 0)\n"),
+        );
+    };
+    let tries = ring.find(&id);
+    if tries.is_empty() {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no record of request {shown}: unknown, or evicted (the ring keeps the last {} tries; explain_ring_size = {})\n",
+                ring.size(),
+                ring.size()
+            ),
+        );
+    }
+    let tries: Vec<Value> = tries
+        .iter()
+        .enumerate()
+        .map(|(index, entry)| explain_try(&proxy, index, entry))
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({ "request_id": shown, "ring_size": ring.size(), "tries": tries }),
+    )
+}
+
+fn explain_try(
+    proxy: &crate::proxy::Proxy,
+    index: usize,
+    entry: &crate::explain::Explained,
+) -> Value {
+    use balancer_core::{BackendId, Decision, SkipReason};
+    let record = &entry.record;
+    let pool = proxy.pools().iter().find(|p| *p.label() == entry.pool);
+    // The core names backends by id; the address is what an operator knows them by. A
+    // backend removed since (its id no longer resolves) keeps its core name.
+    let address = |id: BackendId| -> String {
+        if let Some(chosen) = entry.chosen.as_ref().filter(|b| b.id == id) {
+            return chosen.address.clone();
+        }
+        pool.and_then(|p| p.backend_by_id(id))
+            .map_or_else(|| format!("{id} (since removed)"), |b| b.address.clone())
+    };
+    let state = if record.panic {
+        "considered in panic mode"
+    } else {
+        "eligible"
+    };
+    let candidate = |role: &str, c: &balancer_core::Candidate| {
+        json!({
+            "role": role,
+            "address": address(c.backend),
+            "backend_id": c.backend.to_string(),
+            "pending": c.pending,
+            "weight": c.weight,
+            "ewma_ms": (c.ewma_ns() / 1e3).round() / 1e3,
+            "state": state,
+        })
+    };
+    let mut candidates = Vec::new();
+    if let Some(c) = &record.chosen {
+        candidates.push(candidate("chosen", c));
+    }
+    if let Some(c) = &record.rival {
+        candidates.push(candidate("rival", c));
+    }
+    let skipped: Vec<Value> = record
+        .skipped()
+        .map(|s| {
+            let (reason, ejected_for_ms) = match s.reason {
+                SkipReason::Down => ("down", None),
+                SkipReason::Draining => ("draining", None),
+                SkipReason::Ejected { until } => (
+                    "ejected",
+                    Some(until.saturating_since(record.at).as_millis() as u64),
+                ),
+                SkipReason::Full => ("at its in-flight cap", None),
+                SkipReason::AlreadyTried => ("already tried", None),
+            };
+            json!({
+                "address": address(s.backend),
+                "backend_id": s.backend.to_string(),
+                "reason": reason,
+                "ejected_for_ms": ejected_for_ms,
+            })
+        })
+        .collect();
+    let mut names: Vec<(String, String)> = record
+        .chosen
+        .iter()
+        .chain(record.rival.iter())
+        .map(|c| c.backend)
+        .chain(record.skipped().map(|s| s.backend))
+        .map(|id| (id.to_string(), address(id)))
+        .collect();
+    // Longer names first, so that `b1.2` is not read as `b1`.
+    names.sort_by_key(|(id, _)| std::cmp::Reverse(id.len()));
+    let rule = crate::explain::name_backends(&record.to_string(), &names);
+    let (decision, reject_reason, chosen) = match record.decision {
+        Decision::Dispatch { backend, .. } => ("dispatch", None, Some(address(backend))),
+        Decision::Reject { reason } => ("reject", Some(reason.to_string()), None),
+    };
+    let time = pool.map(|p| crate::access_log::rfc3339(p.clock.wall_time(record.at)));
+    json!({
+        "try": index + 1,
+        "retry": record.retry,
+        "time": time,
+        "at_ns": record.at.as_nanos(),
+        "pool": entry.pool.as_str(),
+        "policy": record.policy.name(),
+        "decision": decision,
+        "reject_reason": reject_reason,
+        "chosen": chosen,
+        "rule": rule,
+        "candidates": candidates,
+        "ties": record.ties,
+        "eligible": record.eligible,
+        "backends": record.backends,
+        "panic": record.panic,
+        "skipped": skipped,
+    })
 }
 
 fn drain(shared: &Shared, pool: &str, address: &str, drain: bool) -> Response<Full<Bytes>> {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
+use balancer_core::trace::TraceOutcome;
 use balancer_core::{FailureKind, Outcome, RequestId};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -16,6 +17,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::metrics::{Metrics, RequestLabels};
 use crate::pool::SharedPool;
+use crate::trace::{TraceEvent, TraceSink};
 
 /// Why a request body could not be forwarded.
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +155,7 @@ pub struct DoneGuard {
     backend_server_error: bool,
     log: Option<(AccessLog, AccessRecord)>,
     metrics: Option<(Arc<Metrics>, RequestLabels)>,
+    trace: Option<(Arc<TraceSink>, TraceEvent)>,
     started: Instant,
     rejected: bool,
 }
@@ -166,6 +169,7 @@ impl DoneGuard {
             backend_server_error: false,
             log: None,
             metrics: None,
+            trace: None,
             started,
             rejected: false,
         }
@@ -182,6 +186,7 @@ impl DoneGuard {
             backend_server_error: false,
             log,
             metrics,
+            trace: None,
             started,
             rejected: true,
         }
@@ -198,6 +203,11 @@ impl DoneGuard {
         self.metrics = metrics;
     }
 
+    /// Makes this guard write `event` to the traffic trace when it ends.
+    pub fn attach_trace(&mut self, trace: Option<(Arc<TraceSink>, TraceEvent)>) {
+        self.trace = trace;
+    }
+
     /// Records the status sent to the client; a 5xx turns a complete body into a
     /// `ServerError` failure for the core.
     pub fn set_status(&mut self, status: http::StatusCode) {
@@ -207,6 +217,9 @@ impl DoneGuard {
         }
         if let Some((_, labels)) = &mut self.metrics {
             labels.status = status.as_u16();
+        }
+        if let Some((_, event)) = &mut self.trace {
+            event.status = status.as_u16();
         }
     }
 
@@ -235,6 +248,16 @@ impl DoneGuard {
                 outcome_name(outcome)
             };
             log.write(&record);
+        }
+        if let Some((sink, mut event)) = self.trace.take() {
+            event.response_bytes = bytes;
+            event.outcome = match outcome {
+                _ if self.rejected => TraceOutcome::Rejected,
+                Outcome::Success => TraceOutcome::Ok,
+                Outcome::Failure(_) => TraceOutcome::Failed,
+                Outcome::Cancelled => TraceOutcome::Cancelled,
+            };
+            sink.record(event);
         }
     }
 }

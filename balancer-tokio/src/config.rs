@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use balancer_core::{MAX_WEIGHT, PolicyKind};
 use serde::Deserialize;
@@ -61,6 +61,14 @@ pub mod defaults {
     pub const SLOW_START_MIN_WEIGHT_PERCENT: u8 = 10;
     /// Largest `max_retries` accepted: each retry is another full try against the pool.
     pub const MAX_RETRIES_LIMIT: u32 = 10;
+    /// A trace file is rotated past 100 MiB: about a million requests at ~100 bytes a line.
+    pub const TRACE_MAX_BYTES: u64 = 100 * 1024 * 1024;
+    /// Trace files kept (the current one included): `path`, `path.1`, `path.2`.
+    pub const TRACE_MAX_FILES: u32 = 3;
+    /// Smallest `trace.max_bytes`: below a few lines per file rotation would be all the writer does.
+    pub const TRACE_MIN_BYTES: u64 = 1024;
+    /// Most `trace.max_files`: bounds the renames per rotation and the disk an operator can forget.
+    pub const TRACE_FILES_LIMIT: u32 = 100;
 }
 
 /// Why a configuration was refused. Every message names the file and, when it can, the line and
@@ -116,6 +124,21 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     /// Global and per-client rate limits (per-route ones are on the routes).
     pub rate_limit: RateLimitConfig,
+    /// Decision records kept for `GET /explain/{id}` (tries); 0 turns them off.
+    pub explain_ring_size: usize,
+    /// Traffic recording, if configured.
+    pub trace: Option<TraceConfig>,
+}
+
+/// `[trace]`: where and how much traffic to record (`balancer_core::trace` format).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceConfig {
+    /// The file written; rotated ones are `path.1`, `path.2`, ...
+    pub path: PathBuf,
+    /// A file is rotated before it would grow past this.
+    pub max_bytes: u64,
+    /// Files kept, the current one included.
+    pub max_files: u32,
 }
 
 /// A GCRA rate: `rate_per_s` requests per second on average, bursts of up to `burst`.
@@ -293,6 +316,16 @@ struct RawConfig {
     max_connections: Option<Spanned<usize>>,
     admin: Option<Spanned<String>>,
     rate_limit: Option<RawRateLimit>,
+    explain_ring_size: Option<Spanned<usize>>,
+    trace: Option<Spanned<RawTrace>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrace {
+    path: PathBuf,
+    max_bytes: Option<u64>,
+    max_files: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -837,6 +870,55 @@ fn validate(raw: RawConfig, errors: &Errors<'_>) -> Result<Config, ConfigError> 
         }
     }
 
+    let explain_ring_size = match raw.explain_ring_size {
+        None => crate::explain::DEFAULT_EXPLAIN_RING_SIZE,
+        Some(size) if *size.get_ref() > crate::explain::MAX_EXPLAIN_RING_SIZE => {
+            return Err(errors.at(
+                size.span(),
+                format!(
+                    "explain_ring_size must be at most {}; 0 turns explanations off",
+                    crate::explain::MAX_EXPLAIN_RING_SIZE
+                ),
+            ));
+        }
+        Some(size) => size.into_inner(),
+    };
+    let trace = match raw.trace {
+        None => None,
+        Some(spanned) => {
+            let span = spanned.span();
+            let raw_trace = spanned.into_inner();
+            let max_bytes = raw_trace.max_bytes.unwrap_or(defaults::TRACE_MAX_BYTES);
+            let max_files = raw_trace.max_files.unwrap_or(defaults::TRACE_MAX_FILES);
+            if max_bytes < defaults::TRACE_MIN_BYTES {
+                return Err(errors.at(
+                    span,
+                    format!(
+                        "trace.max_bytes must be at least {}",
+                        defaults::TRACE_MIN_BYTES
+                    ),
+                ));
+            }
+            if max_files == 0 || max_files > defaults::TRACE_FILES_LIMIT {
+                return Err(errors.at(
+                    span,
+                    format!(
+                        "trace.max_files must be 1 to {} (the current file included)",
+                        defaults::TRACE_FILES_LIMIT
+                    ),
+                ));
+            }
+            if raw_trace.path.as_os_str().is_empty() {
+                return Err(errors.at(span, "trace.path must name a file"));
+            }
+            Some(TraceConfig {
+                path: raw_trace.path,
+                max_bytes,
+                max_files,
+            })
+        }
+    };
+
     Ok(Config {
         listeners,
         pools,
@@ -846,6 +928,8 @@ fn validate(raw: RawConfig, errors: &Errors<'_>) -> Result<Config, ConfigError> 
         shutdown_grace_ms: raw.shutdown_grace_ms.unwrap_or(defaults::SHUTDOWN_GRACE_MS),
         admin,
         rate_limit,
+        explain_ring_size,
+        trace,
     })
 }
 

@@ -18,6 +18,7 @@ pub mod config;
 pub mod demo;
 pub mod demo_backend;
 pub mod errors;
+pub mod explain;
 pub mod headers;
 pub mod health;
 pub mod metrics;
@@ -27,6 +28,7 @@ pub mod ratelimit;
 pub mod routing;
 pub mod server;
 pub mod shutdown;
+pub mod trace;
 
 pub use config::{Config, ConfigError};
 pub use demo::{Demo, DemoPorts};

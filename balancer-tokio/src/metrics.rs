@@ -99,6 +99,10 @@ pub struct Metrics {
     pub rate_limited: Family<LimitLabels, Counter>,
     /// Config reloads, by result.
     pub reloads: Family<ReloadLabels, Counter>,
+    /// Trace records dropped because the writer fell behind (its queue was full).
+    pub trace_dropped: Counter,
+    /// Trace records written.
+    pub trace_written: Counter,
 }
 
 impl Default for Metrics {
@@ -125,6 +129,18 @@ impl Metrics {
         let health_transitions = Family::<HealthLabels, Counter>::default();
         let rate_limited = Family::<LimitLabels, Counter>::default();
         let reloads = Family::<ReloadLabels, Counter>::default();
+        let trace_dropped = Counter::default();
+        let trace_written = Counter::default();
+        registry.register(
+            "trace_dropped_records",
+            "Traffic-trace records dropped because the writer's queue was full",
+            trace_dropped.clone(),
+        );
+        registry.register(
+            "trace_written_records",
+            "Traffic-trace records written",
+            trace_written.clone(),
+        );
         registry.register(
             "requests",
             "Requests finished, by route, backend and status",
@@ -185,6 +201,8 @@ impl Metrics {
             health_transitions,
             rate_limited,
             reloads,
+            trace_dropped,
+            trace_written,
         }
     }
 

@@ -7,12 +7,12 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use balancer_core::{
-    BackendId, BackendSnapshot, BackendState, CoreError, Decision, FailedTry, HealthTransition,
-    Outcome, RejectReason, RequestId, RetryDecision, Scheduler, SchedulerConfig, SlowStartConfig,
-    Timestamp,
+    BackendId, BackendSnapshot, BackendState, CoreError, Decision, DecisionRecord, FailedTry,
+    HealthTransition, Outcome, RejectReason, RequestId, RetryDecision, Scheduler, SchedulerConfig,
+    SlowStartConfig, Timestamp,
 };
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -28,6 +28,8 @@ use crate::metrics::{BackendLabels, HealthLabels, Metrics, PoolLabels};
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {
     start: Instant,
+    /// The wall-clock time at `start`, to show a timestamp to a person.
+    wall_start: SystemTime,
 }
 
 impl Clock {
@@ -35,12 +37,18 @@ impl Clock {
     pub fn new() -> Self {
         Clock {
             start: Instant::now(),
+            wall_start: SystemTime::now(),
         }
     }
 
     /// Now, as the core's timestamp.
     pub fn now(&self) -> Timestamp {
         Timestamp::from_nanos(self.start.elapsed().as_nanos() as u64)
+    }
+
+    /// The wall-clock time of a core timestamp of this clock.
+    pub fn wall_time(&self, at: Timestamp) -> SystemTime {
+        self.wall_start + Duration::from_nanos(at.as_nanos())
     }
 }
 
@@ -150,6 +158,14 @@ pub enum PoolError {
         address: String,
         /// The core's reason.
         source: CoreError,
+    },
+    /// The traffic trace file could not be opened (built with the pools, so reported with them).
+    #[error("cannot open the traffic trace {path}: {source}")]
+    Trace {
+        /// The trace file.
+        path: String,
+        /// What the OS said.
+        source: std::io::Error,
     },
     /// The address is not an URI authority.
     #[error("pool {pool:?}: backend address {address:?} is not HOST:PORT")]
@@ -455,6 +471,55 @@ impl Pool {
         self.core.resolve(scheduling, decision)
     }
 
+    /// As [`Pool::handle_work`], with the core's record of why.
+    pub fn handle_work_explained(&self) -> (Result<Dispatch, RejectReason>, DecisionRecord) {
+        let now = self.clock.now();
+        let mut guard = self.core.lock();
+        let scheduling = &mut *guard;
+        let (decision, record) = scheduling
+            .scheduler
+            .handle_work_explained(now, &mut scheduling.rng);
+        self.core.check_invariants(&scheduling.scheduler);
+        (self.core.resolve(scheduling, decision), record)
+    }
+
+    /// As [`Pool::handle_retry_work`], with the core's record of why.
+    pub fn handle_retry_work_explained(
+        &self,
+        exclude: &[BackendId],
+    ) -> (Result<Dispatch, RejectReason>, DecisionRecord) {
+        let now = self.clock.now();
+        let mut guard = self.core.lock();
+        let scheduling = &mut *guard;
+        let (decision, record) =
+            scheduling
+                .scheduler
+                .handle_retry_work_explained(now, &mut scheduling.rng, exclude);
+        self.core.check_invariants(&scheduling.scheduler);
+        let dispatched = self.core.resolve(scheduling, decision);
+        drop(guard);
+        if dispatched.is_ok() {
+            self.count_retry();
+        }
+        (dispatched, record)
+    }
+
+    fn count_retry(&self) {
+        self.core
+            .metrics
+            .retries
+            .get_or_create(&PoolLabels {
+                pool: self.core.label.clone(),
+            })
+            .inc();
+    }
+
+    /// The backend the core calls `id`, if it is still in the pool (a removed backend's
+    /// index may be reused; the generation tells them apart).
+    pub fn backend_by_id(&self, id: BackendId) -> Option<Arc<Backend>> {
+        self.core.lock().backend(id).cloned()
+    }
+
     /// Work for a retry: never to a backend in `exclude`.
     pub fn handle_retry_work(&self, exclude: &[BackendId]) -> Result<Dispatch, RejectReason> {
         let now = self.clock.now();
@@ -467,13 +532,7 @@ impl Pool {
         let dispatched = self.core.resolve(scheduling, decision);
         drop(guard);
         if dispatched.is_ok() {
-            self.core
-                .metrics
-                .retries
-                .get_or_create(&PoolLabels {
-                    pool: self.core.label.clone(),
-                })
-                .inc();
+            self.count_retry();
         }
         dispatched
     }

@@ -21,12 +21,14 @@ use crate::body::{
 };
 use crate::config::{Config, Limits};
 use crate::errors::ProxyError;
+use crate::explain::ExplainRing;
 use crate::headers;
 use crate::metrics::{LimitLabels, Metrics, RequestLabels};
 use crate::pool::{Backend, Clock, Dispatch, Pool, PoolError, SharedPool};
 use crate::ratelimit::RateLimits;
 use crate::routing::RouteTable;
 use crate::shutdown::DrainGuard;
+use crate::trace::{TraceEvent, TraceSink};
 
 /// How often the maintenance task runs: ejections end at most this late while a pool is idle
 /// (with traffic, the core ends them on the next request), and drained backends gone from the
@@ -65,6 +67,10 @@ pub struct Proxy {
     via_http1: HeaderValue,
     via_http2: HeaderValue,
     no_backend_label: Arc<String>,
+    /// Decision records for `GET /explain/{id}`; `None` when `explain_ring_size = 0`.
+    explain: Option<Arc<ExplainRing>>,
+    /// The traffic trace, when `[trace]` is configured.
+    trace: Option<Arc<TraceSink>>,
     /// Health checks and the maintenance tick of this generation, stopped when it is retired.
     tasks: Mutex<Vec<AbortHandle>>,
     builder: auto::Builder<TokioExecutor>,
@@ -80,7 +86,16 @@ impl Proxy {
             .map(|p| Pool::new(p, clock, metrics.clone()).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         let rate_limits = Arc::new(RateLimits::new(&config.rate_limit, &config.routes));
-        Ok(Proxy::assemble(config, pools, rate_limits, metrics))
+        let explain = ExplainRing::new(config.explain_ring_size);
+        let trace = open_trace(config, &metrics)?;
+        Ok(Proxy::assemble(
+            config,
+            pools,
+            rate_limits,
+            metrics,
+            explain,
+            trace,
+        ))
     }
 
     /// The proxy for a reloaded `config`: pools with the same name keep their scheduler (and
@@ -106,11 +121,23 @@ impl Proxy {
         } else {
             Arc::new(RateLimits::new(&config.rate_limit, &config.routes))
         };
+        // The ring and the trace writer are kept when their settings are unchanged, so that
+        // explanations and the recording carry on across a reload.
+        let explain = match &previous.explain {
+            Some(ring) if ring.size() == config.explain_ring_size => Some(ring.clone()),
+            _ => ExplainRing::new(config.explain_ring_size),
+        };
+        let trace = match &previous.trace {
+            Some(sink) if Some(sink.config()) == config.trace.as_ref() => Some(sink.clone()),
+            _ => open_trace(config, &previous.metrics)?,
+        };
         Ok(Proxy::assemble(
             config,
             pools,
             rate_limits,
             previous.metrics.clone(),
+            explain,
+            trace,
         ))
     }
 
@@ -119,6 +146,8 @@ impl Proxy {
         pools: Vec<SharedPool>,
         rate_limits: Arc<RateLimits>,
         metrics: Arc<Metrics>,
+        explain: Option<Arc<ExplainRing>>,
+        trace: Option<Arc<TraceSink>>,
     ) -> Proxy {
         Proxy {
             routes: RouteTable::new(&config.routes),
@@ -136,6 +165,8 @@ impl Proxy {
             via_http1: HeaderValue::from_static("1.1 balancer"),
             via_http2: HeaderValue::from_static("2.0 balancer"),
             no_backend_label: Arc::new("-".into()),
+            explain,
+            trace,
             tasks: Mutex::new(Vec::new()),
             builder: crate::server::connection_builder(config.limits),
         }
@@ -174,6 +205,16 @@ impl Proxy {
     /// The rate limiters.
     pub fn rate_limits(&self) -> &Arc<RateLimits> {
         &self.rate_limits
+    }
+
+    /// The decision-record ring, unless `explain_ring_size = 0`.
+    pub fn explain(&self) -> Option<&Arc<ExplainRing>> {
+        self.explain.as_ref()
+    }
+
+    /// The traffic trace, if recording.
+    pub fn trace(&self) -> Option<&Arc<TraceSink>> {
+        self.trace.as_ref()
     }
 
     /// Starts this generation's background work: active health checks of each pool that has
@@ -246,6 +287,18 @@ impl Proxy {
             duration: Default::default(),
             outcome: "",
         });
+        let mut trace = self.trace.is_some().then(|| TraceEvent {
+            arrival: started,
+            pool: self.no_backend_label.clone(),
+            route: self.no_backend_label.clone(),
+            method: request.method().clone(),
+            request_bytes: 0,
+            response_bytes: 0,
+            backend: None,
+            service: Duration::ZERO,
+            status: 0,
+            outcome: balancer_core::trace::TraceOutcome::Rejected,
+        });
         let via = if request.version() == Version::HTTP_2 {
             &self.via_http2
         } else {
@@ -262,12 +315,16 @@ impl Proxy {
                 path: request.uri().path().to_owned(),
             };
             let labels = self.labels(None, None);
-            return Ok(self.local_error(error, request_id, record, labels, started));
+            return Ok(self.local_error(error, request_id, record, labels, trace, started));
         };
         if let Some(record) = &mut record {
             record.route.clone_from(&route.name);
         }
         let route_label = &self.route_labels[route.index];
+        if let Some(event) = &mut trace {
+            event.route = route_label.clone();
+            event.pool = self.pools[route.pool].label().clone();
+        }
 
         if self.rate_limits.any()
             && let Err(refusal) = self.rate_limits.check(route.index, connection.client.ip())
@@ -283,7 +340,7 @@ impl Proxy {
                 retry_after_s: refusal.retry_after_s(),
             };
             let labels = self.labels(Some(route_label), None);
-            let mut response = self.local_error(error, request_id, record, labels, started);
+            let mut response = self.local_error(error, request_id, record, labels, trace, started);
             response.headers_mut().insert(
                 header::RETRY_AFTER,
                 HeaderValue::from(refusal.retry_after_s()),
@@ -299,12 +356,15 @@ impl Proxy {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        if let Some(event) = &mut trace {
+            event.request_bytes = declared_bytes.unwrap_or(0);
+        }
         if declared_bytes.is_some_and(|n| n > self.limits.max_body_bytes) {
             let error = ProxyError::BodyTooLarge {
                 limit_bytes: self.limits.max_body_bytes,
             };
             let labels = self.labels(Some(route_label), None);
-            return Ok(self.local_error(error, request_id, record, labels, started));
+            return Ok(self.local_error(error, request_id, record, labels, trace, started));
         }
 
         let upgrade =
@@ -325,11 +385,11 @@ impl Proxy {
         }
 
         if upgrade {
-            let (token, backend) = match self.first_dispatch(pool) {
+            let (token, backend) = match self.first_dispatch(pool, &request_id) {
                 Ok(dispatch) => dispatch,
                 Err(error) => {
                     let labels = self.labels(Some(route_label), None);
-                    return Ok(self.local_error(error, request_id, record, labels, started));
+                    return Ok(self.local_error(error, request_id, record, labels, trace, started));
                 }
             };
             if let Some(record) = &mut record {
@@ -340,6 +400,11 @@ impl Proxy {
                 record.map(|r| (self.access_log, r)),
                 self.labels(Some(route_label), Some(&backend.label)),
             );
+            guard.attach_trace(self.trace.clone().zip(trace).map(|(sink, mut event)| {
+                // A tunnel's service time is not a request's: left 0 (replay ignores it).
+                event.backend = Some(backend.clone());
+                (sink, event)
+            }));
             match backend_uri(&backend, request.uri()) {
                 Ok(uri) => *request.uri_mut() = uri,
                 Err(error) => {
@@ -360,14 +425,17 @@ impl Proxy {
             Ok(source) => source,
             Err(error) => {
                 let labels = self.labels(Some(route_label), None);
-                return Ok(self.local_error(error, request_id, record, labels, started));
+                return Ok(self.local_error(error, request_id, record, labels, trace, started));
             }
         };
-        let first = match self.first_dispatch(pool) {
+        if let (Some(event), Source::Replay(bytes)) = (&mut trace, &source) {
+            event.request_bytes = bytes.len() as u64;
+        }
+        let first = match self.first_dispatch(pool, &request_id) {
             Ok(dispatch) => dispatch,
             Err(error) => {
                 let labels = self.labels(Some(route_label), None);
-                return Ok(self.local_error(error, request_id, record, labels, started));
+                return Ok(self.local_error(error, request_id, record, labels, trace, started));
             }
         };
         let tries = Tries {
@@ -378,14 +446,32 @@ impl Proxy {
             via,
             request_id,
         };
-        Ok(tries.run(parts, source, may_retry, first, record).await)
+        Ok(tries
+            .run(parts, source, may_retry, first, record, trace)
+            .await)
     }
 
-    /// The first try's dispatch. Issue 8 will switch this to `handle_work_explained`: every
-    /// first decision is made here (retries in `Tries::retry`).
-    fn first_dispatch(&self, pool: &Pool) -> Result<Dispatch, ProxyError> {
-        pool.handle_work()
-            .map_err(|reason| reject_error(reason, pool))
+    /// The first try's dispatch: every first decision is made here (retries in
+    /// `Tries::retry`); with explanations on, its record goes to the ring.
+    fn first_dispatch(
+        &self,
+        pool: &Pool,
+        request_id: &HeaderValue,
+    ) -> Result<Dispatch, ProxyError> {
+        let dispatched = match &self.explain {
+            None => pool.handle_work(),
+            Some(ring) => {
+                let (dispatched, record) = pool.handle_work_explained();
+                ring.push(
+                    request_id.as_bytes(),
+                    pool.label(),
+                    dispatched.as_ref().ok().map(|(_, b)| b),
+                    record,
+                );
+                dispatched
+            }
+        };
+        dispatched.map_err(|reason| reject_error(reason, pool))
     }
 
     /// Metric labels for a request on `route` answered via `backend` (status set at the end).
@@ -535,7 +621,7 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         guard.set_status(error.status());
         guard.finish(end, error.body().len() as u64);
-        self.local_error(error, request_id, None, None, started)
+        self.local_error(error, request_id, None, None, None, started)
     }
 
     fn local_error(
@@ -544,6 +630,7 @@ impl Proxy {
         request_id: HeaderValue,
         mut record: Option<AccessRecord>,
         mut labels: Option<(Arc<Metrics>, RequestLabels)>,
+        trace: Option<TraceEvent>,
         started: Instant,
     ) -> Response<ProxyBody> {
         let status = error.status();
@@ -553,7 +640,11 @@ impl Proxy {
         if let Some((_, labels)) = &mut labels {
             labels.status = status.as_u16();
         }
-        let guard = DoneGuard::local(record.map(|r| (self.access_log, r)), labels, started);
+        let mut guard = DoneGuard::local(record.map(|r| (self.access_log, r)), labels, started);
+        guard.attach_trace(self.trace.clone().zip(trace).map(|(sink, mut event)| {
+            event.status = status.as_u16();
+            (sink, event)
+        }));
         let mut response = Response::new(ProxyBody::full(error.body(), Some(guard)));
         *response.status_mut() = status;
         let headers_mut = response.headers_mut();
@@ -621,6 +712,7 @@ impl Tries<'_> {
         may_retry: bool,
         first: Dispatch,
         mut record: Option<AccessRecord>,
+        mut trace: Option<TraceEvent>,
     ) -> Response<ProxyBody> {
         let pool = self.pool;
         let proxy = self.proxy;
@@ -634,7 +726,13 @@ impl Tries<'_> {
             let uri = match backend_uri(&backend, &parts.uri) {
                 Ok(uri) => uri,
                 Err(error) => {
-                    self.attach(&mut guard, &mut record, &backend);
+                    self.attach(
+                        &mut guard,
+                        &mut record,
+                        &mut trace,
+                        &backend,
+                        Instant::now(),
+                    );
                     return proxy.fail(guard, End::Cancelled, error, self.request_id, self.started);
                 }
             };
@@ -660,6 +758,7 @@ impl Tries<'_> {
             let per_try = pool
                 .response_header_timeout
                 .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            let try_started = Instant::now();
             let sent = tokio::time::timeout(per_try, pool.client.request(outgoing)).await;
             let (error, kind) = match sent {
                 Ok(Ok(response)) => {
@@ -682,7 +781,7 @@ impl Tries<'_> {
                             continue;
                         }
                     }
-                    self.attach(&mut guard, &mut record, &backend);
+                    self.attach(&mut guard, &mut record, &mut trace, &backend, try_started);
                     return backend_response(response, guard, self.via, self.request_id);
                 }
                 Ok(Err(err)) => {
@@ -691,7 +790,7 @@ impl Tries<'_> {
                     match end {
                         End::Failed(kind) => (error, kind),
                         _ => {
-                            self.attach(&mut guard, &mut record, &backend);
+                            self.attach(&mut guard, &mut record, &mut trace, &backend, try_started);
                             return proxy.fail(guard, end, error, self.request_id, self.started);
                         }
                     }
@@ -717,7 +816,7 @@ impl Tries<'_> {
                     continue;
                 }
             }
-            self.attach(&mut guard, &mut record, &backend);
+            self.attach(&mut guard, &mut record, &mut trace, &backend, try_started);
             return proxy.fail(
                 guard,
                 End::Failed(kind),
@@ -740,7 +839,20 @@ impl Tries<'_> {
             return None;
         };
         tried.push(failed_backend.id);
-        let (token, backend) = self.pool.handle_retry_work(tried).ok()?;
+        let dispatched = match &self.proxy.explain {
+            None => self.pool.handle_retry_work(tried),
+            Some(ring) => {
+                let (dispatched, record) = self.pool.handle_retry_work_explained(tried);
+                ring.push(
+                    self.request_id.as_bytes(),
+                    self.pool.label(),
+                    dispatched.as_ref().ok().map(|(_, b)| b),
+                    record,
+                );
+                dispatched
+            }
+        };
+        let (token, backend) = dispatched.ok()?;
         let guard = DoneGuard::dispatched(self.pool.clone(), token, self.started);
         Some(((guard, backend), backoff))
     }
@@ -750,8 +862,21 @@ impl Tries<'_> {
         &self,
         guard: &mut DoneGuard,
         record: &mut Option<AccessRecord>,
+        trace: &mut Option<TraceEvent>,
         backend: &Arc<Backend>,
+        try_started: Instant,
     ) {
+        guard.attach_trace(
+            self.proxy
+                .trace
+                .clone()
+                .zip(trace.take())
+                .map(|(sink, mut event)| {
+                    event.backend = Some(backend.clone());
+                    event.service = try_started.elapsed();
+                    (sink, event)
+                }),
+        );
         let record = record.take().map(|mut r| {
             r.backend.clone_from(&backend.address);
             (self.proxy.access_log, r)
@@ -882,4 +1007,20 @@ fn classify_client_error(
             End::Failed(FailureKind::Reset),
         )
     }
+}
+
+fn open_trace(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<Arc<TraceSink>>, PoolError> {
+    config
+        .trace
+        .as_ref()
+        .map(|trace| {
+            TraceSink::start(trace, metrics.clone()).map_err(|source| PoolError::Trace {
+                path: trace.path.display().to_string(),
+                source,
+            })
+        })
+        .transpose()
 }

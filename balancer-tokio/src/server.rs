@@ -36,6 +36,9 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 /// After an error answered before parsing (408, 431), how long to keep reading and discarding
 /// so that closing does not reset the connection before the client has read the answer.
 const LINGER: Duration = Duration::from_millis(500);
+/// Longest shutdown waits for the trace writer to write out what it has.
+const TRACE_FLUSH_AT_SHUTDOWN: Duration = Duration::from_secs(5);
+
 /// Bytes discarded during that linger, at most.
 const LINGER_MAX_BYTES: usize = 256 * 1024;
 
@@ -319,6 +322,10 @@ impl RunningBalancer {
         self.shutdown.advance(Phase::Stopped);
         let proxy = self.shared.current();
         proxy.retire();
+        if let Some(trace) = proxy.trace().cloned() {
+            // Records of the last requests are still in the writer's buffer.
+            let _ = tokio::task::spawn_blocking(move || trace.flush(TRACE_FLUSH_AT_SHUTDOWN)).await;
+        }
         for pool in proxy.pools() {
             tracing::info!(
                 pool = %pool.name,

@@ -1,0 +1,264 @@
+//! The latest scheduling decisions, kept for `GET /explain/{request-id}`: a bounded ring of the
+//! core's `DecisionRecord`s (one per try), keyed by the `x-request-id` the client got back.
+//!
+//! Sharded by a hash of the id so that concurrent requests rarely meet on one lock; every try
+//! of one request lands in the same shard, in order. Each shard is a pre-allocated `VecDeque`
+//! that drops its oldest entry when full, so memory is fixed at start and a push allocates
+//! nothing (the id is copied inline, not cloned as a `HeaderValue`).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use balancer_core::DecisionRecord;
+
+use crate::headers::MAX_REQUEST_ID_BYTES;
+use crate::pool::Backend;
+
+/// Default `explain_ring_size`: 4096 tries is the last second or so at a few thousand
+/// requests per second, about 1.5 MiB (an entry is under 400 bytes).
+pub const DEFAULT_EXPLAIN_RING_SIZE: usize = 4096;
+
+/// Largest `explain_ring_size` accepted: 2²⁰ entries is about 400 MiB, more than any operator
+/// should spend on explanations.
+pub const MAX_EXPLAIN_RING_SIZE: usize = 1 << 20;
+
+/// Shards of a ring of at least [`SHARDED_FROM`] entries: enough that two cores' requests
+/// seldom take the same lock; each shard holds size ÷ 16 (rounded up) entries.
+const SHARDS: usize = 16;
+
+/// Smaller rings are one shard, so that eviction is exactly oldest-first (tests use tiny rings).
+const SHARDED_FROM: usize = 256;
+
+/// A request id as stored: inline bytes, so storing one allocates nothing.
+#[derive(Clone, Copy)]
+struct IdKey {
+    len: u8,
+    bytes: [u8; MAX_REQUEST_ID_BYTES],
+}
+
+impl IdKey {
+    fn new(id: &[u8]) -> IdKey {
+        // Ids longer than the header limit never reach here (`headers::request_id` replaces
+        // them); truncating keeps this total anyway.
+        let len = id.len().min(MAX_REQUEST_ID_BYTES);
+        let mut bytes = [0; MAX_REQUEST_ID_BYTES];
+        bytes[..len].copy_from_slice(&id[..len]);
+        IdKey {
+            len: len as u8,
+            bytes,
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+/// One try's decision as stored.
+#[derive(Clone)]
+pub struct Explained {
+    id: IdKey,
+    /// The pool that decided.
+    pub pool: Arc<String>,
+    /// The backend dispatched to (the record names it by id only).
+    pub chosen: Option<Arc<Backend>>,
+    /// The core's record.
+    pub record: DecisionRecord,
+}
+
+/// The ring. `size` entries at most (rounded up to a multiple of 16 from 256 on).
+pub struct ExplainRing {
+    shards: Box<[Mutex<VecDeque<Explained>>]>,
+    per_shard: usize,
+    size: usize,
+}
+
+impl ExplainRing {
+    /// A ring of `size` tries; `None` for 0 (explanations off).
+    pub fn new(size: usize) -> Option<Arc<ExplainRing>> {
+        if size == 0 {
+            return None;
+        }
+        let shards = if size >= SHARDED_FROM { SHARDS } else { 1 };
+        let per_shard = size.div_ceil(shards);
+        Some(Arc::new(ExplainRing {
+            shards: (0..shards)
+                .map(|_| Mutex::new(VecDeque::with_capacity(per_shard)))
+                .collect(),
+            per_shard,
+            size,
+        }))
+    }
+
+    /// The configured size.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    fn shard(&self, id: &[u8]) -> &Mutex<VecDeque<Explained>> {
+        // FNV-1a: a few nanoseconds for a 21-byte id; only spreads ids over shards, so
+        // collision resistance does not matter (a shard is scanned in full on lookup).
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for &b in id {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        &self.shards[(hash % self.shards.len() as u64) as usize]
+    }
+
+    /// Stores one try's decision under `request_id`, evicting the shard's oldest if full.
+    pub fn push(
+        &self,
+        request_id: &[u8],
+        pool: &Arc<String>,
+        chosen: Option<&Arc<Backend>>,
+        record: DecisionRecord,
+    ) {
+        let entry = Explained {
+            id: IdKey::new(request_id),
+            pool: pool.clone(),
+            chosen: chosen.cloned(),
+            record,
+        };
+        let mut shard = self
+            .shard(request_id)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if shard.len() >= self.per_shard {
+            shard.pop_front();
+        }
+        shard.push_back(entry);
+    }
+
+    /// Every try stored under `request_id`, oldest first.
+    pub fn find(&self, request_id: &[u8]) -> Vec<Explained> {
+        let shard = self
+            .shard(request_id)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        shard
+            .iter()
+            .filter(|e| e.id.as_bytes() == request_id)
+            .cloned()
+            .collect()
+    }
+}
+
+/// Why an id asked for in `/explain/{id}` is not one a request could have had.
+pub fn validate_id(id: &[u8]) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("the request id is empty".into());
+    }
+    if id.len() > MAX_REQUEST_ID_BYTES {
+        return Err(format!(
+            "the request id is {} bytes long; ids are at most {MAX_REQUEST_ID_BYTES}",
+            id.len()
+        ));
+    }
+    if !id.iter().all(u8::is_ascii_graphic) {
+        return Err(
+            "the request id has a character that is not printable ASCII; ids never do".into(),
+        );
+    }
+    Ok(())
+}
+
+/// Decodes `%XX` escapes in a path segment; `None` if one is malformed.
+pub fn percent_decode(segment: &str) -> Option<Vec<u8>> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// Encodes a request id for a URL path segment (the inverse of [`percent_decode`]).
+pub fn percent_encode(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Replaces the core's backend names (`b2`, `b2.1`) in `sentence` by addresses, whole names
+/// only (`b1` is not replaced inside `b12`).
+pub fn name_backends(sentence: &str, names: &[(String, String)]) -> String {
+    let mut out = String::with_capacity(sentence.len() + 64);
+    let mut rest = sentence;
+    'scan: while !rest.is_empty() {
+        let starts_word = out.is_empty()
+            || !out
+                .chars()
+                .next_back()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '.');
+        if starts_word {
+            for (id, address) in names {
+                if let Some(after) = rest.strip_prefix(id.as_str())
+                    && !after.chars().next().is_some_and(|c| {
+                        c.is_ascii_digit()
+                            || (c == '.' && after[1..].starts_with(|d: char| d.is_ascii_digit()))
+                    })
+                {
+                    out.push_str(address);
+                    rest = after;
+                    continue 'scan;
+                }
+            }
+        }
+        let c = rest.chars().next().unwrap_or(' ');
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_validate_and_round_trip_through_percent_encoding() {
+        assert!(validate_id(b"abc-1").is_ok());
+        assert!(validate_id(b"").is_err());
+        assert!(
+            validate_id(&[b'a'; 129])
+                .unwrap_err()
+                .contains("at most 128")
+        );
+        assert!(validate_id(b"a b").is_err());
+        let odd = "a/b%c?d";
+        assert_eq!(
+            percent_decode(&percent_encode(odd)).unwrap(),
+            odd.as_bytes()
+        );
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%4"), None);
+    }
+
+    #[test]
+    fn backend_names_are_replaced_whole() {
+        let names = vec![
+            ("b1".to_owned(), "10.0.0.1:80".to_owned()),
+            ("b12".to_owned(), "10.0.0.12:80".to_owned()),
+        ];
+        assert_eq!(
+            name_backends("chose b1 (1 pending) over b12; b1.3 gone", &names),
+            "chose 10.0.0.1:80 (1 pending) over 10.0.0.12:80; b1.3 gone"
+        );
+        assert_eq!(name_backends("ab1 b1.", &names), "ab1 10.0.0.1:80.");
+    }
+}
