@@ -73,6 +73,7 @@ listen = "127.0.0.1:{port}"
 policy = "least-pending"
 backends = [{list}]
 access_log = "off"
+admin = "off"
 max_connections = {MAX_CLIENT_CONNECTIONS}
 header_read_timeout_ms = {timeout_ms}
 shutdown_grace_ms = 1000
