@@ -114,19 +114,9 @@ pub fn markdown(grid: &Grid, results: &[Summary], command: &str) -> String {
     let cell = |p: usize, l: usize| &results[p * grid.loads.len() + l];
     for (l, load) in grid.loads.iter().enumerate() {
         let _ = writeln!(out, "## ρ = {load}\n");
-        let _ = writeln!(
-            out,
-            "| policy | mean ms | p50 ms | p99 ms | p99.9 ms | max ms | completed | failed | rejected |"
-        );
-        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(out, "{}", crate::report::MARKDOWN_HEADER);
         for (p, policy) in grid.policies.iter().enumerate() {
-            let s = cell(p, l);
-            let m = &s.latency_ms;
-            let _ = writeln!(
-                out,
-                "| {policy} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {} |",
-                m.mean, m.p50, m.p99, m.p999, m.max, s.completed, s.failed, s.rejected
-            );
+            let _ = writeln!(out, "{}", cell(p, l).markdown_row(&policy.to_string()));
         }
         let _ = writeln!(out);
     }

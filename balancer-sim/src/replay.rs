@@ -474,11 +474,7 @@ pub fn markdown(
             "## Speed factor {factor} (load ρ = {:.3})\n",
             cell(0, f).load
         );
-        let _ = writeln!(
-            out,
-            "| policy | mean ms | p50 ms | p99 ms | p99.9 ms | max ms | completed | failed | rejected |"
-        );
-        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(out, "{}", crate::report::MARKDOWN_HEADER);
         if *factor == 1.0 {
             let _ = writeln!(
                 out,
@@ -494,13 +490,7 @@ pub fn markdown(
             );
         }
         for (p, policy) in grid.policies.iter().enumerate() {
-            let s = cell(p, f);
-            let m = &s.latency_ms;
-            let _ = writeln!(
-                out,
-                "| {policy} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {} |",
-                m.mean, m.p50, m.p99, m.p999, m.max, s.completed, s.failed, s.rejected
-            );
+            let _ = writeln!(out, "{}", cell(p, f).markdown_row(&policy.to_string()));
         }
         let _ = writeln!(out);
     }

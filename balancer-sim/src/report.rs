@@ -90,7 +90,19 @@ pub struct Summary {
 
 const NS_PER_MS: f64 = 1e6;
 
+/// Header of the markdown table that `compare` and `replay --compare` reports share.
+pub const MARKDOWN_HEADER: &str = "| policy | mean ms | p50 ms | p99 ms | p99.9 ms | max ms | completed | failed | rejected |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|";
+
 impl Summary {
+    /// This run as one row of the table under [`MARKDOWN_HEADER`].
+    pub fn markdown_row(&self, label: &str) -> String {
+        let m = &self.latency_ms;
+        format!(
+            "| {label} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {} |",
+            m.mean, m.p50, m.p99, m.p999, m.max, self.completed, self.failed, self.rejected
+        )
+    }
+
     /// Summarises `stats` of a run of `config` that took `wall_s` seconds (0 to leave it out).
     pub fn new(config: &SimConfig, stats: &RunStats, wall_s: f64) -> Self {
         let h = &stats.sojourn_ns;
