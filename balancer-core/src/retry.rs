@@ -18,7 +18,8 @@ pub struct RetryConfig {
     pub retry_on_503: bool,
     /// Retries allowed as a fraction of requests in the budget window (linkerd's 0.2).
     pub budget_ratio: f64,
-    /// Retries per second always allowed, so a quiet pool can still retry.
+    /// Retries per second allowed however few requests there were, so a quiet pool can still
+    /// retry (the budget is the larger of this and the ratio, not their sum).
     pub budget_min_per_s: u32,
     /// The sliding window the budget counts over.
     pub budget_window: Duration,
@@ -139,8 +140,10 @@ impl RetryBudget {
     pub fn try_withdraw(&mut self, now: Timestamp, config: &RetryConfig) -> bool {
         let (requests, retries) = self.totals(now);
         let window_s = config.budget_window.as_secs_f64();
-        let allowed =
-            config.budget_ratio * requests as f64 + f64::from(config.budget_min_per_s) * window_s;
+        // The larger of the two, not their sum (Envoy's retry budget): under load the ratio
+        // alone bounds amplification at 1 + ratio; the floor only matters for a quiet pool.
+        let allowed = (config.budget_ratio * requests as f64)
+            .max(f64::from(config.budget_min_per_s) * window_s);
         if (retries + 1) as f64 > allowed {
             return false;
         }

@@ -275,8 +275,8 @@ fn retry_backoff_is_jittered_within_the_exponential_ceiling() {
 #[test]
 fn the_retry_budget_bounds_amplification_under_total_outage() {
     // Every request fails. Each gets up to 2 retries if the budget allows. Over 60 s at
-    // 1,000 requests per second the retries must stay near 20% of requests plus the floor
-    // of 10 per second: amplification (tries / requests) ≤ 1.2 + 10/1000 + slack.
+    // 1,000 requests per second, 20% of the window's requests (2,000) is far above the floor
+    // (10/s × 10 s = 100), so the budget is the ratio alone: tries / requests ≤ 1.2.
     let (mut s, _) = pool(retry_config(), 4);
     let mut rng = rng();
     let (mut requests, mut tries) = (0u64, 0u64);
@@ -479,4 +479,29 @@ fn reconfigure_keeps_backends_load_and_in_flight_requests() {
         ids[0]
     );
     s.check_invariants().unwrap();
+}
+
+#[test]
+fn a_quiet_pool_may_still_retry_under_the_floor() {
+    // One request a second: 20% of the window's requests is 2, but the floor of 10 retries a
+    // second (100 per 10 s window) lets every failed request use both of its retries.
+    let (mut s, _) = pool(retry_config(), 3);
+    let mut rng = rng();
+    for second in 0..30 {
+        let now = at_ms(second * 1_000);
+        let (request, _) = dispatch(&mut s, now, &mut rng);
+        let _ = s
+            .handle_done(now, request, Outcome::Failure(FailureKind::Connect))
+            .unwrap();
+        for retries_so_far in 0..2 {
+            let failed = FailedTry {
+                retries_so_far,
+                ..failed_try(FailureKind::Connect)
+            };
+            assert!(matches!(
+                s.decide_retry(now, &failed, &mut rng),
+                RetryDecision::Retry { .. }
+            ));
+        }
+    }
 }
