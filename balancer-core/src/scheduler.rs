@@ -657,17 +657,27 @@ impl Scheduler {
     }
 
     /// Panic mode: p2c by pending over every live backend that is not draining or full.
-    /// O(backends) per request, acceptable for a pool that is mostly down.
+    /// Two passes over the slots and no allocation: O(backends) per request, acceptable for
+    /// a pool that is mostly down.
     fn panic_pick<R: Rng + ?Sized>(&self, rng: &mut R) -> Option<Pick> {
-        let open: Vec<u32> = self
-            .backends
-            .live_indices()
-            .filter(|&i| {
+        let open = || {
+            self.backends.live_indices().filter(|&i| {
                 let slot = &self.backends.slots[i as usize];
                 !slot.draining && !slot.full && !slot.excluded
             })
-            .collect();
-        let (first, second) = crate::policy::sample_two(&open, rng)?;
+        };
+        let count = open().count();
+        let (a, b) = match count {
+            0 => return None,
+            1 => (0, None),
+            n => {
+                let a = rng.random_range(0..n);
+                let b = rng.random_range(0..n - 1);
+                (a, Some(if b >= a { b + 1 } else { b }))
+            }
+        };
+        let first = open().nth(a)?;
+        let second = b.and_then(|b| open().nth(b));
         let pending = |i: u32| self.backends.slots[i as usize].pending;
         Some(match second {
             Some(second) if pending(second) < pending(first) => Pick {

@@ -14,7 +14,7 @@ use crate::backend::BackendTable;
 use crate::time::Timestamp;
 
 pub(crate) use least_pending::LeastPending;
-pub(crate) use p2c::{P2c, P2cLoad, sample_two};
+pub(crate) use p2c::{P2c, P2cLoad};
 pub(crate) use random::WeightedRandom;
 pub(crate) use round_robin::SmoothRoundRobin;
 
