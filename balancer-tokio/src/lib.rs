@@ -22,6 +22,7 @@ pub mod explain;
 pub mod headers;
 pub mod health;
 pub mod metrics;
+pub mod ops;
 pub mod pool;
 pub mod proxy;
 pub mod ratelimit;

@@ -31,9 +31,31 @@ enum Command {
         file: PathBuf,
     },
     /// Validate a config: exit 0 with a summary, or non-zero naming the file, line and column.
+    /// With --simulate: also predict, per changed pool, latency and rejections over a
+    /// recorded trace (runs `balancer-sim replay`).
     Check {
         /// The config file.
         file: PathBuf,
+        /// A traffic trace recorded by `[trace]`: replay it through each pool's definition.
+        #[arg(long, value_name = "TRACE")]
+        simulate: Option<PathBuf>,
+        /// The config in force: only pools that differ are simulated, old and new side by side.
+        #[arg(long, value_name = "OLD_FILE", requires = "simulate")]
+        current: Option<PathBuf>,
+        /// Seed of the simulator's draws.
+        #[arg(long, default_value_t = 1, requires = "simulate")]
+        seed: u64,
+        /// Requests each simulated backend serves at once (give the backends' parallelism).
+        #[arg(long, default_value_t = 1, requires = "simulate")]
+        concurrency: u32,
+    },
+    /// Explain where a request went and why: asks a running balancer's admin API.
+    Explain {
+        /// The request id (the `x-request-id` response header).
+        id: String,
+        /// The balancer's admin address.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: String,
     },
     /// Demo mode with explicit ports (the default with no arguments).
     Demo {
@@ -80,7 +102,32 @@ fn main() -> ExitCode {
         (Some(file), None) | (None, Some(Command::Run { file })) => {
             runtime().and_then(|rt| rt.block_on(run(&file)))
         }
-        (None, Some(Command::Check { file })) => check(&file),
+        (
+            None,
+            Some(Command::Check {
+                file,
+                simulate,
+                current,
+                seed,
+                concurrency,
+            }),
+        ) => check(&file).and_then(|config| match simulate {
+            None => Ok(()),
+            Some(trace) => {
+                let options = balancer_tokio::ops::SimulateOptions {
+                    trace,
+                    current,
+                    seed,
+                    concurrency,
+                };
+                let report = balancer_tokio::ops::check_simulate(&file, &config, &options)?;
+                print!("{report}");
+                Ok(())
+            }
+        }),
+        (None, Some(Command::Explain { id, admin })) => {
+            balancer_tokio::ops::explain(&id, &admin).map(|text| print!("{text}"))
+        }
         (None, None) => runtime().and_then(|rt| rt.block_on(demo(DemoPorts::default()))),
         (
             None,
@@ -129,10 +176,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the tokio runtime")
 }
 
-fn check(file: &Path) -> anyhow::Result<()> {
+fn check(file: &Path) -> anyhow::Result<Config> {
     let config = Config::load(file)?;
     println!("ok: {}: {}", file.display(), config.summary());
-    Ok(())
+    Ok(config)
 }
 
 async fn run(file: &Path) -> anyhow::Result<()> {

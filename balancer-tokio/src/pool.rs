@@ -79,6 +79,9 @@ struct Entry {
 
 struct Scheduling {
     scheduler: Scheduler,
+    /// The settings the config asked for (the core normalises some, so this is what a
+    /// reloaded config is compared with).
+    requested: SchedulerConfig,
     rng: ChaCha8Rng,
     /// Backends by `BackendId::index()` (the core reuses a removed backend's index).
     table: Vec<Option<Entry>>,
@@ -109,7 +112,6 @@ pub type BackendClient = Client<HttpConnector, RequestBody>;
 pub struct PoolCore {
     name: String,
     label: Arc<String>,
-    scheduler_config: SchedulerConfig,
     scheduling: Mutex<Scheduling>,
     contended_locks: AtomicU64,
     protocol_errors: AtomicU64,
@@ -248,9 +250,9 @@ impl PoolCore {
         let core = PoolCore {
             name: config.name.clone(),
             label: Arc::new(config.name.clone()),
-            scheduler_config,
             scheduling: Mutex::new(Scheduling {
                 scheduler: Scheduler::new(scheduler_config),
+                requested: scheduler_config,
                 rng: ChaCha8Rng::seed_from_u64(config.seed),
                 table: Vec::with_capacity(config.backends.len()),
             }),
@@ -402,22 +404,29 @@ impl Pool {
         Ok(Pool::with_core(config, core, None))
     }
 
-    /// The pool for a reloaded `config`: the previous generation's scheduler (and so every
-    /// backend's state) when the scheduler settings are unchanged, and its connection pool when
-    /// the client settings are. New backends are added, gone ones drained.
+    /// The pool for a reloaded `config`: always the previous generation's scheduler, so every
+    /// backend keeps its state (pending, health, ejection, EWMA) and in-flight requests their
+    /// dones; changed scheduler settings (policy, limits, outlier, retry, ...) are applied in
+    /// place with the core's `reconfigure`. The connection pool is kept when the client
+    /// settings are unchanged. New backends are added, gone ones drained. The RNG is kept too
+    /// (a changed `seed` applies at the next restart).
     pub fn reload(config: &PoolConfig, previous: &Pool) -> Result<Pool, PoolError> {
-        let core = if scheduler_config(config) == previous.core.scheduler_config {
-            previous.core.apply_backends(config)?;
-            previous.core.clone()
-        } else {
-            // The core cannot change these settings in place; in-flight requests finish on the
-            // old scheduler, new ones start with fresh backend state.
-            tracing::warn!(
-                pool = %config.name,
-                "scheduler settings changed: backend state (pending, health, EWMA) starts afresh"
-            );
-            PoolCore::new(config, previous.clock, previous.core.metrics.clone())?
-        };
+        let core = previous.core.clone();
+        {
+            let wanted = scheduler_config(config);
+            let mut guard = core.lock();
+            if guard.requested != wanted {
+                let now = core.clock.now();
+                guard.scheduler.reconfigure(now, wanted);
+                guard.requested = wanted;
+                core.check_invariants(&guard.scheduler);
+                tracing::info!(
+                    pool = %config.name,
+                    "scheduler settings changed in place; backends keep their state"
+                );
+            }
+        }
+        core.apply_backends(config)?;
         let client =
             (client_settings(config) == previous.client_settings).then(|| previous.client.clone());
         Ok(Pool::with_core(config, core, client))
@@ -560,8 +569,8 @@ impl Pool {
         drop(guard);
         match result {
             Ok(_) => {}
-            // A backend removed abruptly by a reload of changed scheduler settings is not
-            // possible (those get a new scheduler), so any error is a bug in the done guard.
+            // Reloads keep the scheduler (and its requests in flight), so any error is a bug
+            // in the done guard.
             Err(err) => {
                 self.core.protocol_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(pool = %self.name, %err, "done rejected by the core");

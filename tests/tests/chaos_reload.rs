@@ -2,7 +2,7 @@
 //!
 //! - Reloads alternate between the library API (`RunningBalancer::reload`, what `SIGHUP`
 //!   does) and the admin `POST /reload`, cycling through files that remove a backend, add
-//!   one back, change weights, and change the scheduler settings (a fresh scheduler); slow
+//!   one back, change weights, and change the scheduler settings (reconfigured in place); slow
 //!   requests (`/sleep/300`) are in flight across every reload. Zero failed requests.
 //! - Shutdown: keep-alive clients send `/sleep/20` in a loop and slow `/sleep/500` requests are
 //!   in flight when `shutdown()` starts. No answer may be other than 200 or cut short, and the
@@ -56,7 +56,7 @@ fn config_number(n: usize, all: &[SocketAddr]) -> String {
         0 => format!("{head}backends = {}\n", backend_list(&all[1..], &[1, 1])),
         // It comes back; weights change.
         1 => format!("{head}backends = {}\n", backend_list(all, &[1, 2, 3])),
-        // Scheduler settings change: a fresh scheduler.
+        // Scheduler settings change: reconfigured in place.
         2 => format!(
             "{head}policy = \"round-robin\"\nbackends = {}\n",
             backend_list(all, &[1, 1, 1])

@@ -60,7 +60,8 @@ async fn reload_under_load_fails_no_request_and_keeps_backend_state() {
     .await;
     let a_served = backends[0].served();
 
-    // A reload that changes the scheduler settings starts a new scheduler; still no failure.
+    // A reload that changes the scheduler settings reconfigures the scheduler in place; still
+    // no failure.
     file.write(&pool_toml(&[a, b, c], "policy = \"round-robin\"\n"));
     let reply = proxy.admin_post("/reload").await;
     assert_eq!(reply.status, 200, "{}", reply.body);
@@ -134,5 +135,69 @@ async fn a_bad_file_is_refused_with_checks_message_and_the_old_config_keeps_serv
         reply.body
     );
     plain.stop().await;
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn changed_scheduler_settings_apply_in_place_and_backends_keep_their_state() {
+    let backends = start_backends(&[0, 0, 0]).await;
+    let [a, b, c] = [0, 1, 2].map(|i| backends[i].local_addr());
+    let file = ConfigFile::new("reload-reconfigure", &pool_toml(&[a, b, c], ""));
+    let proxy = Proxy::start_file(&file).await;
+    for _ in 0..9 {
+        assert_eq!(proxy.get("/").await.status, 200);
+    }
+    let before = proxy.running().proxy().pools()[0].clone();
+    let a_before = dispatched(&proxy, a).unwrap();
+    assert!(a_before > 0);
+    // Operator state: c drained by hand. A slow request is in flight across the reload.
+    let reply = proxy
+        .admin_post(&format!("/backends/default/{c}/drain"))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let address = proxy.addr();
+    let slow = tokio::spawn(async move {
+        tests::send_http1(address, tests::get("/sleep/300", "slow.test")).await
+    });
+    proxy.wait_for_in_flight(1).await;
+
+    file.write(&pool_toml(
+        &[a, b, c],
+        "policy = \"round-robin\"\nmax_pending_per_backend = 50\noutlier = { consecutive_failures = 3 }\n",
+    ));
+    let reply = proxy.admin_post("/reload").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let after = proxy.running().proxy().pools()[0].clone();
+    assert!(
+        after.shares_core_with(&before),
+        "the scheduler was replaced"
+    );
+    // The request in flight is still counted, and its done is accepted (`stop` checks).
+    assert_eq!(after.in_flight(), 1);
+    let a_after = dispatched(&proxy, a).unwrap();
+    // (The slow request may have gone to a: at least as many, never restarted from 0.)
+    assert!(
+        a_after >= a_before,
+        "a's counters restarted: {a_before} -> {a_after}"
+    );
+    let states: Vec<String> = after
+        .views()
+        .iter()
+        .map(|v| v.state_name(after.clock.now()).to_owned())
+        .collect();
+    assert_eq!(states, ["up", "up", "drained"]);
+
+    // The new policy decides from now on, as the decision records show.
+    let mut request = tests::get("/", "test.local");
+    request
+        .headers_mut()
+        .insert("x-request-id", "after-reload".parse().unwrap());
+    assert_eq!(proxy.send(proxy.addr(), request).await.status, 200);
+    let explained: serde_json::Value =
+        serde_json::from_str(&proxy.admin_get("/explain/after-reload").await.body).unwrap();
+    assert_eq!(explained["tries"][0]["policy"], "round-robin");
+    assert_eq!(explained["tries"][0]["eligible"], 2);
+    assert_eq!(within("the slow request", slow).await.unwrap().status, 200);
+    proxy.wait_for_in_flight(0).await;
     proxy.stop().await;
 }
