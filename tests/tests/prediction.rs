@@ -13,9 +13,9 @@
 //! headers at the proxy) of whichever backend the simulated policy picks. The client's
 //! measure adds what the simulator does not model: its own connect, the client→proxy hop,
 //! routing and the body — about 0.3–1 ms per request in a debug build on a busy 2-core
-//! machine — so the mean may differ by 15 % + 2 ms. The p99 of 300 samples is the 3rd
+//! machine — so the mean may differ by 15 % plus 2 ms. The p99 of 300 samples is the 3rd
 //! largest: one scheduler hiccup on the shared machine moves it by milliseconds, so 25 %
-//! + 5 ms. Measured (debug, shared 2-core machine, three runs): live mean 15.4 ms against
+//! plus 5 ms. Measured (debug, shared 2-core machine, three runs): live mean 15.4 ms against
 //! 14.8 ms predicted, p99 28.9 against 27.1 ms; the round-robin replay of the same trace is
 //! printed alongside for scale.
 
