@@ -153,13 +153,13 @@ fn explain_try(
 ) -> Value {
     use balancer_core::{BackendId, Decision, SkipReason};
     let record = &entry.record;
-    let pool = proxy.pools().iter().find(|p| *p.label() == entry.pool);
+    let pool = proxy
+        .pools()
+        .iter()
+        .find(|p| p.explain_key == entry.pool_key);
     // The core names backends by id; the address is what an operator knows them by. A
     // backend removed since (its id no longer resolves) keeps its core name.
     let address = |id: BackendId| -> String {
-        if let Some(chosen) = entry.chosen.as_ref().filter(|b| b.id == id) {
-            return chosen.address.clone();
-        }
         pool.and_then(|p| p.backend_by_id(id))
             .map_or_else(|| format!("{id} (since removed)"), |b| b.address.clone())
     };
@@ -228,7 +228,7 @@ fn explain_try(
         "retry": record.retry,
         "time": time,
         "at_ns": record.at.as_nanos(),
-        "pool": entry.pool.as_str(),
+        "pool": pool.map_or("(a pool since removed by a reload)", |p| p.name.as_str()),
         "policy": record.policy.name(),
         "decision": decision,
         "reject_reason": reject_reason,

@@ -1433,6 +1433,20 @@ rate_limit = { rate_per_s = 5 }
                 "rate_per_s must be at least 1",
             ),
             ("rate_limit = { max_tracked_clients = 0 }", "at least 1"),
+            (
+                "explain_ring_size = 2000000",
+                "explain_ring_size must be at most",
+            ),
+            (
+                "trace = { path = \"t\", max_bytes = 10 }",
+                "max_bytes must be at least 1024",
+            ),
+            (
+                "trace = { path = \"t\", max_files = 0 }",
+                "max_files must be 1 to 100",
+            ),
+            ("trace = { path = \"\" }", "trace.path must name a file"),
+            ("trace = { max_files = 2 }", "missing field `path`"),
         ];
         for (line, expected) in top {
             let text = format!("listen = \"127.0.0.1:80\"\n{line}\nbackends = [\"a:1\"]\n");
@@ -1442,6 +1456,27 @@ rate_limit = { rate_per_s = 5 }
                 "{line:?} gave {err:?}, expected {expected:?}"
             );
         }
+    }
+
+    #[test]
+    fn explain_and_trace_defaults_and_values() {
+        let plain = parse("listen = \"127.0.0.1:80\"\nbackends = [\"a:1\"]\n").unwrap();
+        assert_eq!(plain.explain_ring_size, 4096);
+        assert_eq!(plain.trace, None);
+        let set = parse(
+            "listen = \"127.0.0.1:80\"\nexplain_ring_size = 0\nbackends = [\"a:1\"]\n\
+             [trace]\npath = \"/tmp/t\"\n",
+        )
+        .unwrap();
+        assert_eq!(set.explain_ring_size, 0);
+        assert_eq!(
+            set.trace,
+            Some(TraceConfig {
+                path: "/tmp/t".into(),
+                max_bytes: 100 * 1024 * 1024,
+                max_files: 3,
+            })
+        );
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! Sharded by a hash of the id so that concurrent requests rarely meet on one lock; every try
 //! of one request lands in the same shard, in order. Each shard is a pre-allocated `VecDeque`
 //! that drops its oldest entry when full, so memory is fixed at start and a push allocates
-//! nothing (the id is copied inline, not cloned as a `HeaderValue`).
+//! nothing and touches no shared reference count: an entry is `Copy` (the id is copied
+//! inline, the pool is named by a hash of its name, backends by the core's ids, resolved to
+//! addresses only when an explanation is asked for).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -12,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use balancer_core::DecisionRecord;
 
 use crate::headers::MAX_REQUEST_ID_BYTES;
-use crate::pool::Backend;
 
 /// Default `explain_ring_size`: 4096 tries is the last second or so at a few thousand
 /// requests per second, about 1.5 MiB (an entry is under 400 bytes).
@@ -55,15 +56,29 @@ impl IdKey {
 }
 
 /// One try's decision as stored.
-#[derive(Clone)]
+#[derive(Clone, Copy)]
 pub struct Explained {
     id: IdKey,
-    /// The pool that decided.
-    pub pool: Arc<String>,
-    /// The backend dispatched to (the record names it by id only).
-    pub chosen: Option<Arc<Backend>>,
+    /// The pool that decided, as [`pool_key`] of its name.
+    pub pool_key: u64,
     /// The core's record.
     pub record: DecisionRecord,
+}
+
+/// FNV-1a of `bytes`: spreads ids over shards and names pools in entries. Not collision
+/// resistant, and need not be: a shard is scanned comparing whole ids, and two pool names of
+/// one config colliding in 64 bits is not a practical concern.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// The key a pool's entries carry (see [`Explained::pool_key`]).
+pub fn pool_key(name: &str) -> u64 {
+    fnv1a(name.as_bytes())
 }
 
 /// The ring. `size` entries at most (rounded up to a multiple of 16 from 256 on).
@@ -96,27 +111,15 @@ impl ExplainRing {
     }
 
     fn shard(&self, id: &[u8]) -> &Mutex<VecDeque<Explained>> {
-        // FNV-1a: a few nanoseconds for a 21-byte id; only spreads ids over shards, so
-        // collision resistance does not matter (a shard is scanned in full on lookup).
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for &b in id {
-            hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        &self.shards[(hash % self.shards.len() as u64) as usize]
+        // A few nanoseconds for a 21-byte id.
+        &self.shards[(fnv1a(id) % self.shards.len() as u64) as usize]
     }
 
     /// Stores one try's decision under `request_id`, evicting the shard's oldest if full.
-    pub fn push(
-        &self,
-        request_id: &[u8],
-        pool: &Arc<String>,
-        chosen: Option<&Arc<Backend>>,
-        record: DecisionRecord,
-    ) {
+    pub fn push(&self, request_id: &[u8], pool_key: u64, record: DecisionRecord) {
         let entry = Explained {
             id: IdKey::new(request_id),
-            pool: pool.clone(),
-            chosen: chosen.cloned(),
+            pool_key,
             record,
         };
         let mut shard = self
@@ -138,7 +141,7 @@ impl ExplainRing {
         shard
             .iter()
             .filter(|e| e.id.as_bytes() == request_id)
-            .cloned()
+            .copied()
             .collect()
     }
 }

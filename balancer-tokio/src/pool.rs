@@ -146,6 +146,8 @@ pub struct Pool {
     client_settings: (u64, u64, usize),
     /// The clock that stamps work and done.
     pub clock: Clock,
+    /// Names this pool in the explain ring (`explain::pool_key` of its name).
+    pub explain_key: u64,
 }
 
 /// Failure building a pool: only possible with a config that bypassed validation.
@@ -457,6 +459,7 @@ impl Pool {
             retry_non_idempotent: config.retry.is_some_and(|r| r.retry_non_idempotent),
             retry_on_503: config.retry.is_some_and(|r| r.retry_on_503),
             client_settings: client_settings(config),
+            explain_key: crate::explain::pool_key(&config.name),
         }
     }
 

@@ -462,12 +462,7 @@ impl Proxy {
             None => pool.handle_work(),
             Some(ring) => {
                 let (dispatched, record) = pool.handle_work_explained();
-                ring.push(
-                    request_id.as_bytes(),
-                    pool.label(),
-                    dispatched.as_ref().ok().map(|(_, b)| b),
-                    record,
-                );
+                ring.push(request_id.as_bytes(), pool.explain_key, record);
                 dispatched
             }
         };
@@ -843,12 +838,7 @@ impl Tries<'_> {
             None => self.pool.handle_retry_work(tried),
             Some(ring) => {
                 let (dispatched, record) = self.pool.handle_retry_work_explained(tried);
-                ring.push(
-                    self.request_id.as_bytes(),
-                    self.pool.label(),
-                    dispatched.as_ref().ok().map(|(_, b)| b),
-                    record,
-                );
+                ring.push(self.request_id.as_bytes(), self.pool.explain_key, record);
                 dispatched
             }
         };
