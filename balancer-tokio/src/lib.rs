@@ -7,7 +7,13 @@
 //! Around the core's decisions (issue 6): retries in `proxy` (`decide_retry`,
 //! `handle_retry_work`), active health probes in `health` (results to `handle_health_check`),
 //! rate limits in `ratelimit` (governor), metrics in `metrics`, the admin listener in `admin`,
-//! and hot reload in `server` (the `Proxy` behind an `ArcSwap`, schedulers kept across).
+//! and hot reload in `server` (the `Proxy` behind an `ArcSwap`, schedulers kept across and
+//! reconfigured in place).
+//!
+//! Issue 8: the core's decision records kept per request id in `explain` (served by `admin`
+//! at `/explain/{id}`), traffic recorded in the shared `balancer_core::trace` format by
+//! `trace`, and the operator commands `balancer explain` and `balancer check --simulate`
+//! (which runs `balancer-sim` as a subprocess) in `ops`.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -364,6 +364,7 @@ fn replay(
             backend.weight, options.concurrency
         );
     }
+    fleet.push_str(&core_options(pool));
     let fleet_path = scratch.write(
         &format!("{}-{}.fleet.toml", pool.name, pool.policy.name()),
         &fleet,
@@ -401,6 +402,45 @@ fn replay(
         failed: json["failed"].as_u64().unwrap_or(0),
         completed: json["completed"].as_u64().unwrap_or(0),
     })
+}
+
+/// The pool's defences the simulator models, as its scenario file's `[core]` table: the
+/// per-backend cap (which is where predicted rejections come from), the panic threshold,
+/// outlier ejection and retries. Health probes and slow start are left out: a replay has no
+/// crashes for probes to find, nor backends coming back to ramp up.
+fn core_options(pool: &PoolConfig) -> String {
+    let ms = |d: Duration| format!("\"{}ms\"", d.as_millis());
+    let mut core = String::from("[core]\n");
+    if let Some(cap) = pool.max_pending_per_backend {
+        let _ = writeln!(core, "max_pending_per_backend = {cap}");
+    }
+    if let Some(percent) = pool.panic_threshold_percent {
+        let _ = writeln!(core, "panic_threshold_percent = {percent}");
+    }
+    if let Some(o) = pool.outlier {
+        let _ = writeln!(
+            core,
+            "[core.outlier]\nconsecutive_failures = {}\nbase_ejection = {}\nmax_ejection = {}\nmax_ejected_percent = {}",
+            o.consecutive_failures,
+            ms(o.base_ejection),
+            ms(o.max_ejection),
+            o.max_ejected_percent
+        );
+    }
+    if let Some(r) = pool.retry {
+        let _ = writeln!(
+            core,
+            "[core.retry]\nmax_retries = {}\nretry_on_503 = {}\nbudget_ratio = {:?}\nbudget_min_per_s = {}\nbudget_window = {}\nbackoff_base = {}\nbackoff_max = {}",
+            r.max_retries,
+            r.retry_on_503,
+            r.budget_ratio,
+            r.budget_min_per_s,
+            ms(r.budget_window),
+            ms(r.backoff_base),
+            ms(r.backoff_max)
+        );
+    }
+    core
 }
 
 /// A directory of temporary per-pool traces and fleet files, removed when dropped.

@@ -514,5 +514,40 @@ fn check_simulate_compares_the_changed_pool_side_by_side() {
     // least-pending moves work off it, so it predicts a lower mean.
     assert!(means[0] >= 4.5, "{stdout}");
     assert!(means[1] < means[0], "{stdout}");
+
+    // A per-backend cap is passed to the simulator (its fleet file's `[core]`).
+    let capped = dir.join("capped.toml");
+    std::fs::write(
+        &capped,
+        config("round-robin").replace(
+            "[pools.other]",
+            "max_pending_per_backend = 1\n[pools.other]",
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BINARY)
+        .args([
+            "check",
+            capped.to_str().unwrap(),
+            "--simulate",
+            trace_path.to_str().unwrap(),
+            "--current",
+            old.to_str().unwrap(),
+        ])
+        .env("BALANCER_SIM", &sim)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success());
+    assert!(
+        stdout.contains("(changed: max_pending_per_backend)"),
+        "{stdout}"
+    );
+    // Same policy, so only the cap can change the prediction: with at most one request on
+    // the 9 ms backend, round-robin's next request goes to the idle 1 ms one instead of
+    // queueing (the cap never rejects here: the fast backend is always free in time).
+    let means = mean(stdout.lines().find(|l| l.contains("mean latency")).unwrap());
+    assert!(means[1] * 10.0 < means[0], "{stdout}");
     let _ = std::fs::remove_dir_all(&dir);
 }
