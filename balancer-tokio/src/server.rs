@@ -352,6 +352,9 @@ pub(crate) fn connection_builder(limits: Limits) -> auto::Builder<TokioExecutor>
         // following requests on a keep-alive connection, and closes idle ones.
         .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
         .max_buf_size(limits.max_header_bytes)
+        // A client may send a whole request and then shut its write side (`nc -N`, HTTP/1.0
+        // scripts); without this hyper closes on that EOF and the request goes unanswered.
+        .half_close(true)
         .keep_alive(true);
     builder
         .http2()
