@@ -435,6 +435,21 @@ impl Connection {
             first = read_first_head(&mut stream, limits) => first,
         };
         let head = match first {
+            FirstHead::Ready(head) if declares_too_large_body(&head, limits.max_body_bytes) => {
+                let message = crate::errors::ProxyError::BodyTooLarge {
+                    limit_bytes: limits.max_body_bytes,
+                }
+                .to_string();
+                self.answer_raw(
+                    &proxy,
+                    stream,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &message,
+                    started,
+                )
+                .await;
+                return;
+            }
             FirstHead::Ready(head) => head,
             FirstHead::Closed => return,
             FirstHead::TimedOut => {
@@ -585,6 +600,31 @@ async fn read_first_head(stream: &mut TcpStream, limits: Limits) -> FirstHead {
     }
 }
 
+/// Whether the first head declares a `content-length` over `max_body_bytes`. Answered here
+/// because hyper calls a length near `u64::MAX` a header error (431) before the proxy's own
+/// body limit (413) can see it; smaller excesses would get the same 413 later anyway.
+fn declares_too_large_body(head: &[u8], max_body_bytes: u64) -> bool {
+    head.split(|&b| b == b'\n')
+        .skip(1)
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+        .take_while(|line| !line.is_empty())
+        .filter_map(|line| {
+            let colon = line.iter().position(|&b| b == b':')?;
+            let (name, value) = line.split_at(colon);
+            name.eq_ignore_ascii_case(b"content-length")
+                .then(|| value[1..].trim_ascii())
+        })
+        .any(|value| {
+            // Only well-formed digits: anything else is hyper's 400 to give.
+            !value.is_empty()
+                && value.iter().all(u8::is_ascii_digit)
+                && std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .is_none_or(|length| length > max_body_bytes)
+        })
+}
+
 /// A blank line ends a head; bare LF line ends are tolerated as hyper does.
 fn head_complete(bytes: &[u8]) -> bool {
     bytes.windows(4).any(|w| w == b"\r\n\r\n") || bytes.windows(2).any(|w| w == b"\n\n")
@@ -653,5 +693,37 @@ mod tests {
         assert!(head_complete(b"GET / HTTP/1.1\nHost: a\n\n"));
         assert!(head_complete(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
         assert!(!head_complete(b"GET / HTTP/1.1\r\nHost: a\r\n"));
+    }
+
+    #[test]
+    fn oversized_declared_bodies_are_found_in_the_head_only() {
+        let head = |length: &str| {
+            format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {length}\r\n\r\n")
+        };
+        assert!(declares_too_large_body(
+            head("18446744073709551615").as_bytes(),
+            1024
+        ));
+        assert!(declares_too_large_body(
+            head("99999999999999999999999").as_bytes(),
+            1024
+        ));
+        assert!(declares_too_large_body(head("1025").as_bytes(), 1024));
+        assert!(!declares_too_large_body(head("1024").as_bytes(), 1024));
+        // Malformed values are hyper's to refuse with 400.
+        assert!(!declares_too_large_body(head("12a").as_bytes(), 1024));
+        assert!(!declares_too_large_body(head("").as_bytes(), 1024));
+        // A header-like line in the body after the blank line is not a header.
+        let body = b"POST / HTTP/1.1\r\nHost: a\r\n\r\ncontent-length: 99999\r\n";
+        assert!(!declares_too_large_body(body, 1024));
+        // The request line is not a header, and bare LF line ends work.
+        assert!(declares_too_large_body(
+            b"GET /content-length:9 HTTP/1.1\ncontent-length:5000\n\n",
+            1024
+        ));
+        assert!(!declares_too_large_body(
+            b"GET /content-length:9999 HTTP/1.1\n\n",
+            1
+        ));
     }
 }
