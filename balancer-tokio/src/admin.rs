@@ -34,18 +34,10 @@ const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn serve(socket: TcpListener, shared: Arc<Shared>, mut watcher: PhaseWatcher) {
     let permits = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
-        let permit = tokio::select! {
-            biased;
-            _ = watcher.reached(Phase::Draining) => break,
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
-        let accepted = tokio::select! {
-            biased;
-            _ = watcher.reached(Phase::Draining) => break,
-            accepted = socket.accept() => accepted,
+        let Some((permit, accepted)) =
+            crate::server::accept_within_limit(&socket, &permits, &mut watcher).await
+        else {
+            break;
         };
         let Ok((stream, _)) = accepted else {
             tokio::time::sleep(Duration::from_millis(50)).await;

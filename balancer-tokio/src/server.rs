@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use arc_swap::ArcSwap;
@@ -364,6 +364,27 @@ pub(crate) fn connection_builder(limits: Limits) -> auto::Builder<TokioExecutor>
     builder
 }
 
+/// Takes a connection permit, then accepts one connection; `None` once draining begins.
+///
+/// Waiting for a permit before accepting leaves excess clients in the kernel's backlog, so
+/// a listener never holds more than its limit. Shared by the traffic and admin listeners.
+pub(crate) async fn accept_within_limit(
+    socket: &TcpListener,
+    permits: &Arc<Semaphore>,
+    watcher: &mut PhaseWatcher,
+) -> Option<(OwnedSemaphorePermit, io::Result<(TcpStream, SocketAddr)>)> {
+    let permit = tokio::select! {
+        biased;
+        _ = watcher.reached(Phase::Draining) => return None,
+        permit = permits.clone().acquire_owned() => permit.ok()?,
+    };
+    tokio::select! {
+        biased;
+        _ = watcher.reached(Phase::Draining) => None,
+        accepted = socket.accept() => Some((permit, accepted)),
+    }
+}
+
 async fn accept_loop(
     socket: TcpListener,
     listener: ListenerConfig,
@@ -375,19 +396,9 @@ async fn accept_loop(
     let Some(drain) = drain else { return };
     let permits = Arc::new(Semaphore::new(listener.max_connections));
     loop {
-        // Waiting for a permit before accepting leaves excess clients in the kernel's backlog.
-        let permit = tokio::select! {
-            biased;
-            _ = watcher.reached(Phase::Draining) => break,
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
-        let accepted = tokio::select! {
-            biased;
-            _ = watcher.reached(Phase::Draining) => break,
-            accepted = socket.accept() => accepted,
+        let Some((permit, accepted)) = accept_within_limit(&socket, &permits, &mut watcher).await
+        else {
+            break;
         };
         let (stream, client) = match accepted {
             Ok(accepted) => accepted,
