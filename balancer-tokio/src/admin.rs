@@ -343,6 +343,7 @@ pub fn config_json(config: &Config) -> Value {
         "admin": config.admin.map_or_else(|| "off".to_owned(), |a: SocketAddr| a.to_string()),
         "access_log": format!("{:?}", config.access_log).to_lowercase(),
         "shutdown_grace_ms": config.shutdown_grace_ms,
+        "workers": config.worker_count(),
         "header_read_timeout_ms": config.limits.header_read_timeout_ms,
         "max_header_bytes": config.limits.max_header_bytes,
         "max_body_bytes": config.limits.max_body_bytes,

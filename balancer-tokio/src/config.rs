@@ -31,6 +31,9 @@ pub mod defaults {
     pub const MAX_CONNECTIONS: usize = 10_000;
     /// How long shutdown waits for in-flight requests before closing them.
     pub const SHUTDOWN_GRACE_MS: u64 = 10_000;
+    /// Most traffic threads: far above any core count worth serving from one process, low
+    /// enough that a typo (`workers = 10000`) is refused instead of starting that many threads.
+    pub const MAX_WORKERS: usize = 256;
     /// Connecting to a backend on a LAN takes well under a second; longer means it is gone.
     pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
     /// Time from request sent to response headers received before answering 504.
@@ -128,6 +131,9 @@ pub struct Config {
     pub explain_ring_size: usize,
     /// Traffic recording, if configured.
     pub trace: Option<TraceConfig>,
+    /// Threads serving traffic, each with its own event loop and its own `SO_REUSEPORT`
+    /// socket per listener; `None` means one per CPU this process may run on.
+    pub workers: Option<usize>,
 }
 
 /// `[trace]`: where and how much traffic to record (`balancer_core::trace` format).
@@ -318,6 +324,7 @@ struct RawConfig {
     rate_limit: Option<RawRateLimit>,
     explain_ring_size: Option<Spanned<usize>>,
     trace: Option<Spanned<RawTrace>>,
+    workers: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -493,6 +500,16 @@ impl Config {
             }
         })?;
         validate(raw, &errors)
+    }
+
+    /// Threads serving traffic: `workers`, or one per CPU this process may run on (its
+    /// affinity mask and cgroup quota count, so `taskset -c 0` gives 1).
+    pub fn worker_count(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(1, std::num::NonZeroUsize::get)
+                .min(defaults::MAX_WORKERS)
+        })
     }
 
     /// A one-line summary for `balancer check`.
@@ -919,6 +936,20 @@ fn validate(raw: RawConfig, errors: &Errors<'_>) -> Result<Config, ConfigError> 
         }
     };
 
+    let workers = match raw.workers {
+        None => None,
+        Some(n) if *n.get_ref() == 0 || *n.get_ref() > defaults::MAX_WORKERS => {
+            return Err(errors.at(
+                n.span(),
+                format!(
+                    "workers must be 1 to {}; leave it out for one per CPU",
+                    defaults::MAX_WORKERS
+                ),
+            ));
+        }
+        Some(n) => Some(n.into_inner()),
+    };
+
     Ok(Config {
         listeners,
         pools,
@@ -930,6 +961,7 @@ fn validate(raw: RawConfig, errors: &Errors<'_>) -> Result<Config, ConfigError> 
         rate_limit,
         explain_ring_size,
         trace,
+        workers,
     })
 }
 
@@ -1446,6 +1478,8 @@ rate_limit = { rate_per_s = 5 }
                 "max_files must be 1 to 100",
             ),
             ("trace = { path = \"\" }", "trace.path must name a file"),
+            ("workers = 0", "workers must be 1 to 256"),
+            ("workers = 257", "workers must be 1 to 256"),
             ("trace = { max_files = 2 }", "missing field `path`"),
         ];
         for (line, expected) in top {
@@ -1462,6 +1496,8 @@ rate_limit = { rate_per_s = 5 }
     fn explain_and_trace_defaults_and_values() {
         let plain = parse("listen = \"127.0.0.1:80\"\nbackends = [\"a:1\"]\n").unwrap();
         assert_eq!(plain.explain_ring_size, 4096);
+        assert_eq!(plain.workers, None);
+        assert!((1..=defaults::MAX_WORKERS).contains(&plain.worker_count()));
         assert_eq!(plain.trace, None);
         let set = parse(
             "listen = \"127.0.0.1:80\"\nexplain_ring_size = 0\nbackends = [\"a:1\"]\n\
@@ -1469,6 +1505,8 @@ rate_limit = { rate_per_s = 5 }
         )
         .unwrap();
         assert_eq!(set.explain_ring_size, 0);
+        let four = parse("listen = \"127.0.0.1:80\"\nworkers = 4\nbackends = [\"a:1\"]\n").unwrap();
+        assert_eq!((four.workers, four.worker_count()), (Some(4), 4));
         assert_eq!(
             set.trace,
             Some(TraceConfig {

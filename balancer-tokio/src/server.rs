@@ -39,6 +39,11 @@ const LINGER: Duration = Duration::from_millis(500);
 /// Longest shutdown waits for the trace writer to write out what it has.
 const TRACE_FLUSH_AT_SHUTDOWN: Duration = Duration::from_secs(5);
 
+/// Pending connections the kernel queues per listening socket (what `TcpListener::bind` uses).
+const LISTEN_BACKLOG: u32 = 1024;
+/// Longest a worker waits, after the grace period, for its blocking tasks (name lookups).
+const WORKER_EXIT_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Bytes discarded during that linger, at most.
 const LINGER_MAX_BYTES: usize = 256 * 1024;
 
@@ -59,6 +64,12 @@ pub enum ServeError {
     /// The config file could not be loaded.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A worker thread or its runtime could not be started.
+    #[error("cannot start a worker thread: {reason}; lower `workers` or raise the thread limit")]
+    Worker {
+        /// What the OS said.
+        reason: String,
+    },
 }
 
 /// Why a reload was refused (the config in force keeps serving).
@@ -142,6 +153,12 @@ impl Shared {
                 what: "the listeners",
             });
         }
+        if old_config.worker_count() != config.worker_count() {
+            return Err(ReloadError::NeedsRestart {
+                path: shown,
+                what: "the worker count",
+            });
+        }
         if old_config.admin != config.admin {
             return Err(ReloadError::NeedsRestart {
                 path: shown,
@@ -166,6 +183,8 @@ pub struct RunningBalancer {
     shutdown: Shutdown,
     drain: Drain,
     accept_tasks: Vec<JoinHandle<()>>,
+    /// Workers 1.. (worker 0 is the runtime that called `start`).
+    worker_threads: Vec<std::thread::JoinHandle<()>>,
     shutdown_grace: Duration,
 }
 
@@ -208,16 +227,26 @@ async fn start_with(
     let admin = admin_socket
         .as_ref()
         .and_then(|socket| socket.local_addr().ok());
+    let workers = config.worker_count();
     let mut bound = Vec::with_capacity(config.listeners.len());
     for listener in &config.listeners {
-        let socket = TcpListener::bind(listener.address)
-            .await
-            .map_err(|err| bind_error(listener.address, &err))?;
-        let local = socket
+        let sockets = bind_listener(listener.address, workers)?;
+        let local = sockets[0]
             .local_addr()
             .map_err(|err| bind_error(listener.address, &err))?;
-        bound.push((listener.clone(), socket, local));
+        bound.push((listener.clone(), sockets, local));
     }
+    // Built before anything is served so that a failure is a start error, not a lost worker.
+    let worker_runtimes = (1..workers)
+        .map(|_| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|err| ServeError::Worker {
+                    reason: err.to_string(),
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let shutdown = Shutdown::new();
     let drain = Drain::new();
     proxy.start_tasks();
@@ -228,16 +257,39 @@ async fn start_with(
     });
     let mut addresses = Vec::new();
     let mut accept_tasks = Vec::new();
-    for (listener, socket, local) in bound {
+    // Worker i accepts on socket i of every listener; the kernel spreads new connections over
+    // the sockets (SO_REUSEPORT), and a connection stays on the worker that accepted it.
+    let mut per_worker: Vec<Vec<(ListenerConfig, std::net::TcpListener, u16)>> =
+        (1..workers).map(|_| Vec::new()).collect();
+    for (listener, sockets, local) in bound {
         addresses.push((listener.name.clone(), local));
-        accept_tasks.push(tokio::spawn(accept_loop(
-            socket,
-            listener,
-            local.port(),
+        let mut sockets = sockets.into_iter();
+        if let Some(first) = sockets.next() {
+            let socket = TcpListener::from_std(first).map_err(|err| bind_error(local, &err))?;
+            accept_tasks.push(tokio::spawn(accept_loop(
+                socket,
+                listener.clone(),
+                local.port(),
+                shared.clone(),
+                shutdown.watcher(),
+                drain.guard(),
+            )));
+        }
+        for (worker, socket) in per_worker.iter_mut().zip(sockets) {
+            worker.push((listener.clone(), socket, local.port()));
+        }
+    }
+    let mut worker_threads = Vec::with_capacity(per_worker.len());
+    for (index, (runtime, sockets)) in worker_runtimes.into_iter().zip(per_worker).enumerate() {
+        let thread = spawn_worker(
+            index + 1,
+            runtime,
+            sockets,
             shared.clone(),
             shutdown.watcher(),
             drain.guard(),
-        )));
+        )?;
+        worker_threads.push(thread);
     }
     if let Some(socket) = admin_socket {
         accept_tasks.push(tokio::spawn(crate::admin::serve(
@@ -253,8 +305,108 @@ async fn start_with(
         shutdown,
         drain,
         accept_tasks,
+        worker_threads,
         shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
     })
+}
+
+/// Binds `address` once per worker. With more than one worker every socket sets
+/// `SO_REUSEPORT` (the later ones bind the port the first one got, so port 0 works).
+fn bind_listener(
+    address: SocketAddr,
+    workers: usize,
+) -> Result<Vec<std::net::TcpListener>, ServeError> {
+    let mut sockets = Vec::with_capacity(workers);
+    let mut target = address;
+    for _ in 0..workers.max(1) {
+        let socket = bind_one(target, workers > 1).map_err(|err| bind_error(address, &err))?;
+        target = socket
+            .local_addr()
+            .map_err(|err| bind_error(address, &err))?;
+        sockets.push(socket);
+    }
+    Ok(sockets)
+}
+
+fn bind_one(address: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+    let socket = match address {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As `TcpListener::bind` does: a restarted balancer can bind while old connections linger.
+    socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    #[cfg(not(unix))]
+    let _ = reuse_port;
+    socket.bind(address)?;
+    // Converted to std so that each worker registers its socket with its own event loop;
+    // `listen` needs a runtime only to register, which the std conversion undoes.
+    let listener = socket.listen(LISTEN_BACKLOG)?;
+    listener.into_std()
+}
+
+/// Starts worker `index`: a thread running its own current-thread runtime, accepting on its
+/// sockets and serving the connections it accepts until the shutdown is over.
+fn spawn_worker(
+    index: usize,
+    runtime: tokio::runtime::Runtime,
+    sockets: Vec<(ListenerConfig, std::net::TcpListener, u16)>,
+    shared: Arc<Shared>,
+    watcher: PhaseWatcher,
+    drain: Option<DrainGuard>,
+) -> Result<std::thread::JoinHandle<()>, ServeError> {
+    let listeners = {
+        let _entered = runtime.enter();
+        sockets
+            .into_iter()
+            .map(|(listener, socket, port)| {
+                let local = socket.local_addr();
+                TcpListener::from_std(socket)
+                    .map(|socket| (listener, socket, port))
+                    .map_err(|err| match local {
+                        Ok(local) => bind_error(local, &err),
+                        Err(_) => ServeError::Worker {
+                            reason: err.to_string(),
+                        },
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    std::thread::Builder::new()
+        .name(format!("balancer-worker-{index}"))
+        .spawn(move || {
+            runtime.block_on(async move {
+                let mut watcher = watcher;
+                let tasks: Vec<_> = listeners
+                    .into_iter()
+                    .map(|(listener, socket, port)| {
+                        tokio::spawn(accept_loop(
+                            socket,
+                            listener,
+                            port,
+                            shared.clone(),
+                            watcher.clone(),
+                            drain.clone(),
+                        ))
+                    })
+                    .collect();
+                drop(drain);
+                for task in tasks {
+                    let _ = task.await;
+                }
+                // Connections accepted here live on this runtime: keep it running until the
+                // grace period is over (they close themselves on `Stopped`).
+                watcher.reached(Phase::Stopped).await;
+            });
+            // Whatever outlived the grace period is cancelled with the runtime.
+            runtime.shutdown_timeout(WORKER_EXIT_TIMEOUT);
+        })
+        .map_err(|err| ServeError::Worker {
+            reason: err.to_string(),
+        })
 }
 
 fn bind_error(address: SocketAddr, err: &io::Error) -> ServeError {
@@ -320,6 +472,13 @@ impl RunningBalancer {
             Err(_) => ShutdownReport::GraceExpired,
         };
         self.shutdown.advance(Phase::Stopped);
+        let workers = self.worker_threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for worker in workers {
+                let _ = worker.join();
+            }
+        })
+        .await;
         let proxy = self.shared.current();
         proxy.retire();
         if let Some(trace) = proxy.trace().cloned() {
