@@ -70,6 +70,7 @@ pub fn balancer(port: u16, backends: &[u16]) -> String {
     format!(
         r#"# compare-proxies: the balancer under test.
 listen = "127.0.0.1:{port}"
+workers = 1
 policy = "least-pending"
 backends = [{list}]
 access_log = "off"
