@@ -31,63 +31,154 @@ fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+// Bits naming the hop-by-hop headers present in a map (see `hop_by_hop_bit`).
+const CONNECTION_BIT: u16 = 1;
+const KEEP_ALIVE_BIT: u16 = 1 << 1;
+const TE_BIT: u16 = 1 << 2;
+const TRAILER_BIT: u16 = 1 << 3;
+const TRANSFER_ENCODING_BIT: u16 = 1 << 4;
+const PROXY_AUTHENTICATE_BIT: u16 = 1 << 5;
+const PROXY_AUTHORIZATION_BIT: u16 = 1 << 6;
+const PROXY_CONNECTION_BIT: u16 = 1 << 7;
+const UPGRADE_BIT: u16 = 1 << 8;
+
+fn hop_by_hop_bit(name: &HeaderName) -> u16 {
+    if name == header::CONNECTION {
+        CONNECTION_BIT
+    } else if name == KEEP_ALIVE {
+        KEEP_ALIVE_BIT
+    } else if name == header::TE {
+        TE_BIT
+    } else if name == header::TRAILER {
+        TRAILER_BIT
+    } else if name == header::TRANSFER_ENCODING {
+        TRANSFER_ENCODING_BIT
+    } else if name == header::PROXY_AUTHENTICATE {
+        PROXY_AUTHENTICATE_BIT
+    } else if name == header::PROXY_AUTHORIZATION {
+        PROXY_AUTHORIZATION_BIT
+    } else if name == PROXY_CONNECTION {
+        PROXY_CONNECTION_BIT
+    } else if name == header::UPGRADE {
+        UPGRADE_BIT
+    } else {
+        0
+    }
+}
+
 /// Removes hop-by-hop headers: Connection and every header it names, Keep-Alive, TE, Trailer,
 /// Transfer-Encoding, Upgrade and Proxy-*. With `keep_upgrade`, `Connection: upgrade` and
 /// `Upgrade` survive so that a protocol switch can pass through.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            if !(keep_upgrade && name == header::UPGRADE) {
-                headers.remove(&name);
+    // One pass over the names finds which hop-by-hop headers are present (usually none, or
+    // only Connection), so that absent ones cost no hashed lookups.
+    let present = headers
+        .keys()
+        .fold(0, |bits, name| bits | hop_by_hop_bit(name));
+    if present & CONNECTION_BIT != 0 {
+        let mut values = headers.get_all(header::CONNECTION).iter();
+        let first = values.next().cloned();
+        if values.next().is_none() {
+            // The usual single Connection header: its tokens are removed by name directly
+            // (a `&str` name is looked up without building a `HeaderName`).
+            if let Some(value) = first
+                && let Ok(value) = value.to_str()
+            {
+                for token in value.split(',').map(str::trim) {
+                    if !(keep_upgrade && token.eq_ignore_ascii_case("upgrade")) {
+                        headers.remove(token);
+                    }
+                }
+            }
+        } else {
+            let named: Vec<HeaderName> = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+                .collect();
+            for name in named {
+                if !(keep_upgrade && name == header::UPGRADE) {
+                    headers.remove(&name);
+                }
             }
         }
         headers.remove(header::CONNECTION);
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(header::TE);
-    headers.remove(header::TRAILER);
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(header::PROXY_AUTHENTICATE);
-    headers.remove(header::PROXY_AUTHORIZATION);
-    headers.remove(&PROXY_CONNECTION);
+    if present & KEEP_ALIVE_BIT != 0 {
+        headers.remove(&KEEP_ALIVE);
+    }
+    if present & TE_BIT != 0 {
+        headers.remove(header::TE);
+    }
+    if present & TRAILER_BIT != 0 {
+        headers.remove(header::TRAILER);
+    }
+    if present & TRANSFER_ENCODING_BIT != 0 {
+        headers.remove(header::TRANSFER_ENCODING);
+    }
+    if present & PROXY_AUTHENTICATE_BIT != 0 {
+        headers.remove(header::PROXY_AUTHENTICATE);
+    }
+    if present & PROXY_AUTHORIZATION_BIT != 0 {
+        headers.remove(header::PROXY_AUTHORIZATION);
+    }
+    if present & PROXY_CONNECTION_BIT != 0 {
+        headers.remove(&PROXY_CONNECTION);
+    }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if present & UPGRADE_BIT != 0 {
         headers.remove(header::UPGRADE);
     }
 }
 
 /// Adds X-Forwarded-For (appended to any earlier hops), sets X-Forwarded-Proto and
-/// X-Forwarded-Host (replacing what the client sent), and appends Via.
+/// X-Forwarded-Host (replacing what the client sent), and appends Via. `host` is the Host the
+/// client asked for, as a header value.
 pub fn add_forwarding(
     headers: &mut HeaderMap,
     client_ip: IpAddr,
-    host: Option<&str>,
+    host: Option<&HeaderValue>,
     via: &HeaderValue,
 ) {
-    let client = client_ip.to_string();
     let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(earlier) => format!("{earlier}, {client}"),
-        None => client,
+        Some(earlier) => HeaderValue::from_str(&format!("{earlier}, {client_ip}")).ok(),
+        None => Some(client_ip_value(client_ip)),
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+    if let Some(value) = forwarded_for {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     // This proxy is where the client's connection ends, so it alone knows the scheme and the
     // host the client used: values a client sent are overwritten, not trusted.
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    match host.and_then(|h| HeaderValue::from_str(h).ok()) {
-        Some(value) => headers.insert(X_FORWARDED_HOST.clone(), value),
+    match host {
+        Some(value) => headers.insert(X_FORWARDED_HOST.clone(), value.clone()),
         None => headers.remove(&X_FORWARDED_HOST),
     };
     append_via(headers, via);
+}
+
+/// `client_ip` as a header value. A keep-alive connection sends every request from one
+/// address, so each thread keeps the last one made (a clone is a reference count).
+fn client_ip_value(client_ip: IpAddr) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((ip, value)) = &*last
+            && *ip == client_ip
+        {
+            return value.clone();
+        }
+        let value = HeaderValue::from_str(&client_ip.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        *last = Some((client_ip, value.clone()));
+        value
+    })
 }
 
 /// Appends this proxy to Via (on requests and responses).
@@ -124,8 +215,20 @@ fn new_request_id() -> HeaderValue {
         (x ^ (x >> 31)) as u32
     });
     let count = COUNTER.fetch_add(1, Ordering::Relaxed);
-    HeaderValue::from_str(&format!("{prefix:08x}-{count:012x}"))
-        .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    // `{prefix:08x}-{count:012x}`, written without the formatting machinery.
+    let mut id = [b'-'; 21];
+    hex_into(&mut id[..8], u64::from(prefix));
+    hex_into(&mut id[9..], count);
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// Writes the low `out.len()` hex digits of `value` (lower case, zero-padded) into `out`.
+fn hex_into(out: &mut [u8], mut value: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for place in out.iter_mut().rev() {
+        *place = DIGITS[(value & 0xf) as usize];
+        value >>= 4;
+    }
 }
 
 #[cfg(test)]
@@ -174,7 +277,7 @@ mod tests {
         add_forwarding(
             &mut headers,
             "127.0.0.1".parse().unwrap(),
-            Some("a.com"),
+            Some(&HeaderValue::from_static("a.com")),
             &via,
         );
         assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
@@ -192,5 +295,40 @@ mod tests {
         assert_eq!(request_id(&headers), "abc-1");
         headers.insert("x-request-id", HeaderValue::from_static("has space"));
         assert_ne!(request_id(&headers), "has space");
+        let made = made.to_str().unwrap();
+        assert_eq!(made.len(), 21);
+        assert_eq!(&made[8..9], "-");
+        assert!(made.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()));
+        assert!(!made.bytes().any(|b| b.is_ascii_uppercase()));
+        let mut digits = [0; 12];
+        hex_into(&mut digits, 0xabc);
+        assert_eq!(&digits, b"000000000abc");
+    }
+
+    #[test]
+    fn connection_tokens_are_removed_whatever_their_case() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Keep-Alive, X-Secret, ,bad name"),
+        );
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers, false);
+        let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+        // Two Connection headers take the general path.
+        let mut headers = HeaderMap::new();
+        headers.append(header::CONNECTION, HeaderValue::from_static("x-a"));
+        headers.append(header::CONNECTION, HeaderValue::from_static("x-b, upgrade"));
+        headers.insert("x-a", HeaderValue::from_static("1"));
+        headers.insert("x-b", HeaderValue::from_static("1"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut headers, true);
+        assert_eq!(headers[header::UPGRADE], "websocket");
+        assert_eq!(headers[header::CONNECTION], "upgrade");
+        assert_eq!(headers.len(), 2);
     }
 }

@@ -265,17 +265,21 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
         let started = Instant::now();
         let request_id = headers::request_id(request.headers());
-        let host = request
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| request.uri().authority().map(|a| a.to_string()));
+        // The Host the client asked for, kept as the header value (a clone is a reference
+        // count): an HTTP/2 client's :authority when it sent no Host.
+        let host_value = match request.headers().get(header::HOST) {
+            Some(value) if value.to_str().is_ok() => Some(value.clone()),
+            _ => request
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        };
+        let host = host_value.as_ref().and_then(|v| v.to_str().ok());
         let mut record = self.access_log.enabled().then(|| AccessRecord {
             request_id: request_id.to_str().unwrap_or("-").to_owned(),
             client: connection.client,
             method: request.method().to_string(),
-            host: host.clone().unwrap_or_else(|| "-".into()),
+            host: host.unwrap_or("-").to_owned(),
             path: request
                 .uri()
                 .path_and_query()
@@ -305,13 +309,12 @@ impl Proxy {
             &self.via_http1
         };
 
-        let Some(route) = self.routes.find(
-            host.as_deref(),
-            request.uri().path(),
-            connection.listener_port,
-        ) else {
+        let Some(route) = self
+            .routes
+            .find(host, request.uri().path(), connection.listener_port)
+        else {
             let error = ProxyError::NoRoute {
-                host: host.unwrap_or_default(),
+                host: host.unwrap_or_default().to_owned(),
                 path: request.uri().path().to_owned(),
             };
             let labels = self.labels(None, None);
@@ -374,11 +377,11 @@ impl Proxy {
         {
             let headers_mut = request.headers_mut();
             headers::strip_hop_by_hop(headers_mut, upgrade);
-            headers::add_forwarding(headers_mut, client_ip, host.as_deref(), via);
+            headers::add_forwarding(headers_mut, client_ip, host_value.as_ref(), via);
             headers_mut.insert(headers::X_REQUEST_ID.clone(), request_id.clone());
             if !headers_mut.contains_key(header::HOST) {
                 // An HTTP/2 client sends :authority instead; HTTP/1.1 backends need Host.
-                if let Some(value) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+                if let Some(value) = host_value {
                     headers_mut.insert(header::HOST, value);
                 }
             }
@@ -946,18 +949,17 @@ fn backend_response(
 
 /// `http://BACKEND/path?query` for the client's request URI.
 fn backend_uri(backend: &Backend, uri: &Uri) -> Result<Uri, ProxyError> {
-    let path_and_query = uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    Uri::builder()
-        .scheme("http")
-        .authority(backend.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|_| ProxyError::BadRequest {
-            reason: "the request target cannot be forwarded",
-        })
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(backend.authority.clone());
+    parts.path_and_query = Some(
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest {
+        reason: "the request target cannot be forwarded",
+    })
 }
 
 /// Maps a client error to the answer and the outcome the core hears.
