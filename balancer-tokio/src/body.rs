@@ -153,9 +153,11 @@ pub enum End {
 pub struct DoneGuard {
     dispatched: Option<(SharedPool, RequestId)>,
     backend_server_error: bool,
-    log: Option<(AccessLog, AccessRecord)>,
+    // The access-log record and the trace event are boxed (and only exist when on): the
+    // guard rides in every response body, which hyper moves several times per request.
+    log: Option<(AccessLog, Box<AccessRecord>)>,
     metrics: Option<(Arc<Metrics>, RequestLabels)>,
-    trace: Option<(Arc<TraceSink>, TraceEvent)>,
+    trace: Option<(Arc<TraceSink>, Box<TraceEvent>)>,
     started: Instant,
     rejected: bool,
 }
@@ -177,7 +179,7 @@ impl DoneGuard {
 
     /// A guard for a response the proxy made itself (no dispatch): it only logs and counts.
     pub fn local(
-        log: Option<(AccessLog, AccessRecord)>,
+        log: Option<(AccessLog, Box<AccessRecord>)>,
         metrics: Option<(Arc<Metrics>, RequestLabels)>,
         started: Instant,
     ) -> Self {
@@ -196,7 +198,7 @@ impl DoneGuard {
     /// the request when it ends.
     pub fn attach(
         &mut self,
-        log: Option<(AccessLog, AccessRecord)>,
+        log: Option<(AccessLog, Box<AccessRecord>)>,
         metrics: Option<(Arc<Metrics>, RequestLabels)>,
     ) {
         self.log = log;
@@ -204,7 +206,7 @@ impl DoneGuard {
     }
 
     /// Makes this guard write `event` to the traffic trace when it ends.
-    pub fn attach_trace(&mut self, trace: Option<(Arc<TraceSink>, TraceEvent)>) {
+    pub fn attach_trace(&mut self, trace: Option<(Arc<TraceSink>, Box<TraceEvent>)>) {
         self.trace = trace;
     }
 
@@ -269,7 +271,7 @@ impl DoneGuard {
                 Outcome::Failure(_) => TraceOutcome::Failed,
                 Outcome::Cancelled => TraceOutcome::Cancelled,
             };
-            sink.record(event);
+            sink.record(*event);
         }
     }
 }

@@ -275,33 +275,37 @@ impl Proxy {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
         };
         let host = host_value.as_ref().and_then(|v| v.to_str().ok());
-        let mut record = self.access_log.enabled().then(|| AccessRecord {
-            request_id: request_id.to_str().unwrap_or("-").to_owned(),
-            client: connection.client,
-            method: request.method().to_string(),
-            host: host.unwrap_or("-").to_owned(),
-            path: request
-                .uri()
-                .path_and_query()
-                .map_or_else(|| "/".into(), |p| p.to_string()),
-            route: "-".into(),
-            backend: "-".into(),
-            status: 0,
-            bytes: 0,
-            duration: Default::default(),
-            outcome: "",
+        let mut record = self.access_log.enabled().then(|| {
+            Box::new(AccessRecord {
+                request_id: request_id.to_str().unwrap_or("-").to_owned(),
+                client: connection.client,
+                method: request.method().to_string(),
+                host: host.unwrap_or("-").to_owned(),
+                path: request
+                    .uri()
+                    .path_and_query()
+                    .map_or_else(|| "/".into(), |p| p.to_string()),
+                route: "-".into(),
+                backend: "-".into(),
+                status: 0,
+                bytes: 0,
+                duration: Default::default(),
+                outcome: "",
+            })
         });
-        let mut trace = self.trace.is_some().then(|| TraceEvent {
-            arrival: started,
-            pool: self.no_backend_label.clone(),
-            route: self.no_backend_label.clone(),
-            method: request.method().clone(),
-            request_bytes: 0,
-            response_bytes: 0,
-            backend: None,
-            service: Duration::ZERO,
-            status: 0,
-            outcome: balancer_core::trace::TraceOutcome::Rejected,
+        let mut trace = self.trace.is_some().then(|| {
+            Box::new(TraceEvent {
+                arrival: started,
+                pool: self.no_backend_label.clone(),
+                route: self.no_backend_label.clone(),
+                method: request.method().clone(),
+                request_bytes: 0,
+                response_bytes: 0,
+                backend: None,
+                service: Duration::ZERO,
+                status: 0,
+                outcome: balancer_core::trace::TraceOutcome::Rejected,
+            })
         });
         let via = if request.version() == Version::HTTP_2 {
             &self.via_http2
@@ -636,9 +640,9 @@ impl Proxy {
         &self,
         error: ProxyError,
         request_id: HeaderValue,
-        mut record: Option<AccessRecord>,
+        mut record: Option<Box<AccessRecord>>,
         mut labels: Option<(Arc<Metrics>, RequestLabels)>,
-        trace: Option<TraceEvent>,
+        trace: Option<Box<TraceEvent>>,
         started: Instant,
     ) -> Response<ProxyBody> {
         let status = error.status();
@@ -719,8 +723,8 @@ impl Tries<'_> {
         mut source: Source,
         may_retry: bool,
         (first, first_at): (Dispatch, Instant),
-        mut record: Option<AccessRecord>,
-        mut trace: Option<TraceEvent>,
+        mut record: Option<Box<AccessRecord>>,
+        mut trace: Option<Box<TraceEvent>>,
     ) -> Response<ProxyBody> {
         let pool = self.pool;
         let proxy = self.proxy;
@@ -870,8 +874,8 @@ impl Tries<'_> {
     fn attach(
         &self,
         guard: &mut DoneGuard,
-        record: &mut Option<AccessRecord>,
-        trace: &mut Option<TraceEvent>,
+        record: &mut Option<Box<AccessRecord>>,
+        trace: &mut Option<Box<TraceEvent>>,
         backend: &Arc<Backend>,
         try_started: Instant,
     ) {
