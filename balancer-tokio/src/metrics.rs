@@ -5,9 +5,7 @@
 //! scraped, so they cost nothing between scrapes. One `Metrics` lives for the whole process:
 //! it survives config reloads.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -105,55 +103,6 @@ pub struct Metrics {
     pub trace_dropped: Counter,
     /// Trace records written.
     pub trace_written: Counter,
-    /// Handles to the series of each (route, backend, status) seen, so that counting a
-    /// request costs no hashing of label strings (see [`Metrics::observe_request`]).
-    request_handles: RwLock<HashMap<HandleKey, RequestHandles, BuildHasherDefault<PtrHasher>>>,
-}
-
-/// A request's label set by identity: the addresses of its route and backend label strings
-/// and its status. The cached [`RequestHandles`] hold clones of those `Arc`s, so an address
-/// cannot be freed and reused for another label while its entry exists.
-type HandleKey = (usize, usize, u16);
-
-/// Label sets whose handles are cached at most.
-const MAX_CACHED_HANDLES: usize = 4096;
-
-/// The series one label set counts into: clones share the family's storage, so updating
-/// them is updating what `/metrics` shows.
-struct RequestHandles {
-    requests: Counter,
-    duration: Histogram,
-    _route: Arc<String>,
-    _backend: Arc<String>,
-}
-
-/// Hasher for [`HandleKey`]: a multiply-rotate over a few words (FxHash's), enough for keys
-/// no client controls.
-#[derive(Default)]
-struct PtrHasher(u64);
-
-impl Hasher for PtrHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-
-    fn write_u16(&mut self, n: u16) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
 }
 
 impl Default for Metrics {
@@ -254,54 +203,18 @@ impl Metrics {
             reloads,
             trace_dropped,
             trace_written,
-            request_handles: RwLock::default(),
         }
     }
 
-    /// Counts one finished request. The label set's series are looked up by the identity of
-    /// its label strings (each route and backend label is one shared `Arc` per config
-    /// generation); the first request of a label set creates them in the families as before.
+    /// Counts one finished request.
     pub fn observe_request(&self, labels: &RequestLabels, duration: Duration) {
-        let key = (
-            Arc::as_ptr(&labels.route) as usize,
-            Arc::as_ptr(&labels.backend) as usize,
-            labels.status,
-        );
-        let seconds = duration.as_secs_f64();
-        {
-            let handles = self
-                .request_handles
-                .read()
-                .unwrap_or_else(|p| p.into_inner());
-            if let Some(cached) = handles.get(&key) {
-                cached.requests.inc();
-                cached.duration.observe(seconds);
-                return;
-            }
-        }
-        let cached = RequestHandles {
-            requests: self.requests.get_or_create(labels).clone(),
-            duration: self
-                .request_duration
-                .get_or_create(&RouteLabels {
-                    route: labels.route.clone(),
-                })
-                .clone(),
-            _route: labels.route.clone(),
-            _backend: labels.backend.clone(),
-        };
-        cached.requests.inc();
-        cached.duration.observe(seconds);
-        let mut handles = self
-            .request_handles
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        // Each reload makes new route labels, so old keys go stale: the cache is bounded by
-        // starting over (the series themselves stay in the families).
-        if handles.len() >= MAX_CACHED_HANDLES {
-            handles.clear();
-        }
-        handles.insert(key, cached);
+        self.requests.get_or_create(labels).inc();
+        // Avoids building a second label set when the route's histogram exists already.
+        self.request_duration
+            .get_or_create(&RouteLabels {
+                route: labels.route.clone(),
+            })
+            .observe(duration.as_secs_f64());
     }
 
     /// The OpenMetrics text of every metric.
@@ -310,53 +223,5 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cached_handles_count_into_the_same_series_as_the_families() {
-        let cached = Metrics::new();
-        let direct = Metrics::new();
-        let route = Arc::new("r".to_owned());
-        let backend = Arc::new("10.0.0.1:80".to_owned());
-        let observe = |metrics: &Metrics, route: &Arc<String>, status: u16, ms: u64| {
-            let labels = RequestLabels {
-                route: route.clone(),
-                backend: backend.clone(),
-                status,
-            };
-            metrics.observe_request(&labels, Duration::from_millis(ms));
-        };
-        observe(&cached, &route, 200, 1);
-        observe(&cached, &route, 200, 3);
-        observe(&cached, &route, 502, 30);
-        // Another generation's label with the same text is the same series.
-        observe(&cached, &Arc::new("r".to_owned()), 200, 2);
-        for (status, ms) in [(200, 1), (200, 3), (502, 30), (200, 2)] {
-            let labels = RequestLabels {
-                route: route.clone(),
-                backend: backend.clone(),
-                status,
-            };
-            direct.requests.get_or_create(&labels).inc();
-            direct
-                .request_duration
-                .get_or_create(&RouteLabels {
-                    route: route.clone(),
-                })
-                .observe(Duration::from_millis(ms).as_secs_f64());
-        }
-        // Series come out in the family's hash order: compare as sets of lines.
-        let lines = |text: String| {
-            let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
-            lines.sort();
-            lines
-        };
-        assert_eq!(lines(cached.encode()), lines(direct.encode()));
-        assert!(cached.encode().contains("status=\"200\"} 3"));
     }
 }
