@@ -2,12 +2,13 @@
 //! core's `DecisionRecord`s (one per try), keyed by the `x-request-id` the client got back.
 //!
 //! Sharded by a hash of the id so that concurrent requests rarely meet on one lock; every try
-//! of one request lands in the same shard, in order. Each shard is a pre-allocated ring that
-//! overwrites its oldest entry in place when full, so memory is fixed at start and a push allocates
+//! of one request lands in the same shard, in order. Each shard is a pre-allocated `VecDeque`
+//! that drops its oldest entry when full, so memory is fixed at start and a push allocates
 //! nothing and touches no shared reference count: an entry is `Copy` (the id is copied
 //! inline, the pool is named by a hash of its name, backends by the core's ids, resolved to
 //! addresses only when an explanation is asked for).
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use balancer_core::DecisionRecord;
@@ -80,16 +81,9 @@ pub fn pool_key(name: &str) -> u64 {
     fnv1a(name.as_bytes())
 }
 
-/// One shard: entries in arrival order until full, then overwritten in place oldest-first.
-struct Shard {
-    entries: Vec<Explained>,
-    /// Once full, the index of the oldest entry (the next one overwritten).
-    oldest: usize,
-}
-
 /// The ring. `size` entries at most (rounded up to a multiple of 16 from 256 on).
 pub struct ExplainRing {
-    shards: Box<[Mutex<Shard>]>,
+    shards: Box<[Mutex<VecDeque<Explained>>]>,
     per_shard: usize,
     size: usize,
 }
@@ -104,12 +98,7 @@ impl ExplainRing {
         let per_shard = size.div_ceil(shards);
         Some(Arc::new(ExplainRing {
             shards: (0..shards)
-                .map(|_| {
-                    Mutex::new(Shard {
-                        entries: Vec::with_capacity(per_shard),
-                        oldest: 0,
-                    })
-                })
+                .map(|_| Mutex::new(VecDeque::with_capacity(per_shard)))
                 .collect(),
             per_shard,
             size,
@@ -121,40 +110,26 @@ impl ExplainRing {
         self.size
     }
 
-    fn shard(&self, id: &[u8]) -> &Mutex<Shard> {
+    fn shard(&self, id: &[u8]) -> &Mutex<VecDeque<Explained>> {
         // A few nanoseconds for a 21-byte id.
         &self.shards[(fnv1a(id) % self.shards.len() as u64) as usize]
     }
 
     /// Stores one try's decision under `request_id`, evicting the shard's oldest if full.
     pub fn push(&self, request_id: &[u8], pool_key: u64, record: DecisionRecord) {
+        let entry = Explained {
+            id: IdKey::new(request_id),
+            pool_key,
+            record,
+        };
         let mut shard = self
             .shard(request_id)
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if shard.entries.len() < self.per_shard {
-            shard.entries.push(Explained {
-                id: IdKey::new(request_id),
-                pool_key,
-                record,
-            });
-            return;
+        if shard.len() >= self.per_shard {
+            shard.pop_front();
         }
-        // Full: the oldest entry is overwritten in place, and only the id's own bytes are
-        // written (the rest of its inline buffer is never read: `IdKey::as_bytes` stops at
-        // `len`), so a push touches no more of the ring than it must.
-        let oldest = shard.oldest;
-        shard.oldest = if oldest + 1 == self.per_shard {
-            0
-        } else {
-            oldest + 1
-        };
-        let slot = &mut shard.entries[oldest];
-        let len = request_id.len().min(MAX_REQUEST_ID_BYTES);
-        slot.id.len = len as u8;
-        slot.id.bytes[..len].copy_from_slice(&request_id[..len]);
-        slot.pool_key = pool_key;
-        slot.record = record;
+        shard.push_back(entry);
     }
 
     /// Every try stored under `request_id`, oldest first.
@@ -163,10 +138,8 @@ impl ExplainRing {
             .shard(request_id)
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let (newer, older) = shard.entries.split_at(shard.oldest);
-        older
+        shard
             .iter()
-            .chain(newer)
             .filter(|e| e.id.as_bytes() == request_id)
             .copied()
             .collect()
@@ -280,7 +253,7 @@ mod tests {
     }
 
     #[test]
-    fn a_full_ring_overwrites_its_oldest_and_finds_oldest_first() {
+    fn a_full_ring_drops_its_oldest_and_finds_oldest_first() {
         use balancer_core::{PolicyKind, Scheduler, SchedulerConfig, Timestamp};
         use rand::SeedableRng;
         let mut scheduler = Scheduler::new(SchedulerConfig::new(PolicyKind::RoundRobin));
@@ -297,7 +270,7 @@ mod tests {
         ring.push(&long_id, 7, record(1));
         ring.push(b"a", 7, record(2));
         ring.push(b"b", 7, record(3));
-        // Overwrites the long id's slot with a shorter one, then the oldest "a".
+        // Evicts the long id, then the oldest "a".
         ring.push(b"a", 8, record(4));
         ring.push(b"c", 7, record(5));
         assert!(ring.find(&long_id).is_empty());
