@@ -428,11 +428,16 @@ impl Proxy {
         // uploader does not hold a backend's pending slot while it sends.
         let may_retry =
             pool.retries_enabled && (is_idempotent(&parts.method) || pool.retry_non_idempotent);
-        let source = match read_replayable(body, may_retry, pool.request_timeout).await {
-            Ok(source) => source,
-            Err(error) => {
-                let labels = self.labels(Some(route_label), None);
-                return Ok(self.local_error(error, request_id, record, labels, trace, started));
+        // No body (the usual GET): nothing to read, and no reading future to build and poll.
+        let source = if body.is_end_stream() {
+            Source::Replay(Bytes::new())
+        } else {
+            match read_replayable(body, may_retry, pool.request_timeout).await {
+                Ok(source) => source,
+                Err(error) => {
+                    let labels = self.labels(Some(route_label), None);
+                    return Ok(self.local_error(error, request_id, record, labels, trace, started));
+                }
             }
         };
         if let (Some(event), Source::Replay(bytes)) = (&mut trace, &source) {
@@ -455,16 +460,17 @@ impl Proxy {
             via,
             request_id,
         };
-        Ok(tries
-            .run(
-                parts,
-                source,
-                may_retry,
-                (first, dispatched_at),
-                record,
-                trace,
-            )
-            .await)
+        // Boxed: the tries' state (the backend request, its timer, the retry state) then does
+        // not enlarge this future, which hyper moves into place for every request.
+        Ok(Box::pin(tries.run(
+            parts,
+            source,
+            may_retry,
+            (first, dispatched_at),
+            record,
+            trace,
+        ))
+        .await)
     }
 
     /// The first try's dispatch: every first decision is made here (retries in
