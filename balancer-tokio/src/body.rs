@@ -235,23 +235,15 @@ impl DoneGuard {
             End::Failed(kind) => Outcome::Failure(kind),
             End::Cancelled => Outcome::Cancelled,
         };
-        if self.dispatched.is_none() && self.metrics.is_none() && self.log.is_none() {
-            // Finished already, or a trace-only guard: no clock needed.
-            self.finish_trace(outcome, bytes);
-            return;
-        }
-        // One clock read serves the core's done, the metrics and the access log.
-        let now = Instant::now();
-        let elapsed = now.saturating_duration_since(self.started);
         if let Some((pool, request)) = self.dispatched.take() {
-            pool.handle_done(request, outcome, now);
+            pool.handle_done(request, outcome);
         }
         if let Some((metrics, labels)) = self.metrics.take() {
-            metrics.observe_request(&labels, elapsed);
+            metrics.observe_request(&labels, self.started.elapsed());
         }
         if let Some((log, mut record)) = self.log.take() {
             record.bytes = bytes;
-            record.duration = elapsed;
+            record.duration = self.started.elapsed();
             record.outcome = if self.rejected {
                 "rejected"
             } else {
@@ -259,10 +251,6 @@ impl DoneGuard {
             };
             log.write(&record);
         }
-        self.finish_trace(outcome, bytes);
-    }
-
-    fn finish_trace(&mut self, outcome: Outcome, bytes: u64) {
         if let Some((sink, mut event)) = self.trace.take() {
             event.response_bytes = bytes;
             event.outcome = match outcome {

@@ -46,12 +46,6 @@ impl Clock {
         Timestamp::from_nanos(self.start.elapsed().as_nanos() as u64)
     }
 
-    /// `at`, as the core's timestamp (the same as [`Clock::now`] read at `at`, so that a
-    /// caller that has read the time already need not read it again).
-    pub fn at(&self, at: Instant) -> Timestamp {
-        Timestamp::from_nanos(at.saturating_duration_since(self.start).as_nanos() as u64)
-    }
-
     /// The wall-clock time of a core timestamp of this clock.
     pub fn wall_time(&self, at: Timestamp) -> SystemTime {
         self.wall_start + Duration::from_nanos(at.as_nanos())
@@ -479,9 +473,9 @@ impl Pool {
         Arc::ptr_eq(&self.core, &other.core)
     }
 
-    /// Work: asks the core where to send a request arriving `at` (now, as the caller read it).
-    pub fn handle_work(&self, at: Instant) -> Result<Dispatch, RejectReason> {
-        let now = self.clock.at(at);
+    /// Work: asks the core where to send a request arriving now.
+    pub fn handle_work(&self) -> Result<Dispatch, RejectReason> {
+        let now = self.clock.now();
         let mut guard = self.core.lock();
         let scheduling = &mut *guard;
         let decision = scheduling.scheduler.handle_work(now, &mut scheduling.rng);
@@ -490,11 +484,8 @@ impl Pool {
     }
 
     /// As [`Pool::handle_work`], with the core's record of why.
-    pub fn handle_work_explained(
-        &self,
-        at: Instant,
-    ) -> (Result<Dispatch, RejectReason>, DecisionRecord) {
-        let now = self.clock.at(at);
+    pub fn handle_work_explained(&self) -> (Result<Dispatch, RejectReason>, DecisionRecord) {
+        let now = self.clock.now();
         let mut guard = self.core.lock();
         let scheduling = &mut *guard;
         let (decision, record) = scheduling
@@ -566,9 +557,9 @@ impl Pool {
         scheduler.decide_retry(now, failed, rng)
     }
 
-    /// Done: tells the core how a dispatched request ended `at` (now, as the caller read it).
-    pub fn handle_done(&self, request: RequestId, outcome: Outcome, at: Instant) {
-        let now = self.clock.at(at);
+    /// Done: tells the core how a dispatched request ended.
+    pub fn handle_done(&self, request: RequestId, outcome: Outcome) {
+        let now = self.clock.now();
         let mut guard = self.core.lock();
         let result = guard.scheduler.handle_done(now, request, outcome);
         self.core.check_invariants(&guard.scheduler);

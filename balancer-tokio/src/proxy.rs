@@ -392,7 +392,7 @@ impl Proxy {
         }
 
         if upgrade {
-            let (token, backend) = match self.first_dispatch(pool, &request_id, Instant::now()) {
+            let (token, backend) = match self.first_dispatch(pool, &request_id) {
                 Ok(dispatch) => dispatch,
                 Err(error) => {
                     let labels = self.labels(Some(route_label), None);
@@ -443,9 +443,7 @@ impl Proxy {
         if let (Some(event), Source::Replay(bytes)) = (&mut trace, &source) {
             event.request_bytes = bytes.len() as u64;
         }
-        // One clock read for the dispatch and the first try's start (its timer's base).
-        let dispatched_at = Instant::now();
-        let first = match self.first_dispatch(pool, &request_id, dispatched_at) {
+        let first = match self.first_dispatch(pool, &request_id) {
             Ok(dispatch) => dispatch,
             Err(error) => {
                 let labels = self.labels(Some(route_label), None);
@@ -462,15 +460,7 @@ impl Proxy {
         };
         // Boxed: the tries' state (the backend request, its timer, the retry state) then does
         // not enlarge this future, which hyper moves into place for every request.
-        Ok(Box::pin(tries.run(
-            parts,
-            source,
-            may_retry,
-            (first, dispatched_at),
-            record,
-            trace,
-        ))
-        .await)
+        Ok(Box::pin(tries.run(parts, source, may_retry, first, record, trace)).await)
     }
 
     /// The first try's dispatch: every first decision is made here (retries in
@@ -479,12 +469,11 @@ impl Proxy {
         &self,
         pool: &Pool,
         request_id: &HeaderValue,
-        at: Instant,
     ) -> Result<Dispatch, ProxyError> {
         let dispatched = match &self.explain {
-            None => pool.handle_work(at),
+            None => pool.handle_work(),
             Some(ring) => {
-                let (dispatched, record) = pool.handle_work_explained(at);
+                let (dispatched, record) = pool.handle_work_explained();
                 ring.push(request_id.as_bytes(), pool.explain_key, record);
                 dispatched
             }
@@ -728,7 +717,7 @@ impl Tries<'_> {
         mut parts: http::request::Parts,
         mut source: Source,
         may_retry: bool,
-        (first, first_at): (Dispatch, Instant),
+        first: Dispatch,
         mut record: Option<Box<AccessRecord>>,
         mut trace: Option<Box<TraceEvent>>,
     ) -> Response<ProxyBody> {
@@ -740,8 +729,6 @@ impl Tries<'_> {
         let replayable = matches!(source, Source::Replay(_));
         let deadline = tokio::time::Instant::from_std(self.started) + pool.request_timeout;
         let mut tried: Vec<BackendId> = Vec::new();
-        // The first try starts when it was dispatched; a retry when it is sent.
-        let mut next_try_at = Some(first_at);
         loop {
             let uri = match backend_uri(&backend, &parts.uri) {
                 Ok(uri) => uri,
@@ -775,15 +762,11 @@ impl Tries<'_> {
             *outgoing.version_mut() = Version::HTTP_11;
             *outgoing.headers_mut() = headers;
 
-            // The try's deadline: response_header_timeout from its start, but never past the
-            // request's; one clock read gives both the start and the timer's base.
-            let try_started = next_try_at.take().unwrap_or_else(Instant::now);
-            let try_base = tokio::time::Instant::from_std(try_started);
-            let try_deadline = try_base
-                .checked_add(pool.response_header_timeout)
-                .map_or(deadline, |d| d.min(deadline));
-            let per_try = try_deadline.saturating_duration_since(try_base);
-            let sent = tokio::time::timeout_at(try_deadline, pool.client.request(outgoing)).await;
+            let per_try = pool
+                .response_header_timeout
+                .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            let try_started = Instant::now();
+            let sent = tokio::time::timeout(per_try, pool.client.request(outgoing)).await;
             let (error, kind) = match sent {
                 Ok(Ok(response)) => {
                     if response.status() == StatusCode::SERVICE_UNAVAILABLE
