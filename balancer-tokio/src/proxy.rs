@@ -428,16 +428,11 @@ impl Proxy {
         // uploader does not hold a backend's pending slot while it sends.
         let may_retry =
             pool.retries_enabled && (is_idempotent(&parts.method) || pool.retry_non_idempotent);
-        // No body (the usual GET): nothing to read, and no reading future to build and poll.
-        let source = if body.is_end_stream() {
-            Source::Replay(Bytes::new())
-        } else {
-            match read_replayable(body, may_retry, pool.request_timeout).await {
-                Ok(source) => source,
-                Err(error) => {
-                    let labels = self.labels(Some(route_label), None);
-                    return Ok(self.local_error(error, request_id, record, labels, trace, started));
-                }
+        let source = match read_replayable(body, may_retry, pool.request_timeout).await {
+            Ok(source) => source,
+            Err(error) => {
+                let labels = self.labels(Some(route_label), None);
+                return Ok(self.local_error(error, request_id, record, labels, trace, started));
             }
         };
         if let (Some(event), Source::Replay(bytes)) = (&mut trace, &source) {
@@ -458,9 +453,9 @@ impl Proxy {
             via,
             request_id,
         };
-        // Boxed: the tries' state (the backend request, its timer, the retry state) then does
-        // not enlarge this future, which hyper moves into place for every request.
-        Ok(Box::pin(tries.run(parts, source, may_retry, first, record, trace)).await)
+        Ok(tries
+            .run(parts, source, may_retry, first, record, trace)
+            .await)
     }
 
     /// The first try's dispatch: every first decision is made here (retries in
