@@ -127,8 +127,10 @@ pub struct Pool {
     /// Its name.
     pub name: String,
     core: Arc<PoolCore>,
-    /// Keep-alive connections to the pool's backends (one pool of connections per backend).
-    pub client: BackendClient,
+    /// Keep-alive connections to the pool's backends: one client (one pool of connections per
+    /// backend) per traffic worker, so that a backend connection is only ever driven by the
+    /// worker that uses it (see [`Pool::client`]).
+    clients: Arc<[BackendClient]>,
     /// Connect timeout (also used for upgrade connections).
     pub connect_timeout: Duration,
     /// Request sent → response headers, per try; then 504 (or a retry).
@@ -397,13 +399,15 @@ impl PoolCore {
 
 impl Pool {
     /// Builds the pool: registers every backend with a fresh scheduler.
+    /// `workers` is the number of traffic workers (one backend client each).
     pub fn new(
         config: &PoolConfig,
         clock: Clock,
         metrics: Arc<Metrics>,
+        workers: usize,
     ) -> Result<Pool, PoolError> {
         let core = PoolCore::new(config, clock, metrics)?;
-        Ok(Pool::with_core(config, core, None))
+        Ok(Pool::with_core(config, core, None, workers))
     }
 
     /// The pool for a reloaded `config`: always the previous generation's scheduler, so every
@@ -429,28 +433,43 @@ impl Pool {
             }
         }
         core.apply_backends(config)?;
-        let client =
-            (client_settings(config) == previous.client_settings).then(|| previous.client.clone());
-        Ok(Pool::with_core(config, core, client))
+        let clients =
+            (client_settings(config) == previous.client_settings).then(|| previous.clients.clone());
+        // A reload never changes the worker count (refused as needing a restart).
+        Ok(Pool::with_core(
+            config,
+            core,
+            clients,
+            previous.clients.len(),
+        ))
     }
 
-    fn with_core(config: &PoolConfig, core: Arc<PoolCore>, client: Option<BackendClient>) -> Pool {
+    fn with_core(
+        config: &PoolConfig,
+        core: Arc<PoolCore>,
+        clients: Option<Arc<[BackendClient]>>,
+        workers: usize,
+    ) -> Pool {
         let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
-        let client = client.unwrap_or_else(|| {
-            let mut connector = HttpConnector::new();
-            connector.set_nodelay(true);
-            connector.set_connect_timeout(Some(connect_timeout));
-            Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_millis(config.idle_timeout_ms))
-                .pool_max_idle_per_host(config.max_idle_per_backend)
-                .pool_timer(TokioTimer::new())
-                .build(connector)
+        let clients = clients.unwrap_or_else(|| {
+            (0..workers.max(1))
+                .map(|_| {
+                    let mut connector = HttpConnector::new();
+                    connector.set_nodelay(true);
+                    connector.set_connect_timeout(Some(connect_timeout));
+                    Client::builder(TokioExecutor::new())
+                        .pool_idle_timeout(Duration::from_millis(config.idle_timeout_ms))
+                        .pool_max_idle_per_host(config.max_idle_per_backend)
+                        .pool_timer(TokioTimer::new())
+                        .build(connector)
+                })
+                .collect()
         });
         Pool {
             name: config.name.clone(),
             clock: core.clock,
             core,
-            client,
+            clients,
             connect_timeout,
             response_header_timeout: Duration::from_millis(config.response_header_timeout_ms),
             request_timeout: Duration::from_millis(config.request_timeout_ms),
@@ -461,6 +480,15 @@ impl Pool {
             client_settings: client_settings(config),
             explain_key: crate::explain::pool_key(&config.name),
         }
+    }
+
+    /// The backend client of the worker running this code. Connections a client opens are
+    /// driven by tasks on the runtime that opened them; one client per worker keeps a request
+    /// and its backend connection on one thread (no cross-thread wake-up per request, no
+    /// shared pool lock).
+    pub fn client(&self) -> &BackendClient {
+        let worker = crate::server::worker_index();
+        self.clients.get(worker).unwrap_or(&self.clients[0])
     }
 
     /// The pool's name as a metrics label.

@@ -83,7 +83,7 @@ impl Proxy {
         let pools = config
             .pools
             .iter()
-            .map(|p| Pool::new(p, clock, metrics.clone()).map(Arc::new))
+            .map(|p| Pool::new(p, clock, metrics.clone(), config.worker_count()).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         let rate_limits = Arc::new(RateLimits::new(&config.rate_limit, &config.routes));
         let explain = ExplainRing::new(config.explain_ring_size);
@@ -108,7 +108,7 @@ impl Proxy {
             .map(|p| {
                 match previous.pools.iter().find(|old| old.name == p.name) {
                     Some(old) => Pool::reload(p, old),
-                    None => Pool::new(p, clock, previous.metrics.clone()),
+                    None => Pool::new(p, clock, previous.metrics.clone(), config.worker_count()),
                 }
                 .map(Arc::new)
             })
@@ -761,7 +761,7 @@ impl Tries<'_> {
                 .response_header_timeout
                 .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
             let try_started = Instant::now();
-            let sent = tokio::time::timeout(per_try, pool.client.request(outgoing)).await;
+            let sent = tokio::time::timeout(per_try, pool.client().request(outgoing)).await;
             let (error, kind) = match sent {
                 Ok(Ok(response)) => {
                     if response.status() == StatusCode::SERVICE_UNAVAILABLE

@@ -259,10 +259,11 @@ async fn start_with(
     let mut accept_tasks = Vec::new();
     // Worker i accepts on socket i of every listener; the kernel spreads new connections over
     // the sockets (SO_REUSEPORT), and a connection stays on the worker that accepted it.
-    let mut per_worker: Vec<Vec<(ListenerConfig, std::net::TcpListener, u16)>> =
-        (1..workers).map(|_| Vec::new()).collect();
+    let mut per_worker: Vec<Vec<WorkerSocket>> = (1..workers).map(|_| Vec::new()).collect();
     for (listener, sockets, local) in bound {
         addresses.push((listener.name.clone(), local));
+        // One limit per listener, whichever worker accepts.
+        let permits = Arc::new(Semaphore::new(listener.max_connections));
         let mut sockets = sockets.into_iter();
         if let Some(first) = sockets.next() {
             let socket = TcpListener::from_std(first).map_err(|err| bind_error(local, &err))?;
@@ -270,13 +271,19 @@ async fn start_with(
                 socket,
                 listener.clone(),
                 local.port(),
+                permits.clone(),
                 shared.clone(),
                 shutdown.watcher(),
                 drain.guard(),
             )));
         }
         for (worker, socket) in per_worker.iter_mut().zip(sockets) {
-            worker.push((listener.clone(), socket, local.port()));
+            worker.push(WorkerSocket {
+                listener: listener.clone(),
+                socket,
+                port: local.port(),
+                permits: permits.clone(),
+            });
         }
     }
     let mut worker_threads = Vec::with_capacity(per_worker.len());
@@ -348,12 +355,31 @@ fn bind_one(address: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpLi
     listener.into_std()
 }
 
+thread_local! {
+    /// Which traffic worker this thread is: 0 for the runtime that called `start` (and any
+    /// other thread), `N` on `balancer-worker-N`.
+    static WORKER_INDEX: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The traffic worker running the calling code (see [`WORKER_INDEX`]).
+pub(crate) fn worker_index() -> usize {
+    WORKER_INDEX.with(std::cell::Cell::get)
+}
+
+/// One listener's socket for a worker (1..), with the listener's shared connection permits.
+struct WorkerSocket {
+    listener: ListenerConfig,
+    socket: std::net::TcpListener,
+    port: u16,
+    permits: Arc<Semaphore>,
+}
+
 /// Starts worker `index`: a thread running its own current-thread runtime, accepting on its
 /// sockets and serving the connections it accepts until the shutdown is over.
 fn spawn_worker(
     index: usize,
     runtime: tokio::runtime::Runtime,
-    sockets: Vec<(ListenerConfig, std::net::TcpListener, u16)>,
+    sockets: Vec<WorkerSocket>,
     shared: Arc<Shared>,
     watcher: PhaseWatcher,
     drain: Option<DrainGuard>,
@@ -362,10 +388,16 @@ fn spawn_worker(
         let _entered = runtime.enter();
         sockets
             .into_iter()
-            .map(|(listener, socket, port)| {
+            .map(|worker_socket| {
+                let WorkerSocket {
+                    listener,
+                    socket,
+                    port,
+                    permits,
+                } = worker_socket;
                 let local = socket.local_addr();
                 TcpListener::from_std(socket)
-                    .map(|socket| (listener, socket, port))
+                    .map(|socket| (listener, socket, port, permits))
                     .map_err(|err| match local {
                         Ok(local) => bind_error(local, &err),
                         Err(_) => ServeError::Worker {
@@ -378,15 +410,17 @@ fn spawn_worker(
     std::thread::Builder::new()
         .name(format!("balancer-worker-{index}"))
         .spawn(move || {
+            WORKER_INDEX.with(|worker| worker.set(index));
             runtime.block_on(async move {
                 let mut watcher = watcher;
                 let tasks: Vec<_> = listeners
                     .into_iter()
-                    .map(|(listener, socket, port)| {
+                    .map(|(listener, socket, port, permits)| {
                         tokio::spawn(accept_loop(
                             socket,
                             listener,
                             port,
+                            permits,
                             shared.clone(),
                             watcher.clone(),
                             drain.clone(),
@@ -523,24 +557,28 @@ pub(crate) fn connection_builder(limits: Limits) -> auto::Builder<TokioExecutor>
     builder
 }
 
-/// Takes a connection permit, then accepts one connection; `None` once draining begins.
+/// Accepts one connection, then waits for a connection permit; `None` once draining begins.
 ///
-/// Waiting for a permit before accepting leaves excess clients in the kernel's backlog, so
-/// a listener never holds more than its limit. Shared by the traffic and admin listeners.
+/// Excess clients wait in the kernel's backlog, except at most one per accepting loop that
+/// waits, accepted, for a permit: with several workers the permits of a listener are shared,
+/// and a worker must never hold a permit while blocked on its own (empty) socket when the
+/// next client was queued on another worker's. So a listener serves at most its limit and
+/// holds at most its limit plus one connection per worker. Shared by the traffic and admin
+/// listeners.
 pub(crate) async fn accept_within_limit(
     socket: &TcpListener,
     permits: &Arc<Semaphore>,
     watcher: &mut PhaseWatcher,
 ) -> Option<(OwnedSemaphorePermit, io::Result<(TcpStream, SocketAddr)>)> {
-    let permit = tokio::select! {
+    let accepted = tokio::select! {
         biased;
         _ = watcher.reached(Phase::Draining) => return None,
-        permit = permits.clone().acquire_owned() => permit.ok()?,
+        accepted = socket.accept() => accepted,
     };
     tokio::select! {
         biased;
         _ = watcher.reached(Phase::Draining) => None,
-        accepted = socket.accept() => Some((permit, accepted)),
+        permit = permits.clone().acquire_owned() => Some((permit.ok()?, accepted)),
     }
 }
 
@@ -548,12 +586,12 @@ async fn accept_loop(
     socket: TcpListener,
     listener: ListenerConfig,
     port: u16,
+    permits: Arc<Semaphore>,
     shared: Arc<Shared>,
     mut watcher: PhaseWatcher,
     drain: Option<DrainGuard>,
 ) {
     let Some(drain) = drain else { return };
-    let permits = Arc::new(Semaphore::new(listener.max_connections));
     loop {
         let Some((permit, accepted)) = accept_within_limit(&socket, &permits, &mut watcher).await
         else {

@@ -46,3 +46,57 @@ async fn a_listener_serves_at_most_max_connections_at_once() {
     assert!(String::from_utf8_lossy(&buffer[..n]).ends_with("Hello from #1\n"));
     proxy.stop().await;
 }
+
+/// With several workers the limit is still the listener's: whichever worker's socket a client
+/// lands on, no more than `max_connections` are served at once, and each closing connection
+/// lets exactly one waiting client in.
+#[tokio::test]
+async fn the_limit_is_shared_by_all_workers() {
+    let backends = start_backends(&[0]).await;
+    let proxy = Proxy::start(&format!(
+        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nworkers = 3\nmax_connections = 2\n\
+         backends = {}\n",
+        toml_list(&backends)
+    ))
+    .await;
+    let mut served = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert!(
+            within("a first client", ask(&mut stream))
+                .await
+                .ends_with("Hello from #1\n")
+        );
+        served.push(stream);
+    }
+    // Six more clients, spread by the kernel over the three workers' sockets. Each task keeps
+    // its connection open after its answer (the stream is its output), so it holds its slot.
+    let waiting: Vec<_> = (0..6)
+        .map(|_| {
+            let address = proxy.addr();
+            tokio::spawn(async move {
+                let mut stream = TcpStream::connect(address).await.unwrap();
+                let answer = ask(&mut stream).await;
+                (answer, stream)
+            })
+        })
+        .collect();
+    let answered = |waiting: &[tokio::task::JoinHandle<(String, TcpStream)>]| {
+        waiting.iter().filter(|task| task.is_finished()).count()
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(answered(&waiting), 0, "served beyond max_connections");
+    for expected in 1..=2 {
+        drop(served.pop());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            answered(&waiting),
+            expected,
+            "each closed connection lets exactly one waiting client in"
+        );
+    }
+    for task in waiting {
+        task.abort();
+    }
+    proxy.stop().await;
+}
