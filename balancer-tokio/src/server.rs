@@ -323,6 +323,12 @@ fn bind_listener(
     address: SocketAddr,
     workers: usize,
 ) -> Result<Vec<std::net::TcpListener>, ServeError> {
+    if workers > 1 && address.port() != 0 {
+        // SO_REUSEPORT would let this process join a group another balancer (same user)
+        // already listens with, sharing its traffic instead of failing. A plain bind first
+        // fails as a single worker's would when the port is taken.
+        probe_bind(address).map_err(|err| bind_error(address, &err))?;
+    }
     let mut sockets = Vec::with_capacity(workers);
     let mut target = address;
     for _ in 0..workers.max(1) {
@@ -333,6 +339,17 @@ fn bind_listener(
         sockets.push(socket);
     }
     Ok(sockets)
+}
+
+/// Binds `address` without `SO_REUSEPORT` and without listening, then lets it go: fails with
+/// `AddrInUse` if anything listens there already.
+fn probe_bind(address: SocketAddr) -> io::Result<()> {
+    let socket = match address {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)
 }
 
 fn bind_one(address: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {

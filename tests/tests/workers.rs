@@ -42,10 +42,29 @@ async fn every_worker_serves_and_all_drain_on_shutdown() {
     // Worker 0 is the test's runtime; workers 1 and 2 are threads of their own.
     assert_eq!(worker_threads_become(WORKERS - 1).await, WORKERS - 1);
 
+    // A second balancer on the same port fails to start, as with one worker, instead of
+    // joining the first one's SO_REUSEPORT group and taking part of its traffic.
+    let address = proxy.addr();
+    let second = balancer_tokio::Config::from_toml_str(
+        &format!(
+            "listen = \"{address}\"\nadmin = \"off\"\nworkers = {WORKERS}\nbackends = {}\n",
+            toml_list(&backends)
+        ),
+        "second.toml",
+    )
+    .unwrap();
+    match balancer_tokio::start(second).await {
+        Ok(_) => panic!("a second balancer started on {address}, which the first one serves"),
+        Err(err) => assert!(
+            err.to_string().contains("already in use"),
+            "unexpected error: {err}"
+        ),
+    }
+    assert_eq!(worker_threads(), WORKERS - 1);
+
     // Each request on a fresh connection: the kernel spreads connections over the workers'
     // sockets by hash, so a worker that did not accept would leave some of these hanging
     // (all 90 avoiding one of 3 sockets has probability (2/3)^90, about 1e-16).
-    let address = proxy.addr();
     let replies: Vec<_> = (0..90)
         .map(|i| tokio::spawn(tests::send_http1(address, get("/", &format!("c{i}")))))
         .collect();
