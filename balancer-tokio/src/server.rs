@@ -344,20 +344,25 @@ fn bind_listener(
 /// Binds `address` without `SO_REUSEPORT` and without listening, then lets it go: fails with
 /// `AddrInUse` if anything listens there already.
 fn probe_bind(address: SocketAddr) -> io::Result<()> {
-    let socket = match address {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(address)
+    bound_socket(address, false).map(drop)
 }
 
 fn bind_one(address: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+    let socket = bound_socket(address, reuse_port)?;
+    // Converted to std so that each worker registers its socket with its own event loop;
+    // `listen` needs a runtime only to register, which the std conversion undoes.
+    let listener = socket.listen(LISTEN_BACKLOG)?;
+    listener.into_std()
+}
+
+/// A TCP socket bound to `address` (not listening yet), with `SO_REUSEADDR` as
+/// `TcpListener::bind` sets it (a restarted balancer can bind while old connections linger)
+/// and, if asked, `SO_REUSEPORT`.
+fn bound_socket(address: SocketAddr, reuse_port: bool) -> io::Result<tokio::net::TcpSocket> {
     let socket = match address {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
     };
-    // As `TcpListener::bind` does: a restarted balancer can bind while old connections linger.
     socket.set_reuseaddr(true)?;
     #[cfg(unix)]
     if reuse_port {
@@ -366,10 +371,7 @@ fn bind_one(address: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpLi
     #[cfg(not(unix))]
     let _ = reuse_port;
     socket.bind(address)?;
-    // Converted to std so that each worker registers its socket with its own event loop;
-    // `listen` needs a runtime only to register, which the std conversion undoes.
-    let listener = socket.listen(LISTEN_BACKLOG)?;
-    listener.into_std()
+    Ok(socket)
 }
 
 thread_local! {
