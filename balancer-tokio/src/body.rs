@@ -18,6 +18,7 @@ use crate::access_log::{AccessLog, AccessRecord};
 use crate::metrics::{Metrics, RequestLabels};
 use crate::pool::SharedPool;
 use crate::trace::{TraceEvent, TraceSink};
+use crate::upstream::UpstreamBody;
 
 /// Why a request body could not be forwarded.
 #[derive(Debug, thiserror::Error)]
@@ -284,6 +285,8 @@ fn outcome_name(outcome: Outcome) -> &'static str {
 
 enum Source {
     Backend(Incoming),
+    /// Read by the request's own task from a kept-alive backend connection (upstream.rs).
+    Upstream(UpstreamBody),
     Full(Option<Bytes>),
 }
 
@@ -305,6 +308,15 @@ impl ProxyBody {
         }
     }
 
+    /// A backend's body read by [`crate::upstream`], streamed through.
+    pub fn upstream(body: UpstreamBody, guard: DoneGuard) -> Self {
+        ProxyBody {
+            source: Source::Upstream(body),
+            guard: Some(guard),
+            sent_bytes: 0,
+        }
+    }
+
     /// A body made by the proxy (error pages, 101 for tunnels).
     pub fn full(bytes: Bytes, guard: Option<DoneGuard>) -> Self {
         ProxyBody {
@@ -321,17 +333,25 @@ impl ProxyBody {
     }
 }
 
+/// Why a response body stopped short: hyper's client or the upstream connection failed.
+pub type ProxyBodyError = Box<dyn std::error::Error + Send + Sync>;
+
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ProxyBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ProxyBodyError>>> {
         let this = self.get_mut();
-        let polled = match &mut this.source {
-            Source::Backend(body) => ready!(Pin::new(body).poll_frame(cx)),
+        let polled: Option<Result<Frame<Bytes>, ProxyBodyError>> = match &mut this.source {
+            Source::Backend(body) => {
+                ready!(Pin::new(body).poll_frame(cx)).map(|r| r.map_err(Into::into))
+            }
+            Source::Upstream(body) => {
+                ready!(Pin::new(body).poll_frame(cx)).map(|r| r.map_err(Into::into))
+            }
             Source::Full(bytes) => bytes.take().map(|b| Ok(Frame::data(b))),
         };
         match polled {
@@ -363,6 +383,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match &self.source {
             Source::Backend(body) => body.size_hint(),
+            Source::Upstream(body) => body.size_hint(),
             Source::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
@@ -374,6 +395,7 @@ impl ProxyBody {
     fn source_is_end_stream(&self) -> bool {
         match &self.source {
             Source::Backend(body) => body.is_end_stream(),
+            Source::Upstream(body) => body.is_end_stream(),
             Source::Full(bytes) => bytes.is_none(),
         }
     }

@@ -36,6 +36,7 @@ pub mod routing;
 pub mod server;
 pub mod shutdown;
 pub mod trace;
+pub mod upstream;
 
 pub use config::{Config, ConfigError};
 pub use demo::{Demo, DemoPorts};

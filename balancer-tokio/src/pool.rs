@@ -23,6 +23,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::body::RequestBody;
 use crate::config::{HealthCheck, PoolConfig};
 use crate::metrics::{BackendLabels, HealthLabels, Metrics, PoolLabels};
+use crate::upstream::{Upstream, UpstreamSettings};
 
 /// The proxy's clock for the core: nanoseconds since the process (or proxy) started.
 #[derive(Clone, Copy, Debug)]
@@ -69,6 +70,8 @@ pub struct Backend {
     pub label: Arc<String>,
     /// The same, parsed as an URI authority for request URIs.
     pub authority: http::uri::Authority,
+    /// The same as a socket address when it is an IP address (a name is resolved per connect).
+    pub socket_addr: Option<std::net::SocketAddr>,
 }
 
 struct Entry {
@@ -131,6 +134,9 @@ pub struct Pool {
     /// backend) per traffic worker, so that a backend connection is only ever driven by the
     /// worker that uses it (see [`Pool::client`]).
     clients: Arc<[BackendClient]>,
+    /// Keep-alive connections for requests whose body is in memory (no hyper client task per
+    /// connection; see [`crate::upstream`]).
+    pub upstream: Arc<Upstream>,
     /// Connect timeout (also used for upgrade connections).
     pub connect_timeout: Duration,
     /// Request sent → response headers, per try; then 504 (or a retry).
@@ -324,6 +330,7 @@ impl PoolCore {
                     address: wanted.address.clone(),
                     label: Arc::new(wanted.address.clone()),
                     authority,
+                    socket_addr: crate::upstream::socket_addr(&wanted.address),
                 }),
                 removing: false,
             });
@@ -433,8 +440,8 @@ impl Pool {
             }
         }
         core.apply_backends(config)?;
-        let clients =
-            (client_settings(config) == previous.client_settings).then(|| previous.clients.clone());
+        let unchanged = client_settings(config) == previous.client_settings;
+        let clients = unchanged.then(|| (previous.clients.clone(), previous.upstream.clone()));
         // A reload never changes the worker count (refused as needing a restart).
         Ok(Pool::with_core(
             config,
@@ -447,10 +454,21 @@ impl Pool {
     fn with_core(
         config: &PoolConfig,
         core: Arc<PoolCore>,
-        clients: Option<Arc<[BackendClient]>>,
+        clients: Option<(Arc<[BackendClient]>, Arc<Upstream>)>,
         workers: usize,
     ) -> Pool {
         let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
+        let (clients, upstream) = clients.unzip();
+        let upstream = upstream.unwrap_or_else(|| {
+            Upstream::new(
+                UpstreamSettings {
+                    connect_timeout,
+                    idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+                    max_idle_per_backend: config.max_idle_per_backend,
+                },
+                workers,
+            )
+        });
         let clients = clients.unwrap_or_else(|| {
             (0..workers.max(1))
                 .map(|_| {
@@ -470,6 +488,7 @@ impl Pool {
             clock: core.clock,
             core,
             clients,
+            upstream,
             connect_timeout,
             response_header_timeout: Duration::from_millis(config.response_header_timeout_ms),
             request_timeout: Duration::from_millis(config.request_timeout_ms),
@@ -676,6 +695,14 @@ impl Pool {
             }
         }
         self.core.check_invariants(scheduler);
+        let current: Vec<BackendId> = table
+            .iter()
+            .flatten()
+            .filter(|e| !e.removing)
+            .map(|e| e.backend.id)
+            .collect();
+        drop(guard);
+        self.upstream.reap(|id| current.contains(&id));
     }
 
     /// The backends, for probes.

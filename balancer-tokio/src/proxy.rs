@@ -582,7 +582,7 @@ impl Proxy {
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             // The backend declined the switch: an ordinary response, streamed back.
             let via = &self.via_http1;
-            return backend_response(response, guard, via, request_id);
+            return backend_response(response.map(Upstreamed::Hyper), guard, via, request_id);
         }
 
         let backend_upgrade = hyper::upgrade::on(&mut response);
@@ -724,44 +724,67 @@ impl Tries<'_> {
         let replayable = matches!(source, Source::Replay(_));
         let deadline = tokio::time::Instant::from_std(self.started) + pool.request_timeout;
         let mut tried: Vec<BackendId> = Vec::new();
+        let mut head = Vec::new();
         loop {
-            let uri = match backend_uri(&backend, &parts.uri) {
-                Ok(uri) => uri,
-                Err(error) => {
-                    self.attach(
-                        &mut guard,
-                        &mut record,
-                        &mut trace,
-                        &backend,
-                        Instant::now(),
-                    );
-                    return proxy.fail(guard, End::Cancelled, error, self.request_id, self.started);
-                }
-            };
-            let body = match &mut source {
-                Source::Replay(bytes) => RequestBody::full(bytes.clone()),
-                Source::Stream(stream) => match stream.take() {
-                    Some(incoming) => RequestBody::new(incoming, proxy.limits.max_body_bytes),
-                    None => RequestBody::full(Bytes::new()), // unreachable: a stream is never retried
-                },
-            };
-            // A retry needs the headers again; a streamed body is sent once, so they move.
-            let headers = if may_retry && replayable {
-                parts.headers.clone()
-            } else {
-                std::mem::take(&mut parts.headers)
-            };
-            let mut outgoing = Request::new(body);
-            *outgoing.method_mut() = parts.method.clone();
-            *outgoing.uri_mut() = uri;
-            *outgoing.version_mut() = Version::HTTP_11;
-            *outgoing.headers_mut() = headers;
-
             let per_try = pool
                 .response_header_timeout
                 .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
             let try_started = Instant::now();
-            let sent = tokio::time::timeout(per_try, pool.client().request(outgoing)).await;
+            let sent = match &mut source {
+                // In memory: sent by the request's own task (upstream.rs).
+                Source::Replay(bytes) => {
+                    head.clear();
+                    crate::upstream::write_request_head(
+                        &mut head,
+                        &parts.method,
+                        parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+                        &parts.headers,
+                        bytes.len(),
+                    );
+                    let send = pool.upstream.send(
+                        &backend,
+                        &head,
+                        bytes,
+                        &parts.method,
+                        idempotent || pool.retry_non_idempotent,
+                    );
+                    match tokio::time::timeout(per_try, send).await {
+                        Ok(Ok(response)) => Ok(Ok(response.map(Upstreamed::Inline))),
+                        Ok(Err(err)) => Ok(Err(TryError::Upstream(err))),
+                        Err(elapsed) => Err(elapsed),
+                    }
+                }
+                Source::Stream(stream) => {
+                    let uri = match backend_uri(&backend, &parts.uri) {
+                        Ok(uri) => uri,
+                        Err(error) => {
+                            self.attach(&mut guard, &mut record, &mut trace, &backend, try_started);
+                            return proxy.fail(
+                                guard,
+                                End::Cancelled,
+                                error,
+                                self.request_id,
+                                self.started,
+                            );
+                        }
+                    };
+                    let body = match stream.take() {
+                        Some(incoming) => RequestBody::new(incoming, proxy.limits.max_body_bytes),
+                        None => RequestBody::full(Bytes::new()), // unreachable: a stream is never retried
+                    };
+                    // A streamed body is sent once, so the headers move.
+                    let mut outgoing = Request::new(body);
+                    *outgoing.method_mut() = parts.method.clone();
+                    *outgoing.uri_mut() = uri;
+                    *outgoing.version_mut() = Version::HTTP_11;
+                    *outgoing.headers_mut() = std::mem::take(&mut parts.headers);
+                    match tokio::time::timeout(per_try, pool.client().request(outgoing)).await {
+                        Ok(Ok(response)) => Ok(Ok(response.map(Upstreamed::Hyper))),
+                        Ok(Err(err)) => Ok(Err(TryError::Hyper(err))),
+                        Err(elapsed) => Err(elapsed),
+                    }
+                }
+            };
             let (error, kind) = match sent {
                 Ok(Ok(response)) => {
                     if response.status() == StatusCode::SERVICE_UNAVAILABLE
@@ -788,7 +811,12 @@ impl Tries<'_> {
                 }
                 Ok(Err(err)) => {
                     tracing::debug!(backend = %backend.address, error = %err, "forwarding failed");
-                    let (error, end) = classify_client_error(&err, &backend, pool, proxy.limits);
+                    let (error, end) = match &err {
+                        TryError::Hyper(err) => {
+                            classify_client_error(err, &backend, pool, proxy.limits)
+                        }
+                        TryError::Upstream(err) => classify_upstream_error(err, &backend, pool),
+                    };
                     match end {
                         End::Failed(kind) => (error, kind),
                         _ => {
@@ -917,9 +945,54 @@ fn reject_error(reason: RejectReason, pool: &Pool) -> ProxyError {
     }
 }
 
+/// A try's response body: from hyper's client (streamed uploads) or read inline.
+enum Upstreamed {
+    Hyper(Incoming),
+    Inline(crate::upstream::UpstreamBody),
+}
+
+/// A try's failure, from whichever client sent it.
+#[derive(Debug, thiserror::Error)]
+enum TryError {
+    #[error(transparent)]
+    Hyper(hyper_util::client::legacy::Error),
+    #[error(transparent)]
+    Upstream(crate::upstream::UpstreamError),
+}
+
+/// Maps an inline try's failure to the answer and the outcome the core hears.
+fn classify_upstream_error(
+    err: &crate::upstream::UpstreamError,
+    backend: &Backend,
+    pool: &Pool,
+) -> (ProxyError, End) {
+    use crate::upstream::UpstreamError;
+    match err {
+        UpstreamError::ConnectTimeout => (
+            ProxyError::ConnectTimeout {
+                backend: backend.address.clone(),
+                timeout_ms: pool.connect_timeout.as_millis() as u64,
+            },
+            End::Failed(FailureKind::Timeout),
+        ),
+        UpstreamError::Connect(_) => (
+            ProxyError::Connect {
+                backend: backend.address.clone(),
+            },
+            End::Failed(FailureKind::Connect),
+        ),
+        UpstreamError::Io(_) | UpstreamError::BadResponse(_) => (
+            ProxyError::Reset {
+                backend: backend.address.clone(),
+            },
+            End::Failed(FailureKind::Reset),
+        ),
+    }
+}
+
 /// The backend's response, made ready for the client; its body carries the done guard.
 fn backend_response(
-    response: Response<Incoming>,
+    response: Response<Upstreamed>,
     mut guard: DoneGuard,
     via: &HeaderValue,
     request_id: HeaderValue,
@@ -932,7 +1005,11 @@ fn backend_response(
         .insert(headers::X_REQUEST_ID.clone(), request_id);
     parts.version = Version::HTTP_11;
     guard.set_status(parts.status);
-    Response::from_parts(parts, ProxyBody::backend(body, guard))
+    let body = match body {
+        Upstreamed::Hyper(body) => ProxyBody::backend(body, guard),
+        Upstreamed::Inline(body) => ProxyBody::upstream(body, guard),
+    };
+    Response::from_parts(parts, body)
 }
 
 /// `http://BACKEND/path?query` for the client's request URI.

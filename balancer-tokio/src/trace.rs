@@ -372,6 +372,7 @@ mod tests {
             address: "127.0.0.1:9001".into(),
             label: Arc::new("127.0.0.1:9001".into()),
             authority: "127.0.0.1:9001".parse().unwrap(),
+            socket_addr: None,
         }));
         let odd = TraceEvent {
             route: Arc::new("a\tb".into()),

@@ -1,0 +1,790 @@
+//! HTTP/1.1 to backends inside the request's own task: keep-alive connections per worker and
+//! backend, the request written and the response head read by the task that serves the
+//! client, the body read by the response body as the client's connection polls it.
+//!
+//! Why not hyper's client: it drives every backend connection from a task of its own and
+//! talks to it over channels, so each request wakes two more tasks and crosses two queues.
+//! The load harness measured that machinery as the largest share of the proxy's user time
+//! (balancer-tokio/README.md, "Where the time goes"). This module is used for requests whose
+//! body is in memory (no body, or a small one read whole for retries); streamed uploads and
+//! upgrades still go through hyper's client.
+//!
+//! Invariants:
+//! - A connection is back in its idle list only after a response was read to its exact end,
+//!   the backend did not ask to close, and no byte beyond the response arrived.
+//! - An idle list holds at most `max_idle_per_backend` connections, none older than
+//!   `idle_timeout` once [`Upstream::reap`] has run.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use balancer_core::BackendId;
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response, StatusCode, Version};
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::pool::Backend;
+
+/// Most header lines a backend response may have.
+const MAX_RESPONSE_HEADERS: usize = 128;
+/// Largest backend response head (status line and headers) accepted.
+const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
+/// Largest chunk-size line or trailer section of a chunked response.
+const MAX_CHUNK_LINE_BYTES: usize = 4 * 1024;
+/// How much a body read asks of the socket at once; the buffer never holds more than this
+/// plus one partial chunk-size line, as every read is handed on before the next.
+const READ_CHUNK_BYTES: usize = 16 * 1024;
+/// A request body up to this size is copied behind the head so that both go out in one write.
+const COALESCE_BODY_BYTES: usize = 16 * 1024;
+
+/// Why a try on a backend failed, before any of its response reached the client.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be opened.
+    #[error("connecting to the backend failed: {0}")]
+    Connect(#[source] io::Error),
+    /// Opening a connection took longer than `connect_timeout_ms`.
+    #[error("connecting to the backend timed out")]
+    ConnectTimeout,
+    /// The connection failed or closed before a whole response head arrived.
+    #[error("the backend connection failed: {0}")]
+    Io(#[source] io::Error),
+    /// The backend answered something that is not a valid HTTP/1.x response.
+    #[error("the backend sent an invalid response: {0}")]
+    BadResponse(&'static str),
+}
+
+/// The settings of one pool's backend connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UpstreamSettings {
+    /// Longest wait for a new connection.
+    pub connect_timeout: Duration,
+    /// Idle connections older than this are closed.
+    pub idle_timeout: Duration,
+    /// Idle connections kept per backend per worker.
+    pub max_idle_per_backend: usize,
+}
+
+struct Idle {
+    stream: TcpStream,
+    since: Instant,
+}
+
+/// One worker's idle connections, per backend, oldest first.
+type IdleLists = HashMap<BackendId, Vec<Idle>>;
+
+/// One pool's keep-alive connections to its backends, one set per traffic worker (a
+/// connection is registered with the runtime of the worker that opened it, and only that
+/// worker's requests use it, so a lock is never contended but by [`Upstream::reap`]).
+pub struct Upstream {
+    settings: UpstreamSettings,
+    idle: Box<[Mutex<IdleLists>]>,
+}
+
+impl Upstream {
+    /// Empty idle lists for `workers` workers.
+    pub fn new(settings: UpstreamSettings, workers: usize) -> Arc<Upstream> {
+        Arc::new(Upstream {
+            settings,
+            idle: (0..workers.max(1))
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+        })
+    }
+
+    /// The settings these connections were made with.
+    pub fn settings(&self) -> UpstreamSettings {
+        self.settings
+    }
+
+    fn worker_slot(&self) -> &Mutex<IdleLists> {
+        let worker = crate::server::worker_index();
+        self.idle.get(worker).unwrap_or(&self.idle[0])
+    }
+
+    /// The most recently used idle connection to `backend` that is still open.
+    fn checkout(&self, backend: BackendId) -> Option<TcpStream> {
+        let now = Instant::now();
+        let mut idle = self.worker_slot().lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.get_mut(&backend)?;
+        while let Some(entry) = list.pop() {
+            if now.duration_since(entry.since) >= self.settings.idle_timeout {
+                continue;
+            }
+            // A backend that closed an idle connection has left its EOF (or reset) queued;
+            // the readiness tokio recorded lets this check cost no syscall when nothing came.
+            let mut probe = [0u8; 1];
+            match entry.stream.try_read(&mut probe) {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Some(entry.stream),
+                _ => continue,
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, backend: BackendId, stream: TcpStream) {
+        if self.settings.max_idle_per_backend == 0 {
+            return;
+        }
+        let mut idle = self.worker_slot().lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.entry(backend).or_default();
+        if list.len() >= self.settings.max_idle_per_backend {
+            // The oldest is the likeliest to be closed by the backend soon.
+            list.remove(0);
+        }
+        list.push(Idle {
+            stream,
+            since: Instant::now(),
+        });
+        debug_assert!(list.len() <= self.settings.max_idle_per_backend);
+    }
+
+    /// Closes idle connections past the idle timeout, and those to backends that are gone.
+    pub fn reap(&self, is_current: impl Fn(BackendId) -> bool) {
+        let now = Instant::now();
+        for slot in &self.idle {
+            let mut idle = slot.lock().unwrap_or_else(|p| p.into_inner());
+            idle.retain(|backend, list| {
+                list.retain(|entry| now.duration_since(entry.since) < self.settings.idle_timeout);
+                !list.is_empty() && is_current(*backend)
+            });
+        }
+    }
+
+    /// Idle connections held, over all workers and backends.
+    pub fn idle_connections(&self) -> usize {
+        self.idle
+            .iter()
+            .map(|slot| {
+                let idle = slot.lock().unwrap_or_else(|p| p.into_inner());
+                idle.values().map(Vec::len).sum::<usize>()
+            })
+            .sum()
+    }
+
+    async fn connect(&self, backend: &Backend) -> Result<TcpStream, UpstreamError> {
+        let connecting = async {
+            match backend.socket_addr {
+                Some(address) => TcpStream::connect(address).await,
+                None => TcpStream::connect(backend.address.as_str()).await,
+            }
+        };
+        let stream = tokio::time::timeout(self.settings.connect_timeout, connecting)
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout)?
+            .map_err(UpstreamError::Connect)?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    /// Sends `request` (its head made by [`write_request_head`]) with `body` to `backend` and
+    /// reads the response head. A kept-alive connection that turns out closed before any of
+    /// the response came is replaced by a new one once, for a request safe to repeat
+    /// (`repeatable`); a new connection's failure is the try's.
+    pub async fn send(
+        self: &Arc<Self>,
+        backend: &Backend,
+        head: &[u8],
+        body: &Bytes,
+        method: &Method,
+        repeatable: bool,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let mut pooled = self.checkout(backend.id);
+        loop {
+            let reused = pooled.is_some();
+            let stream = match pooled.take() {
+                Some(stream) => stream,
+                None => self.connect(backend).await?,
+            };
+            match self.exchange(stream, backend.id, head, body, method).await {
+                Ok(response) => return Ok(response),
+                Err(Exchange::NothingBack(_)) if reused && repeatable => continue,
+                Err(Exchange::NothingBack(err) | Exchange::Failed(err)) => return Err(err),
+            }
+        }
+    }
+
+    async fn exchange(
+        self: &Arc<Self>,
+        mut stream: TcpStream,
+        backend: BackendId,
+        head: &[u8],
+        body: &Bytes,
+        method: &Method,
+    ) -> Result<Response<UpstreamBody>, Exchange> {
+        let written = if body.len() <= COALESCE_BODY_BYTES {
+            let mut message = Vec::with_capacity(head.len() + body.len());
+            message.extend_from_slice(head);
+            message.extend_from_slice(body);
+            stream.write_all(&message).await
+        } else {
+            match stream.write_all(head).await {
+                Ok(()) => stream.write_all(body).await,
+                Err(err) => Err(err),
+            }
+        };
+        written.map_err(|err| Exchange::NothingBack(UpstreamError::Io(err)))?;
+
+        let mut buffer = BytesMut::with_capacity(4096);
+        let (head, parsed) = loop {
+            if !buffer.is_empty() {
+                match parse_response_head(&buffer)? {
+                    HeadParse::Partial if buffer.len() >= MAX_RESPONSE_HEAD_BYTES => {
+                        return Err(Exchange::Failed(UpstreamError::BadResponse(
+                            "response head over 64 KiB",
+                        )));
+                    }
+                    HeadParse::Partial => {}
+                    // 100 Continue, 103 Early Hints: the final response follows.
+                    HeadParse::Informational(length) => {
+                        buffer.advance(length);
+                        continue;
+                    }
+                    HeadParse::Complete(length) => {
+                        let head = buffer.split_to(length).freeze();
+                        let parsed = ParsedHead::from_head(&head)?;
+                        break (head, parsed);
+                    }
+                }
+            }
+            let before = buffer.len();
+            match stream.read_buf(&mut buffer).await {
+                Ok(0) if before == 0 => {
+                    return Err(Exchange::NothingBack(UpstreamError::Io(
+                        io::ErrorKind::UnexpectedEof.into(),
+                    )));
+                }
+                Ok(0) => {
+                    return Err(Exchange::Failed(UpstreamError::BadResponse(
+                        "connection closed in the middle of the response head",
+                    )));
+                }
+                Ok(_) => {}
+                Err(err) if before == 0 => {
+                    return Err(Exchange::NothingBack(UpstreamError::Io(err)));
+                }
+                Err(err) => return Err(Exchange::Failed(UpstreamError::Io(err))),
+            }
+        };
+        drop(head);
+
+        let framing = if *method == Method::HEAD
+            || parsed.status == StatusCode::NO_CONTENT
+            || parsed.status == StatusCode::NOT_MODIFIED
+        {
+            Framing::Length(0)
+        } else {
+            parsed.framing
+        };
+        let reusable = parsed.keep_alive && !matches!(framing, Framing::UntilClose);
+        let mut body = UpstreamBody {
+            buffer,
+            stream: Some(stream),
+            framing,
+            return_to: reusable.then(|| (self.clone(), backend)),
+            pending: None,
+        };
+        body.settle_if_buffered();
+        let mut response = Response::new(body);
+        *response.status_mut() = parsed.status;
+        *response.version_mut() = parsed.version;
+        *response.headers_mut() = parsed.headers;
+        Ok(response)
+    }
+}
+
+/// How a try failed: `NothingBack` when not a byte of the response arrived (a stale kept-alive
+/// connection looks exactly like this).
+enum Exchange {
+    NothingBack(UpstreamError),
+    Failed(UpstreamError),
+}
+
+impl From<UpstreamError> for Exchange {
+    fn from(error: UpstreamError) -> Self {
+        Exchange::Failed(error)
+    }
+}
+
+enum HeadParse {
+    Partial,
+    /// A 1xx head (not 101) of this length.
+    Informational(usize),
+    /// The final head, of this length.
+    Complete(usize),
+}
+
+fn parse_response_head(bytes: &[u8]) -> Result<HeadParse, UpstreamError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    match response.parse(bytes) {
+        Ok(httparse::Status::Partial) => Ok(HeadParse::Partial),
+        Ok(httparse::Status::Complete(length)) => match response.code {
+            Some(code) if (100..200).contains(&code) && code != 101 => {
+                Ok(HeadParse::Informational(length))
+            }
+            _ => Ok(HeadParse::Complete(length)),
+        },
+        Err(httparse::Error::TooManyHeaders) => {
+            Err(UpstreamError::BadResponse("more than 128 header lines"))
+        }
+        Err(_) => Err(UpstreamError::BadResponse("malformed response head")),
+    }
+}
+
+/// A final response head, turned into `http` types (header values share `head`'s memory).
+struct ParsedHead {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    keep_alive: bool,
+    framing: Framing,
+}
+
+impl ParsedHead {
+    fn from_head(head: &Bytes) -> Result<ParsedHead, UpstreamError> {
+        let mut lines = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+        let mut response = httparse::Response::new(&mut lines);
+        response
+            .parse(head)
+            .map_err(|_| UpstreamError::BadResponse("malformed response head"))?;
+        let code = response.code.unwrap_or(0);
+        if code == 101 {
+            return Err(UpstreamError::BadResponse(
+                "101 Switching Protocols to a request that asked for no upgrade",
+            ));
+        }
+        let status = StatusCode::from_u16(code)
+            .map_err(|_| UpstreamError::BadResponse("invalid status code"))?;
+        let version = if response.version == Some(1) {
+            Version::HTTP_11
+        } else {
+            Version::HTTP_10
+        };
+        let mut headers = HeaderMap::with_capacity(response.headers.len());
+        let mut close = version == Version::HTTP_10;
+        let mut chunked = None;
+        let mut length: Option<u64> = None;
+        for line in response.headers.iter() {
+            let name = HeaderName::from_bytes(line.name.as_bytes())
+                .map_err(|_| UpstreamError::BadResponse("invalid header name"))?;
+            let value = HeaderValue::from_maybe_shared(head.slice_ref(line.value))
+                .map_err(|_| UpstreamError::BadResponse("invalid header value"))?;
+            if name == header::CONNECTION {
+                for token in line.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        close = close && version != Version::HTTP_10;
+                    }
+                }
+            } else if name == header::TRANSFER_ENCODING {
+                // Only the last coding says whether the body is chunked (RFC 9112 §6.3).
+                let last = line.value.rsplit(|&b| b == b',').next().unwrap_or_default();
+                chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            } else if name == header::CONTENT_LENGTH {
+                for part in line.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    let parsed = std::str::from_utf8(part)
+                        .ok()
+                        .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                        .and_then(|p| p.parse::<u64>().ok())
+                        .ok_or(UpstreamError::BadResponse("invalid content-length"))?;
+                    if length.is_some_and(|l| l != parsed) {
+                        return Err(UpstreamError::BadResponse("conflicting content-length"));
+                    }
+                    length = Some(parsed);
+                }
+            }
+            headers.append(name, value);
+        }
+        let framing = match (chunked, length) {
+            (Some(true), _) => Framing::Chunked(Chunked::Size),
+            (Some(false), _) => Framing::UntilClose,
+            (None, Some(length)) => Framing::Length(length),
+            (None, None) => Framing::UntilClose,
+        };
+        if chunked.is_some() {
+            // Sent with both, the length is to be ignored, and must not reach the client.
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        Ok(ParsedHead {
+            status,
+            version,
+            headers,
+            keep_alive: !close,
+            framing,
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    /// This many bytes are left.
+    Length(u64),
+    Chunked(Chunked),
+    /// The body ends when the backend closes.
+    UntilClose,
+    Done,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chunked {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk: this many data bytes left.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer lines until a blank one.
+    Trailers,
+}
+
+/// A backend response's body, read from its connection as the client's connection asks for
+/// it; the connection goes back to its idle list at the body's exact end.
+pub struct UpstreamBody {
+    /// Bytes read from the connection and not handed on yet.
+    buffer: BytesMut,
+    /// `None` once the body is done (the connection is back in its list, or closed).
+    stream: Option<TcpStream>,
+    framing: Framing,
+    /// Where the connection goes at the end, when it may be reused.
+    return_to: Option<(Arc<Upstream>, BackendId)>,
+    /// Data decoded by the last step and not returned yet.
+    pending: Option<Bytes>,
+}
+
+impl UpstreamBody {
+    /// When the whole body came with the head (the usual small response), hands the
+    /// connection back at once rather than when the client has been sent everything.
+    fn settle_if_buffered(&mut self) {
+        if let Framing::Length(length) = self.framing
+            && self.buffer.len() as u64 >= length
+        {
+            let data = self.buffer.split_to(length as usize).freeze();
+            self.pending = (!data.is_empty()).then_some(data);
+            self.framing = Framing::Done;
+            self.release();
+        }
+    }
+
+    /// The body ended: the connection goes back if it may, else it is closed.
+    fn release(&mut self) {
+        let stream = self.stream.take();
+        let clean = self.buffer.is_empty();
+        if let (Some(stream), Some((upstream, backend)), true) =
+            (stream, self.return_to.take(), clean)
+        {
+            upstream.checkin(backend, stream);
+        }
+    }
+
+    fn fail(&mut self, message: &'static str) -> io::Error {
+        self.framing = Framing::Done;
+        self.return_to = None;
+        self.stream = None;
+        io::Error::new(io::ErrorKind::InvalidData, message)
+    }
+
+    /// Reads more from the connection into the buffer; `Ok(0)` at its end.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Poll::Ready(Ok(0));
+        };
+        self.buffer.reserve(READ_CHUNK_BYTES);
+        loop {
+            ready!(stream.poll_read_ready(cx))?;
+            match stream.try_read_buf(&mut self.buffer) {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                read => return Poll::Ready(read),
+            }
+        }
+    }
+
+    /// One step of decoding: `Some(data)`, or `None` at the end of the body.
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        loop {
+            match self.framing {
+                Framing::Done => return Poll::Ready(Ok(None)),
+                Framing::Length(0) => {
+                    self.framing = Framing::Done;
+                    self.release();
+                    return Poll::Ready(Ok(None));
+                }
+                Framing::Length(left) => {
+                    if self.buffer.is_empty() && ready!(self.poll_fill(cx))? == 0 {
+                        return Poll::Ready(Err(
+                            self.fail("backend closed in the middle of the body")
+                        ));
+                    }
+                    let take = (self.buffer.len() as u64).min(left);
+                    self.framing = Framing::Length(left - take);
+                    return Poll::Ready(Ok(Some(self.buffer.split_to(take as usize).freeze())));
+                }
+                Framing::UntilClose => {
+                    if self.buffer.is_empty() && ready!(self.poll_fill(cx))? == 0 {
+                        self.framing = Framing::Done;
+                        self.stream = None;
+                        return Poll::Ready(Ok(None));
+                    }
+                    return Poll::Ready(Ok(Some(self.buffer.split().freeze())));
+                }
+                Framing::Chunked(Chunked::Data(left)) => {
+                    if self.buffer.is_empty() && ready!(self.poll_fill(cx))? == 0 {
+                        return Poll::Ready(Err(
+                            self.fail("backend closed in the middle of a chunk")
+                        ));
+                    }
+                    let take = (self.buffer.len() as u64).min(left);
+                    self.framing = Framing::Chunked(if take == left {
+                        Chunked::DataEnd
+                    } else {
+                        Chunked::Data(left - take)
+                    });
+                    return Poll::Ready(Ok(Some(self.buffer.split_to(take as usize).freeze())));
+                }
+                Framing::Chunked(state) => {
+                    let Some(end) = self.buffer.iter().position(|&b| b == b'\n') else {
+                        if self.buffer.len() >= MAX_CHUNK_LINE_BYTES {
+                            return Poll::Ready(Err(self.fail("chunk line too long")));
+                        }
+                        if ready!(self.poll_fill(cx))? == 0 {
+                            return Poll::Ready(Err(self.fail("backend closed in a chunked body")));
+                        }
+                        continue;
+                    };
+                    let line = self.buffer.split_to(end + 1);
+                    let line = line.strip_suffix(b"\n").unwrap_or(&line);
+                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    self.framing = match state {
+                        Chunked::Size => match chunk_size(line) {
+                            Some(0) => Framing::Chunked(Chunked::Trailers),
+                            Some(size) => Framing::Chunked(Chunked::Data(size)),
+                            None => return Poll::Ready(Err(self.fail("invalid chunk size"))),
+                        },
+                        Chunked::DataEnd if line.is_empty() => Framing::Chunked(Chunked::Size),
+                        Chunked::DataEnd => {
+                            return Poll::Ready(Err(self.fail("chunk data longer than its size")));
+                        }
+                        // Trailer fields are dropped: the client's response is already framed.
+                        Chunked::Trailers if line.is_empty() => Framing::Length(0),
+                        Chunked::Trailers => Framing::Chunked(Chunked::Trailers),
+                        Chunked::Data(_) => unreachable!("handled above"),
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// The size of a chunk-size line (`HEX[;extensions]`).
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let digits = line.split(|&b| b == b';').next()?.trim_ascii();
+    if digits.is_empty() || digits.len() > 15 {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        if let Some(data) = this.pending.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        match ready!(this.poll_data(cx)) {
+            Ok(Some(data)) => Poll::Ready(Some(Ok(Frame::data(data)))),
+            Ok(None) => Poll::Ready(None),
+            Err(err) => Poll::Ready(Some(Err(err))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pending.is_none() && self.framing == Framing::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let pending = self.pending.as_ref().map_or(0, |d| d.len() as u64);
+        match self.framing {
+            Framing::Done => SizeHint::with_exact(pending),
+            Framing::Length(left) => SizeHint::with_exact(pending + left),
+            _ => {
+                let mut hint = SizeHint::new();
+                hint.set_lower(pending);
+                hint
+            }
+        }
+    }
+}
+
+/// Writes the request head for a backend: the request line in origin form, `headers` as they
+/// are but for the framing headers, and `Content-Length` for `body_len` where a body is sent
+/// (or the method expects one).
+pub fn write_request_head(
+    out: &mut Vec<u8>,
+    method: &Method,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    body_len: usize,
+) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path_and_query.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let body_expected = !matches!(
+        *method,
+        Method::GET
+            | Method::HEAD
+            | Method::DELETE
+            | Method::OPTIONS
+            | Method::TRACE
+            | Method::CONNECT
+    );
+    if body_len > 0 || body_expected || headers.contains_key(header::CONTENT_LENGTH) {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(body_len).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A backend's address, when it is an IP address and port (no name to resolve per connect).
+pub fn socket_addr(address: &str) -> Option<SocketAddr> {
+    address.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(head: &str) -> Result<ParsedHead, UpstreamError> {
+        ParsedHead::from_head(&Bytes::copy_from_slice(head.as_bytes()))
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let length = parsed("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n").unwrap();
+        assert_eq!(length.framing, Framing::Length(5));
+        assert!(length.keep_alive);
+        let chunked = parsed(
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(chunked.framing, Framing::Chunked(Chunked::Size));
+        assert!(!chunked.headers.contains_key(header::CONTENT_LENGTH));
+        let other = parsed("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n").unwrap();
+        assert_eq!(other.framing, Framing::UntilClose);
+        let none = parsed("HTTP/1.1 200 OK\r\n\r\n").unwrap();
+        assert_eq!(none.framing, Framing::UntilClose);
+        assert!(matches!(
+            parsed("HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n"),
+            Err(UpstreamError::BadResponse(_))
+        ));
+        assert!(matches!(
+            parsed("HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n"),
+            Err(UpstreamError::BadResponse(_))
+        ));
+        assert_eq!(
+            parsed("HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\n")
+                .unwrap()
+                .framing,
+            Framing::Length(5)
+        );
+    }
+
+    #[test]
+    fn keep_alive_is_the_default_of_http_1_1_only() {
+        assert!(
+            !parsed("HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n")
+                .unwrap()
+                .keep_alive
+        );
+        assert!(
+            !parsed("HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .unwrap()
+                .keep_alive
+        );
+        assert!(
+            parsed("HTTP/1.0 200 OK\r\nconnection: keep-alive\r\n\r\n")
+                .unwrap()
+                .keep_alive
+        );
+        assert!(
+            parsed("HTTP/1.1 200 OK\r\nconnection: Keep-Alive, x\r\n\r\n")
+                .unwrap()
+                .keep_alive
+        );
+    }
+
+    #[test]
+    fn informational_heads_are_skipped_and_101_refused() {
+        assert!(matches!(
+            parse_response_head(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"),
+            Ok(HeadParse::Informational(25))
+        ));
+        assert!(matches!(
+            parsed("HTTP/1.1 101 Switching\r\n\r\n"),
+            Err(UpstreamError::BadResponse(_))
+        ));
+        assert!(matches!(
+            parse_response_head(b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n"),
+            Err(UpstreamError::BadResponse(_))
+        ));
+    }
+
+    #[test]
+    fn chunk_sizes_are_hex_with_optional_extensions() {
+        assert_eq!(chunk_size(b"1a"), Some(26));
+        assert_eq!(chunk_size(b"1A;name=value"), Some(26));
+        assert_eq!(chunk_size(b"0"), Some(0));
+        assert_eq!(chunk_size(b""), None);
+        assert_eq!(chunk_size(b"xyz"), None);
+        assert_eq!(chunk_size(b"ffffffffffffffff"), None);
+    }
+
+    #[test]
+    fn request_heads_carry_the_body_length_only_where_due() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("a.test"));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        let mut out = Vec::new();
+        write_request_head(&mut out, &Method::POST, "/p?q=1", &headers, 3);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /p?q=1 HTTP/1.1\r\nhost: a.test\r\ncontent-length: 3\r\n\r\n"
+        );
+        headers.remove(header::CONTENT_LENGTH);
+        let mut out = Vec::new();
+        write_request_head(&mut out, &Method::GET, "/", &headers, 0);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET / HTTP/1.1\r\nhost: a.test\r\n\r\n"
+        );
+    }
+}
