@@ -724,7 +724,7 @@ impl Tries<'_> {
         let replayable = matches!(source, Source::Replay(_));
         let deadline = tokio::time::Instant::from_std(self.started) + pool.request_timeout;
         let mut tried: Vec<BackendId> = Vec::new();
-        let mut head = Vec::new();
+        let mut message = Vec::with_capacity(1024);
         loop {
             let per_try = pool
                 .response_header_timeout
@@ -733,18 +733,18 @@ impl Tries<'_> {
             let sent = match &mut source {
                 // In memory: sent by the request's own task (upstream.rs).
                 Source::Replay(bytes) => {
-                    head.clear();
-                    crate::upstream::write_request_head(
-                        &mut head,
+                    message.clear();
+                    let rest = crate::upstream::write_request(
+                        &mut message,
                         &parts.method,
                         parts.uri.path_and_query().map_or("/", |p| p.as_str()),
                         &parts.headers,
-                        bytes.len(),
+                        bytes,
                     );
                     let send = pool.upstream.send(
                         &backend,
-                        &head,
-                        bytes,
+                        &message,
+                        &rest,
                         &parts.method,
                         idempotent || pool.retry_non_idempotent,
                     );

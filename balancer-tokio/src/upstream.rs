@@ -185,15 +185,15 @@ impl Upstream {
         Ok(stream)
     }
 
-    /// Sends `request` (its head made by [`write_request_head`]) with `body` to `backend` and
+    /// Sends a request (`message` and `rest` as [`write_request`] made them) to `backend` and
     /// reads the response head. A kept-alive connection that turns out closed before any of
     /// the response came is replaced by a new one once, for a request safe to repeat
     /// (`repeatable`); a new connection's failure is the try's.
     pub async fn send(
         self: &Arc<Self>,
         backend: &Backend,
-        head: &[u8],
-        body: &Bytes,
+        message: &[u8],
+        rest: &Bytes,
         method: &Method,
         repeatable: bool,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
@@ -204,7 +204,7 @@ impl Upstream {
                 Some(stream) => stream,
                 None => self.connect(backend).await?,
             };
-            match self.exchange(stream, backend.id, head, body, method).await {
+            match self.exchange(stream, backend.id, message, rest, method).await {
                 Ok(response) => return Ok(response),
                 Err(Exchange::NothingBack(_)) if reused && repeatable => continue,
                 Err(Exchange::NothingBack(err) | Exchange::Failed(err)) => return Err(err),
@@ -216,20 +216,13 @@ impl Upstream {
         self: &Arc<Self>,
         mut stream: TcpStream,
         backend: BackendId,
-        head: &[u8],
-        body: &Bytes,
+        message: &[u8],
+        rest: &Bytes,
         method: &Method,
     ) -> Result<Response<UpstreamBody>, Exchange> {
-        let written = if body.len() <= COALESCE_BODY_BYTES {
-            let mut message = Vec::with_capacity(head.len() + body.len());
-            message.extend_from_slice(head);
-            message.extend_from_slice(body);
-            stream.write_all(&message).await
-        } else {
-            match stream.write_all(head).await {
-                Ok(()) => stream.write_all(body).await,
-                Err(err) => Err(err),
-            }
+        let written = match stream.write_all(message).await {
+            Ok(()) if !rest.is_empty() => stream.write_all(rest).await,
+            done => done,
         };
         written.map_err(|err| Exchange::NothingBack(UpstreamError::Io(err)))?;
 
@@ -630,16 +623,18 @@ impl Body for UpstreamBody {
     }
 }
 
-/// Writes the request head for a backend: the request line in origin form, `headers` as they
-/// are but for the framing headers, and `Content-Length` for `body_len` where a body is sent
-/// (or the method expects one).
-pub fn write_request_head(
+/// Writes a request for a backend into `out`: the request line in origin form, `headers` as
+/// they are but for the framing headers, `Content-Length` where a body is sent (or the method
+/// expects one), and a small body behind the head so that one write sends all. Returns what
+/// is left of the body to send after `out` (empty but for bodies over 16 KiB).
+pub fn write_request(
     out: &mut Vec<u8>,
     method: &Method,
     path_and_query: &str,
     headers: &HeaderMap,
-    body_len: usize,
-) {
+    body: &Bytes,
+) -> Bytes {
+    let body_len = body.len();
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(path_and_query.as_bytes());
@@ -668,6 +663,12 @@ pub fn write_request_head(
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
+    if body_len <= COALESCE_BODY_BYTES {
+        out.extend_from_slice(body);
+        Bytes::new()
+    } else {
+        body.clone()
+    }
 }
 
 /// A backend's address, when it is an IP address and port (no name to resolve per connect).
@@ -765,7 +766,7 @@ mod tests {
     }
 
     #[test]
-    fn request_heads_carry_the_body_length_only_where_due() {
+    fn requests_carry_the_body_length_only_where_due() {
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, HeaderValue::from_static("a.test"));
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
@@ -774,14 +775,20 @@ mod tests {
             HeaderValue::from_static("chunked"),
         );
         let mut out = Vec::new();
-        write_request_head(&mut out, &Method::POST, "/p?q=1", &headers, 3);
+        let rest = write_request(&mut out, &Method::POST, "/p?q=1", &headers, &"abc".into());
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "POST /p?q=1 HTTP/1.1\r\nhost: a.test\r\ncontent-length: 3\r\n\r\n"
+            "POST /p?q=1 HTTP/1.1\r\nhost: a.test\r\ncontent-length: 3\r\n\r\nabc"
         );
+        assert!(rest.is_empty());
+        let large = Bytes::from(vec![b'x'; COALESCE_BODY_BYTES + 1]);
+        let mut out = Vec::new();
+        let rest = write_request(&mut out, &Method::PUT, "/", &headers, &large);
+        assert!(out.ends_with(b"content-length: 16385\r\n\r\n"));
+        assert_eq!(rest, large);
         headers.remove(header::CONTENT_LENGTH);
         let mut out = Vec::new();
-        write_request_head(&mut out, &Method::GET, "/", &headers, 0);
+        write_request(&mut out, &Method::GET, "/", &headers, &Bytes::new());
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "GET / HTTP/1.1\r\nhost: a.test\r\n\r\n"
