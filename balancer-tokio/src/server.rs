@@ -567,6 +567,9 @@ pub(crate) fn connection_builder(limits: Limits) -> auto::Builder<TokioExecutor>
         // A client may send a whole request and then shut its write side (`nc -N`, HTTP/1.0
         // scripts); without this hyper closes on that EOF and the request goes unanswered.
         .half_close(true)
+        // Head and body copied into one buffer and sent with one `send`: measured 2.6%
+        // fewer CPU per request than `writev` of the two (balancer-tokio/README.md).
+        .writev(false)
         .keep_alive(true);
     builder
         .http2()
