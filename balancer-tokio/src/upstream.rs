@@ -159,17 +159,6 @@ impl Upstream {
         }
     }
 
-    /// Idle connections held, over all workers and backends.
-    pub fn idle_connections(&self) -> usize {
-        self.idle
-            .iter()
-            .map(|slot| {
-                let idle = slot.lock().unwrap_or_else(|p| p.into_inner());
-                idle.values().map(Vec::len).sum::<usize>()
-            })
-            .sum()
-    }
-
     async fn connect(&self, backend: &Backend) -> Result<TcpStream, UpstreamError> {
         let connecting = async {
             match backend.socket_addr {
@@ -204,7 +193,10 @@ impl Upstream {
                 Some(stream) => stream,
                 None => self.connect(backend).await?,
             };
-            match self.exchange(stream, backend.id, message, rest, method).await {
+            match self
+                .exchange(stream, backend.id, message, rest, method)
+                .await
+            {
                 Ok(response) => return Ok(response),
                 Err(Exchange::NothingBack(_)) if reused && repeatable => continue,
                 Err(Exchange::NothingBack(err) | Exchange::Failed(err)) => return Err(err),

@@ -84,9 +84,9 @@ async fn serve(mut stream: TcpStream, script: fn(usize, usize) -> Act, requests:
     }
 }
 
-async fn proxy_to(backend: &RawBackend, extra: &str) -> Proxy {
+async fn proxy_to(backend: &RawBackend) -> Proxy {
     Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nworkers = 1\nbackends = [\"{}\"]\n{extra}",
+        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nworkers = 1\nbackends = [\"{}\"]\n",
         backend.address
     ))
     .await
@@ -102,21 +102,24 @@ fn body_of(response: &str) -> &str {
 
 const OK: &str = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 
+/// Sends `count` GETs one after another through a proxy to `backend`, each of which must be
+/// answered 200 with `body`; returns how many connections the backend saw.
+async fn connections_for_gets(backend: &RawBackend, count: usize, body: &str) -> u64 {
+    let proxy = proxy_to(backend).await;
+    for i in 0..count {
+        let reply = proxy.get("/").await;
+        assert_eq!(reply.status, 200, "GET {i}: {}", reply.body);
+        assert_eq!(reply.body, body, "GET {i}");
+    }
+    proxy.stop().await;
+    backend.connections()
+}
+
 #[tokio::test]
 async fn kept_alive_connections_are_reused() {
     let backend = RawBackend::start(|_, _| Act::Answer(OK)).await;
-    let proxy = proxy_to(&backend, "").await;
-    for _ in 0..20 {
-        let reply = proxy.get("/").await;
-        assert_eq!(reply.status, 200);
-        assert_eq!(reply.body, "ok");
-    }
-    assert_eq!(
-        backend.connections(),
-        1,
-        "sequential requests share one connection"
-    );
-    proxy.stop().await;
+    let connections = connections_for_gets(&backend, 20, "ok").await;
+    assert_eq!(connections, 1, "sequential requests share one connection");
 }
 
 #[tokio::test]
@@ -124,20 +127,14 @@ async fn a_kept_alive_connection_closed_by_the_backend_costs_no_get() {
     // Every connection answers one request, then takes the next one and closes without a
     // byte: what a backend's idle timeout racing with a new request looks like.
     let backend = RawBackend::start(|n, _| if n == 0 { Act::Answer(OK) } else { Act::Close }).await;
-    let proxy = proxy_to(&backend, "").await;
-    for i in 0..20 {
-        let reply = proxy.get("/").await;
-        assert_eq!(reply.status, 200, "GET {i}: {}", reply.body);
-    }
     // Each GET after the first found the kept connection closed and went on a new one.
-    assert_eq!(backend.connections(), 20);
-    proxy.stop().await;
+    assert_eq!(connections_for_gets(&backend, 20, "ok").await, 20);
 }
 
 #[tokio::test]
 async fn a_post_is_not_sent_twice_on_a_closed_kept_alive_connection() {
     let backend = RawBackend::start(|n, _| if n == 0 { Act::Answer(OK) } else { Act::Close }).await;
-    let proxy = proxy_to(&backend, "").await;
+    let proxy = proxy_to(&backend).await;
     let first = exchange(
         &proxy,
         "POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 1\r\nconnection: close\r\n\r\nx",
@@ -159,13 +156,7 @@ async fn a_post_is_not_sent_twice_on_a_closed_kept_alive_connection() {
 #[tokio::test]
 async fn a_backend_that_closes_after_each_answer_is_never_reused() {
     let backend = RawBackend::start(|_, _| Act::AnswerAndClose(OK)).await;
-    let proxy = proxy_to(&backend, "").await;
-    for i in 0..20 {
-        let reply = proxy.get("/").await;
-        assert_eq!(reply.status, 200, "GET {i}: {}", reply.body);
-    }
-    assert_eq!(backend.connections(), 20);
-    proxy.stop().await;
+    assert_eq!(connections_for_gets(&backend, 20, "ok").await, 20);
 }
 
 #[tokio::test]
@@ -177,32 +168,15 @@ async fn chunked_bodies_are_decoded_with_extensions_and_trailers() {
         )
     })
     .await;
-    let proxy = proxy_to(&backend, "").await;
-    for _ in 0..3 {
-        let reply = proxy.get("/").await;
-        assert_eq!(reply.status, 200);
-        assert_eq!(reply.body, "hello, world");
-    }
-    assert_eq!(
-        backend.connections(),
-        1,
-        "a chunked body's end is exact: reused"
-    );
-    proxy.stop().await;
+    let connections = connections_for_gets(&backend, 3, "hello, world").await;
+    assert_eq!(connections, 1, "a chunked body's end is exact: reused");
 }
 
 #[tokio::test]
 async fn a_body_without_a_length_ends_with_the_connection() {
     let backend =
         RawBackend::start(|_, _| Act::AnswerAndClose("HTTP/1.1 200 OK\r\n\r\nuntil the end")).await;
-    let proxy = proxy_to(&backend, "").await;
-    for _ in 0..3 {
-        let reply = proxy.get("/").await;
-        assert_eq!(reply.status, 200);
-        assert_eq!(reply.body, "until the end");
-    }
-    assert_eq!(backend.connections(), 3);
-    proxy.stop().await;
+    assert_eq!(connections_for_gets(&backend, 3, "until the end").await, 3);
 }
 
 #[tokio::test]
@@ -211,7 +185,7 @@ async fn informational_responses_are_skipped() {
         Act::Answer("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 4\r\n\r\ndone")
     })
     .await;
-    let proxy = proxy_to(&backend, "").await;
+    let proxy = proxy_to(&backend).await;
     let reply = proxy.get("/").await;
     assert_eq!(reply.status, 201);
     assert_eq!(reply.body, "done");
@@ -228,7 +202,7 @@ async fn heads_and_204_have_no_body_whatever_their_length_says() {
         }
     })
     .await;
-    let proxy = proxy_to(&backend, "").await;
+    let proxy = proxy_to(&backend).await;
     let head = exchange(
         &proxy,
         "HEAD / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
@@ -252,7 +226,7 @@ async fn malformed_responses_are_502_and_the_proxy_goes_on() {
         _ => Act::Answer(OK),
     })
     .await;
-    let proxy = proxy_to(&backend, "").await;
+    let proxy = proxy_to(&backend).await;
     for i in 0..3 {
         let reply = proxy.get("/").await;
         assert_eq!(reply.status, 502, "response {i}: {}", reply.body);
