@@ -38,6 +38,14 @@ pub enum ProxyError {
         /// The backend address.
         backend: String,
     },
+    /// The backend's response head is not valid HTTP/1.x.
+    #[error("backend {backend} sent an invalid response: {reason}")]
+    InvalidResponse {
+        /// The backend address.
+        backend: String,
+        /// What was wrong with it.
+        reason: &'static str,
+    },
     /// The backend did not accept the connection in time.
     #[error("backend {backend} did not accept the connection within {timeout_ms} ms")]
     ConnectTimeout {
@@ -84,7 +92,9 @@ impl ProxyError {
             ProxyError::NoBackend { .. } | ProxyError::Overloaded { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ProxyError::Connect { .. } | ProxyError::Reset { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Connect { .. }
+            | ProxyError::Reset { .. }
+            | ProxyError::InvalidResponse { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } | ProxyError::ConnectTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }

@@ -981,9 +981,17 @@ fn classify_upstream_error(
             },
             End::Failed(FailureKind::Connect),
         ),
-        UpstreamError::Io(_) | UpstreamError::BadResponse(_) => (
+        UpstreamError::Io(_) => (
             ProxyError::Reset {
                 backend: backend.address.clone(),
+            },
+            End::Failed(FailureKind::Reset),
+        ),
+        // The core has no kind for a garbled answer; like a reset, the backend gave none.
+        UpstreamError::BadResponse(reason) => (
+            ProxyError::InvalidResponse {
+                backend: backend.address.clone(),
+                reason,
             },
             End::Failed(FailureKind::Reset),
         ),

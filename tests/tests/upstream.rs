@@ -230,6 +230,11 @@ async fn malformed_responses_are_502_and_the_proxy_goes_on() {
     for i in 0..3 {
         let reply = proxy.get("/").await;
         assert_eq!(reply.status, 502, "response {i}: {}", reply.body);
+        assert!(
+            reply.body.contains("sent an invalid response"),
+            "response {i}: {}",
+            reply.body
+        );
     }
     // A chunked body that turns out broken after its head: the proxy has committed to the
     // backend's status, so the client's connection is cut (before or after the head, as
