@@ -676,6 +676,74 @@ mod tests {
         ParsedHead::from_head(&Bytes::copy_from_slice(head.as_bytes()))
     }
 
+    fn idle_count(upstream: &Upstream) -> usize {
+        let idle = upstream.idle[0].lock().unwrap();
+        idle.values().map(Vec::len).sum()
+    }
+
+    fn backend_id() -> BackendId {
+        balancer_core::Scheduler::new(balancer_core::SchedulerConfig::new(
+            balancer_core::PolicyKind::RoundRobin,
+        ))
+        .add_backend(balancer_core::Timestamp::from_nanos(0), 1)
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn idle_lists_are_bounded_expire_and_skip_closed_connections() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        // The peer keeps what it accepts open until told to close it.
+        let (close_tx, mut close_rx) = tokio::sync::mpsc::channel::<()>(1);
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                tokio::select! {
+                    biased;
+                    accepted = listener.accept() => held.push(accepted.unwrap().0),
+                    _ = close_rx.recv() => held.clear(),
+                }
+            }
+        });
+        let upstream = Upstream::new(
+            UpstreamSettings {
+                connect_timeout: Duration::from_secs(1),
+                idle_timeout: Duration::from_millis(300),
+                max_idle_per_backend: 2,
+            },
+            1,
+        );
+        let id = backend_id();
+        for _ in 0..3 {
+            upstream.checkin(id, TcpStream::connect(address).await.unwrap());
+        }
+        assert_eq!(idle_count(&upstream), 2, "bounded by max_idle_per_backend");
+        let taken = upstream
+            .checkout(id)
+            .expect("an open idle connection is reused");
+        upstream.checkin(id, taken);
+
+        // The peer closes them all (once it has accepted them): a checkout skips every one.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        close_tx.send(()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(upstream.checkout(id).is_none());
+        assert_eq!(idle_count(&upstream), 0);
+
+        // Past the idle timeout: not reused, and reaped.
+        upstream.checkin(id, TcpStream::connect(address).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        upstream.reap(|_| true);
+        assert_eq!(idle_count(&upstream), 0, "reaped after idle_timeout");
+        upstream.checkin(id, TcpStream::connect(address).await.unwrap());
+        upstream.reap(|_| false);
+        assert_eq!(
+            idle_count(&upstream),
+            0,
+            "a backend gone from the config keeps none"
+        );
+    }
+
     #[test]
     fn framing_follows_rfc_9112() {
         let length = parsed("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n").unwrap();
