@@ -86,7 +86,7 @@ impl Proxy {
             .map(|p| Pool::new(p, clock, metrics.clone(), config.worker_count()).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         let rate_limits = Arc::new(RateLimits::new(&config.rate_limit, &config.routes));
-        let explain = ExplainRing::new(config.explain_ring_size);
+        let explain = ExplainRing::new(config.explain_ring_size, config.worker_count());
         let trace = open_trace(config, &metrics)?;
         Ok(Proxy::assemble(
             config,
@@ -125,7 +125,7 @@ impl Proxy {
         // explanations and the recording carry on across a reload.
         let explain = match &previous.explain {
             Some(ring) if ring.size() == config.explain_ring_size => Some(ring.clone()),
-            _ => ExplainRing::new(config.explain_ring_size),
+            _ => ExplainRing::new(config.explain_ring_size, config.worker_count()),
         };
         let trace = match &previous.trace {
             Some(sink) if Some(sink.config()) == config.trace.as_ref() => Some(sink.clone()),

@@ -377,7 +377,7 @@ fn bound_socket(address: SocketAddr, reuse_port: bool) -> io::Result<tokio::net:
 thread_local! {
     /// Which traffic worker this thread is: 0 for the runtime that called `start` (and any
     /// other thread), `N` on `balancer-worker-N`.
-    static WORKER_INDEX: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    pub(crate) static WORKER_INDEX: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// The traffic worker running the calling code (see [`WORKER_INDEX`]).
