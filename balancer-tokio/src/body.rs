@@ -34,6 +34,14 @@ pub enum RequestBodyError {
     Client(#[source] hyper::Error),
 }
 
+/// A client's request body as the proxy receives it.
+pub enum ClientBody {
+    /// Read by hyper's server (requests the plain HTTP/1.1 path hands over, and HTTP/2).
+    Hyper(Incoming),
+    /// No body: a plain request served by [`crate::h1`], which takes only bodiless requests.
+    Empty,
+}
+
 /// Largest request body kept in memory so that a failed try can be sent again to another
 /// backend. Small bodies (form posts, JSON calls) are the common case for retryable requests;
 /// larger ones stream once and are not retried, so memory per request stays bounded.

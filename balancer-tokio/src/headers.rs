@@ -22,7 +22,8 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE) && connection_has_token(headers, "upgrade")
 }
 
-fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
+/// Whether a `Connection` header lists `token`.
+pub(crate) fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get_all(header::CONNECTION)
         .iter()

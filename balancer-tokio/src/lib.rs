@@ -25,6 +25,7 @@ pub mod demo;
 pub mod demo_backend;
 pub mod errors;
 pub mod explain;
+pub mod h1;
 pub mod headers;
 pub mod health;
 pub mod metrics;

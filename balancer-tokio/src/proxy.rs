@@ -17,7 +17,7 @@ use tokio::task::AbortHandle;
 
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::body::{
-    DoneGuard, End, MAX_REPLAY_BODY_BYTES, ProxyBody, RequestBody, RequestBodyError,
+    ClientBody, DoneGuard, End, MAX_REPLAY_BODY_BYTES, ProxyBody, RequestBody, RequestBodyError,
 };
 use crate::config::{Config, Limits};
 use crate::errors::ProxyError;
@@ -259,7 +259,7 @@ impl Proxy {
     /// Serves one request; never fails (errors become responses).
     pub async fn handle(
         self: Arc<Self>,
-        mut request: Request<Incoming>,
+        mut request: Request<ClientBody>,
         connection: ConnectionInfo,
         drain: DrainGuard,
     ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
@@ -428,7 +428,11 @@ impl Proxy {
         // uploader does not hold a backend's pending slot while it sends.
         let may_retry =
             pool.retries_enabled && (is_idempotent(&parts.method) || pool.retry_non_idempotent);
-        let source = match read_replayable(body, may_retry, pool.request_timeout).await {
+        let read = match body {
+            ClientBody::Empty => Ok(Source::Replay(Bytes::new())),
+            ClientBody::Hyper(body) => read_replayable(body, may_retry, pool.request_timeout).await,
+        };
+        let source = match read {
             Ok(source) => source,
             Err(error) => {
                 let labels = self.labels(Some(route_label), None);
@@ -495,9 +499,9 @@ impl Proxy {
     /// Protocol switch (WebSocket): a dedicated backend connection, then a byte tunnel.
     /// Done is reported when the tunnel closes, so a long WebSocket counts as pending.
     #[allow(clippy::too_many_arguments)]
-    async fn forward_upgrade(
+    async fn forward_upgrade<B>(
         &self,
-        mut request: Request<Incoming>,
+        mut request: Request<B>,
         pool: &SharedPool,
         backend: &Backend,
         guard: DoneGuard,

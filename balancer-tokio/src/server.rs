@@ -22,8 +22,10 @@ use tokio::task::JoinHandle;
 use arc_swap::ArcSwap;
 
 use crate::access_log::AccessRecord;
+use crate::body::ClientBody;
 use crate::config::{Config, ConfigError, Limits, ListenerConfig};
 use crate::errors::raw_response;
+use crate::h1;
 use crate::metrics::{Metrics, ReloadLabels};
 use crate::pool::PoolError;
 use crate::proxy::{ConnectionInfo, Proxy};
@@ -659,77 +661,57 @@ impl Connection {
         let proxy = self.shared.current();
         let limits = proxy.limits();
         let started = Instant::now();
+        let mut buffer = BytesMut::new();
         let first = tokio::select! {
             biased;
             _ = self.watcher.reached(Phase::Draining) => return,
-            first = read_first_head(&mut stream, limits) => first,
+            first = read_head(&mut stream, &mut buffer, limits) => first,
         };
-        let head = match first {
-            FirstHead::Ready(head) if declares_too_large_body(&head, limits.max_body_bytes) => {
-                let message = crate::errors::ProxyError::BodyTooLarge {
-                    limit_bytes: limits.max_body_bytes,
-                }
-                .to_string();
-                self.answer_raw(
-                    &proxy,
-                    stream,
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    &message,
-                    started,
-                )
-                .await;
-                return;
-            }
-            FirstHead::Ready(head) => head,
-            FirstHead::Closed => return,
-            FirstHead::TimedOut => {
-                let message = format!(
-                    "request headers not received within {} ms",
-                    limits.header_read_timeout_ms
-                );
-                self.answer_raw(
-                    &proxy,
-                    stream,
-                    StatusCode::REQUEST_TIMEOUT,
-                    &message,
-                    started,
-                )
-                .await;
-                return;
-            }
-            FirstHead::Incomplete => {
-                let message =
-                    "malformed request: the client stopped sending before the end of the headers";
-                self.answer_raw(&proxy, stream, StatusCode::BAD_REQUEST, message, started)
-                    .await;
-                return;
-            }
-            FirstHead::TooLarge => {
-                let message = format!(
-                    "request headers are larger than the limit of {} bytes",
-                    limits.max_header_bytes
-                );
-                self.answer_raw(
-                    &proxy,
-                    stream,
-                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    &message,
-                    started,
-                )
-                .await;
-                return;
+        if !self
+            .answer_unreadable_head(&proxy, &mut stream, first, limits, started)
+            .await
+        {
+            return;
+        }
+
+        // Plain requests are served by `h1`; hyper takes the connection at the first other
+        // one. Boxed: a connection that has not sent its first head yet should not carry the
+        // state of serving one.
+        let mut stopped = self.watcher.clone();
+        let served = {
+            let plain = Box::pin(self.serve_plain(&mut stream, &mut buffer, limits));
+            tokio::select! {
+                served = plain => served,
+                _ = stopped.reached(Phase::Stopped) => return,
             }
         };
+        if served == Plain::Closed {
+            let _ = stream.shutdown().await;
+            return;
+        }
+        if declares_too_large_body(&buffer, limits.max_body_bytes) {
+            let message = crate::errors::ProxyError::BodyTooLarge {
+                limit_bytes: limits.max_body_bytes,
+            }
+            .to_string();
+            let status = StatusCode::PAYLOAD_TOO_LARGE;
+            self.answer_raw(&proxy, &mut stream, status, &message, Instant::now())
+                .await;
+            return;
+        }
 
         let io = TokioIo::new(Prefixed {
-            prefix: head.freeze(),
+            prefix: buffer.freeze(),
             stream,
         });
         let shared = self.shared.clone();
         let info = self.info;
         let drain = self.drain.clone();
-        let service =
-            service_fn(move |request| shared.current().handle(request, info, drain.clone()));
+        let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            shared
+                .current()
+                .handle(request.map(ClientBody::Hyper), info, drain.clone())
+        });
         // Boxed: hyper's connection state is most of this task's 10.7 KiB, and a connection
         // that has not sent its first head yet should not carry it.
         let mut connection = Box::pin(proxy.builder().serve_connection_with_upgrades(io, service));
@@ -748,11 +730,108 @@ impl Connection {
         }
     }
 
+    /// Serves plain requests (`h1`) from the front of `buffer`, which holds a complete head,
+    /// for as long as they come; returns `HandOver` with the first other request at the front
+    /// of `buffer`.
+    async fn serve_plain(
+        &mut self,
+        stream: &mut TcpStream,
+        buffer: &mut BytesMut,
+        limits: Limits,
+    ) -> Plain {
+        let mut out = Vec::new();
+        loop {
+            let (request, close) = match h1::parse(buffer) {
+                h1::Head::Plain { request, close } => (request, close),
+                h1::Head::Other => return Plain::HandOver,
+                h1::Head::Malformed => {
+                    let proxy = self.shared.current();
+                    let message = "malformed request: the request target or a header is invalid";
+                    let status = StatusCode::BAD_REQUEST;
+                    self.answer_raw(&proxy, stream, status, message, Instant::now())
+                        .await;
+                    return Plain::Closed;
+                }
+            };
+            let head_request = request.method() == http::Method::HEAD;
+            let response = self
+                .shared
+                .current()
+                .handle(request, self.info, self.drain.clone())
+                .await
+                .unwrap_or_else(|never| match never {});
+            // Draining: this response is the connection's last, and says so.
+            let close = close || self.watcher.is_at(Phase::Draining);
+            match h1::write_response(stream, &mut out, response, head_request, close).await {
+                Ok(true) => {}
+                Ok(false) | Err(_) => return Plain::Closed,
+            }
+            if head_complete(buffer) {
+                continue;
+            }
+            let started = Instant::now();
+            let next = tokio::select! {
+                biased;
+                _ = self.watcher.reached(Phase::Draining) => return Plain::Closed,
+                next = read_head(stream, buffer, limits) => next,
+            };
+            let proxy = self.shared.current();
+            // An idle keep-alive connection that times out is closed without a word, as hyper
+            // does; one in the middle of a head gets its 408.
+            if matches!(next, Head::TimedOut) && buffer.is_empty() {
+                return Plain::Closed;
+            }
+            if !self
+                .answer_unreadable_head(&proxy, stream, next, limits, started)
+                .await
+            {
+                return Plain::Closed;
+            }
+        }
+    }
+
+    /// Answers a head that could not be read (408, 431, 400) and returns false; true if it was.
+    async fn answer_unreadable_head(
+        &self,
+        proxy: &Proxy,
+        stream: &mut TcpStream,
+        head: Head,
+        limits: Limits,
+        started: Instant,
+    ) -> bool {
+        let (status, message) = match head {
+            Head::Ready => return true,
+            Head::Closed => return false,
+            Head::TimedOut => (
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "request headers not received within {} ms",
+                    limits.header_read_timeout_ms
+                ),
+            ),
+            Head::Incomplete => (
+                StatusCode::BAD_REQUEST,
+                "malformed request: the client stopped sending before the end of the headers"
+                    .to_owned(),
+            ),
+            Head::TooLarge => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                format!(
+                    "request headers are larger than the limit of {} bytes",
+                    limits.max_header_bytes
+                ),
+            ),
+        };
+        self.answer_raw(proxy, stream, status, &message, started)
+            .await;
+        false
+    }
+
     /// Answers an error found before hyper saw the request, then closes politely.
     async fn answer_raw(
         &self,
         proxy: &Proxy,
-        mut stream: TcpStream,
+        stream: &mut TcpStream,
         status: StatusCode,
         message: &str,
         started: Instant,
@@ -793,9 +872,19 @@ impl Connection {
     }
 }
 
-enum FirstHead {
-    /// The bytes read so far, holding at least one complete request head (or the h2 preface).
-    Ready(BytesMut),
+/// How the plain path ended.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Plain {
+    /// The connection is done.
+    Closed,
+    /// The request at the front of the buffer is hyper's to serve, and so is the rest.
+    HandOver,
+}
+
+/// What reading a request head gave.
+enum Head {
+    /// The buffer holds at least one complete request head (or the h2 preface).
+    Ready,
     /// The client closed (or reset) before sending a head.
     Closed,
     /// The client stopped sending (half-closed) in the middle of a head.
@@ -806,36 +895,41 @@ enum FirstHead {
     TooLarge,
 }
 
-/// Reads until the first request head is complete, within the header timeout and size limit.
+/// Reads into `buffer` until it holds a complete request head, within the header timeout and
+/// size limit.
 ///
 /// hyper's own header timeout only closes the connection, and its size limit is a buffer size;
-/// reading the first head here gives the client a proper 408 or 431.
-async fn read_first_head(stream: &mut TcpStream, limits: Limits) -> FirstHead {
+/// reading heads here gives the client a proper 408 or 431.
+async fn read_head(stream: &mut TcpStream, buffer: &mut BytesMut, limits: Limits) -> Head {
     let deadline =
         tokio::time::Instant::now() + Duration::from_millis(limits.header_read_timeout_ms);
     // The buffer is taken only once the first bytes are there: an idle connection (10,000 of
     // them in the load harness) then costs no buffer at all.
-    match tokio::time::timeout_at(deadline, stream.readable()).await {
-        Err(_) => return FirstHead::TimedOut,
-        Ok(Err(_)) => return FirstHead::Closed,
-        Ok(Ok(())) => {}
+    if buffer.capacity() == 0 {
+        match tokio::time::timeout_at(deadline, stream.readable()).await {
+            Err(_) => return Head::TimedOut,
+            Ok(Err(_)) => return Head::Closed,
+            Ok(Ok(())) => {}
+        }
     }
-    let mut buffer = BytesMut::with_capacity(4096);
     loop {
+        // At least 4 KiB to read into (a `BytesMut` reclaims its space once the heads split
+        // off it are dropped).
+        buffer.reserve(4096);
         let searched_from = buffer.len().saturating_sub(3);
-        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buffer)).await {
-            Err(_) => return FirstHead::TimedOut,
-            Ok(Err(_)) => return FirstHead::Closed,
+        match tokio::time::timeout_at(deadline, stream.read_buf(buffer)).await {
+            Err(_) => return Head::TimedOut,
+            Ok(Err(_)) => return Head::Closed,
             // A client that half-closes mid-head may still read: tell it what went wrong.
-            Ok(Ok(0)) if !buffer.is_empty() => return FirstHead::Incomplete,
-            Ok(Ok(0)) => return FirstHead::Closed,
+            Ok(Ok(0)) if !buffer.is_empty() => return Head::Incomplete,
+            Ok(Ok(0)) => return Head::Closed,
             Ok(Ok(_)) => {}
         }
         if head_complete(&buffer[searched_from..]) {
-            return FirstHead::Ready(buffer);
+            return Head::Ready;
         }
         if buffer.len() >= limits.max_header_bytes {
-            return FirstHead::TooLarge;
+            return Head::TooLarge;
         }
     }
 }

@@ -67,6 +67,11 @@ impl PhaseWatcher {
     pub async fn reached(&mut self, phase: Phase) {
         let _ = self.phase.wait_for(|current| *current >= phase).await;
     }
+
+    /// Whether the phase is already at least `phase` (without waiting).
+    pub fn is_at(&self, phase: Phase) -> bool {
+        *self.phase.borrow() >= phase
+    }
 }
 
 /// Counts live connections and tunnels: each holds a [`DrainGuard`]; [`Drain::wait`] returns
