@@ -662,10 +662,8 @@ impl Connection {
         let limits = proxy.limits();
         let started = Instant::now();
         let mut buffer = BytesMut::new();
-        let first = tokio::select! {
-            biased;
-            _ = self.watcher.reached(Phase::Draining) => return,
-            first = read_head(&mut stream, &mut buffer, limits) => first,
+        let Some(first) = self.next_head(&mut stream, &mut buffer, limits).await else {
+            return;
         };
         if !self
             .answer_unreadable_head(&proxy, &mut stream, first, limits, started)
@@ -770,10 +768,8 @@ impl Connection {
                 continue;
             }
             let started = Instant::now();
-            let next = tokio::select! {
-                biased;
-                _ = self.watcher.reached(Phase::Draining) => return Plain::Closed,
-                next = read_head(stream, buffer, limits) => next,
+            let Some(next) = self.next_head(stream, buffer, limits).await else {
+                return Plain::Closed;
             };
             let proxy = self.shared.current();
             // An idle keep-alive connection that times out is closed without a word, as hyper
@@ -787,6 +783,33 @@ impl Connection {
             {
                 return Plain::Closed;
             }
+        }
+    }
+
+    /// Reads the next request head, or `None` once draining has begun with no request on its
+    /// way. A request the client sent before it could know (bytes already read, or waiting in
+    /// the socket) is still read, and the response to it closes the connection
+    /// (`serve_plain` sees the phase): closing instead would fail a request no backend saw.
+    async fn next_head(
+        &mut self,
+        stream: &mut TcpStream,
+        buffer: &mut BytesMut,
+        limits: Limits,
+    ) -> Option<Head> {
+        tokio::select! {
+            biased;
+            _ = self.watcher.reached(Phase::Draining) => {}
+            head = read_head(stream, buffer, limits) => return Some(head),
+        }
+        // tokio learns of bytes that arrived only when it next polls for I/O events, which a
+        // yield lets it do first; until then `try_read_buf` would say there is nothing.
+        tokio::task::yield_now().await;
+        let on_its_way =
+            !buffer.is_empty() || matches!(stream.try_read_buf(buffer), Ok(n) if n > 0);
+        if on_its_way {
+            Some(read_head(stream, buffer, limits).await)
+        } else {
+            None
         }
     }
 
@@ -901,6 +924,9 @@ enum Head {
 /// hyper's own header timeout only closes the connection, and its size limit is a buffer size;
 /// reading heads here gives the client a proper 408 or 431.
 async fn read_head(stream: &mut TcpStream, buffer: &mut BytesMut, limits: Limits) -> Head {
+    if head_complete(buffer) {
+        return Head::Ready;
+    }
     let deadline =
         tokio::time::Instant::now() + Duration::from_millis(limits.header_read_timeout_ms);
     // The buffer is taken only once the first bytes are there: an idle connection (10,000 of
