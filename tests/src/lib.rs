@@ -19,6 +19,8 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use balancer_tokio::{Config, DemoBackend, DemoBackendConfig, RunningBalancer, ShutdownReport};
@@ -27,7 +29,7 @@ use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
 /// Longest any single exchange in these tests may take; a hang fails instead of blocking CI.
 pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -592,5 +594,89 @@ impl hyper::body::Body for CountingBody {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         hyper::body::SizeHint::with_exact(self.remaining)
+    }
+}
+
+/// What a raw backend does with a request, given its number (from 0) on its connection and
+/// over the backend's life.
+#[derive(Clone, Copy)]
+pub enum Act {
+    /// Writes these bytes and waits for the next request.
+    Answer(&'static str),
+    /// Writes these bytes and closes, without saying so in the response.
+    AnswerAndClose(&'static str),
+    /// Reads the request and closes without a byte back.
+    Close,
+}
+
+/// A backend that answers by a script; counts its connections.
+pub struct RawBackend {
+    address: SocketAddr,
+    connections: Arc<AtomicU64>,
+}
+
+impl RawBackend {
+    /// Listens on a free loopback port and answers every connection by `script`.
+    pub async fn start(script: fn(usize, usize) -> Act) -> RawBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicU64::new(0));
+        let counted = connections.clone();
+        let requests = Arc::new(AtomicU64::new(0));
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(serve_script(stream, script, requests.clone()));
+            }
+        });
+        RawBackend {
+            address,
+            connections,
+        }
+    }
+
+    /// Its address.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+}
+
+async fn serve_script(
+    mut stream: TcpStream,
+    script: fn(usize, usize) -> Act,
+    requests: Arc<AtomicU64>,
+) {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    for n in 0.. {
+        // Requests here have no body: a head ends the request.
+        let end = loop {
+            if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+            }
+        };
+        buffer.drain(..end);
+        let overall = requests.fetch_add(1, Ordering::Relaxed) as usize;
+        match script(n, overall) {
+            Act::Answer(bytes) => {
+                if stream.write_all(bytes.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            Act::AnswerAndClose(bytes) => {
+                let _ = stream.write_all(bytes.as_bytes()).await;
+                return;
+            }
+            Act::Close => return,
+        }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use tests::{Proxy, raw_exchange, start_backends, toml_list};
+use tests::{Act, Proxy, RawBackend, raw_exchange, start_backends, toml_list};
 
 /// One response as read off the wire.
 #[derive(Debug)]
@@ -133,41 +133,18 @@ async fn pipelined_plain_requests_then_a_body_are_answered_in_order() {
     proxy.stop().await;
 }
 
-/// A backend that answers every request with a chunked body of two chunks.
-async fn chunked_backend() -> std::net::SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buffer = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buffer.drain(..end + 4);
-                        let answer = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
-                                      5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n";
-                        if stream.write_all(answer.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(read) => buffer.extend_from_slice(&chunk[..read]),
-                    }
-                }
-            });
-        }
-    });
-    address
-}
-
 #[tokio::test]
 async fn a_body_of_unknown_length_goes_out_chunked() {
-    let backend = chunked_backend().await;
+    let backend = RawBackend::start(|_, _| {
+        Act::Answer(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+             5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n",
+        )
+    })
+    .await;
     let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nworkers = 1\nbackends = [\"{backend}\"]\n"
+        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nworkers = 1\nbackends = [\"{}\"]\n",
+        backend.address()
     ))
     .await;
     let requests = "GET /a HTTP/1.1\r\nhost: a\r\n\r\n\
