@@ -71,32 +71,57 @@ struct Layout {
     head_len: usize,
     method: Method,
     path: Range<usize>,
-    headers: [(Range<usize>, Range<usize>); MAX_HEADERS],
     header_count: usize,
     close: bool,
 }
 
+/// Where one header line's name and value are in the head: offsets, so that the table of
+/// them is small (it lives on the stack for every request).
+#[derive(Clone, Copy, Default)]
+struct HeaderSpan {
+    name_start: u32,
+    name_len: u32,
+    value_start: u32,
+    value_len: u32,
+}
+
+impl HeaderSpan {
+    fn name(self) -> Range<usize> {
+        let start = self.name_start as usize;
+        start..start + self.name_len as usize
+    }
+
+    fn value(self) -> Range<usize> {
+        let start = self.value_start as usize;
+        start..start + self.value_len as usize
+    }
+}
+
 /// Takes a plain request off the front of `buffer`, or says why not.
 pub fn parse(buffer: &mut BytesMut) -> Head {
-    let Some(layout) = layout(buffer) else {
+    let mut spans = [HeaderSpan::default(); MAX_HEADERS];
+    let Some(layout) = layout(buffer, &mut spans) else {
         return Head::Other;
     };
     let head = buffer.split_to(layout.head_len).freeze();
     let close = layout.close;
-    match build(&head, layout) {
+    match build(&head, layout, &spans) {
         Some(request) => Head::Plain { request, close },
         None => Head::Malformed,
     }
 }
 
-/// Parses the head at the front of `buffer` and checks that it is plain (module docs).
-fn layout(buffer: &[u8]) -> Option<Layout> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut headers);
-    let head_len = match parsed.parse(buffer) {
+/// Parses the head at the front of `buffer`, checks that it is plain (module docs) and notes
+/// where its header lines are in `spans`.
+fn layout(buffer: &[u8], spans: &mut [HeaderSpan; MAX_HEADERS]) -> Option<Layout> {
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let head_len = match parsed.parse_with_uninit_headers(buffer, &mut headers) {
         Ok(httparse::Status::Complete(len)) => len,
         _ => return None,
     };
+    // Offsets are kept as u32: a head longer than 4 GiB is not plain.
+    u32::try_from(head_len).ok()?;
     if parsed.version != Some(1) {
         return None;
     }
@@ -109,19 +134,16 @@ fn layout(buffer: &[u8]) -> Option<Layout> {
         return None;
     }
     let base = buffer.as_ptr() as usize;
-    let range_of = |part: &[u8]| {
-        let start = part.as_ptr() as usize - base;
-        start..start + part.len()
-    };
+    let offset_of = |part: &[u8]| part.as_ptr() as usize - base;
+    let path_start = offset_of(path.as_bytes());
     let mut layout = Layout {
         head_len,
         method,
-        path: range_of(path.as_bytes()),
-        headers: std::array::from_fn(|_| (0..0, 0..0)),
+        path: path_start..path_start + path.len(),
         header_count: parsed.headers.len(),
         close: false,
     };
-    for (slot, field) in layout.headers.iter_mut().zip(parsed.headers.iter()) {
+    for (span, field) in spans.iter_mut().zip(parsed.headers.iter()) {
         let name = field.name.as_bytes();
         let value = field.value;
         if name.eq_ignore_ascii_case(b"transfer-encoding")
@@ -141,24 +163,31 @@ fn layout(buffer: &[u8]) -> Option<Layout> {
                 layout.close |= token.eq_ignore_ascii_case(b"close");
             }
         }
-        *slot = (range_of(name), range_of(value));
+        // Within the head, so below its length, which fits in u32 (checked above).
+        *span = HeaderSpan {
+            name_start: offset_of(name) as u32,
+            name_len: name.len() as u32,
+            value_start: offset_of(value) as u32,
+            value_len: value.len() as u32,
+        };
     }
     Some(layout)
 }
 
 /// The request for a plain head; `None` if `http` refuses its target or a header.
-fn build(head: &Bytes, layout: Layout) -> Option<Request<ClientBody>> {
+fn build(head: &Bytes, layout: Layout, spans: &[HeaderSpan]) -> Option<Request<ClientBody>> {
     let uri = Uri::from_maybe_shared(head.slice(layout.path.clone())).ok()?;
     let mut request = Request::new(ClientBody::Empty);
     *request.method_mut() = layout.method;
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
     let headers = request.headers_mut();
-    headers.reserve(layout.header_count);
-    for (name, value) in &layout.headers[..layout.header_count] {
-        let name = HeaderName::from_bytes(&head[name.clone()]).ok()?;
+    // Room for the proxy's own headers too, so that adding them never grows the map.
+    headers.reserve(layout.header_count + crate::headers::ADDED_REQUEST_HEADERS);
+    for span in &spans[..layout.header_count] {
+        let name = HeaderName::from_bytes(&head[span.name()]).ok()?;
         // A slice of the head: no copy, as hyper does.
-        let value = HeaderValue::from_maybe_shared(head.slice(value.clone())).ok()?;
+        let value = HeaderValue::from_maybe_shared(head.slice(span.value())).ok()?;
         headers.append(name, value);
     }
     Some(request)

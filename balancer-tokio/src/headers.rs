@@ -14,6 +14,14 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// How many headers the proxy adds to a forwarded request (X-Forwarded-For, X-Forwarded-Proto,
+/// X-Forwarded-Host, Via, X-Request-Id): maps are made with room for them, because growing a
+/// `HeaderMap` rehashes it (measured: a fifth of the user-space instructions of a small GET).
+pub const ADDED_REQUEST_HEADERS: usize = 5;
+
+/// How many headers the proxy adds to a backend's response (Via, X-Request-Id).
+pub const ADDED_RESPONSE_HEADERS: usize = 2;
+
 /// Longest client-supplied request id kept; longer ones are replaced (bounds log lines).
 pub const MAX_REQUEST_ID_BYTES: usize = 128;
 
@@ -65,6 +73,12 @@ fn hop_by_hop_bit(name: &HeaderName) -> u16 {
     } else {
         0
     }
+}
+
+/// Whether `name` is hop-by-hop whatever a `Connection` header says (the ones
+/// [`strip_hop_by_hop`] always removes, `Connection` included).
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    hop_by_hop_bit(name) != 0
 }
 
 /// Removes hop-by-hop headers: Connection and every header it names, Keep-Alive, TE, Trailer,

@@ -380,6 +380,8 @@ impl Proxy {
         let client_ip = connection.client.ip();
         {
             let headers_mut = request.headers_mut();
+            // A no-op for plain requests (h1.rs made room); hyper's maps may need to grow once.
+            headers_mut.reserve(headers::ADDED_REQUEST_HEADERS);
             headers::strip_hop_by_hop(headers_mut, upgrade);
             headers::add_forwarding(headers_mut, client_ip, host_value.as_ref(), via);
             headers_mut.insert(headers::X_REQUEST_ID.clone(), request_id.clone());
@@ -1010,17 +1012,20 @@ fn backend_response(
     request_id: HeaderValue,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = response.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers, false);
+    guard.set_status(parts.status);
+    let body = match body {
+        Upstreamed::Hyper(body) => {
+            headers::strip_hop_by_hop(&mut parts.headers, false);
+            ProxyBody::backend(body, guard)
+        }
+        // upstream.rs reads heads without their hop-by-hop headers.
+        Upstreamed::Inline(body) => ProxyBody::upstream(body, guard),
+    };
     headers::append_via(&mut parts.headers, via);
     parts
         .headers
         .insert(headers::X_REQUEST_ID.clone(), request_id);
     parts.version = Version::HTTP_11;
-    guard.set_status(parts.status);
-    let body = match body {
-        Upstreamed::Hyper(body) => ProxyBody::backend(body, guard),
-        Upstreamed::Inline(body) => ProxyBody::upstream(body, guard),
-    };
     Response::from_parts(parts, body)
 }
 
