@@ -29,7 +29,7 @@ use crate::h1;
 use crate::metrics::{Metrics, ReloadLabels};
 use crate::pool::PoolError;
 use crate::proxy::{ConnectionInfo, Proxy};
-use crate::shutdown::{Drain, DrainGuard, Phase, PhaseWatcher, Shutdown};
+use crate::shutdown::{Drain, DrainGuard, Phase, PhaseWatcher, QuietWait, Shutdown};
 
 /// Concurrent HTTP/2 streams per client connection: bounds the work one connection can start.
 pub const MAX_H2_STREAMS_PER_CONNECTION: u32 = 256;
@@ -675,12 +675,15 @@ impl Connection {
         // Plain requests are served by `h1`; hyper takes the connection at the first other
         // one. Boxed: a connection that has not sent its first head yet should not carry the
         // state of serving one.
-        let mut stopped = self.watcher.clone();
+        let mut stopped_watcher = self.watcher.clone();
+        let stopped = std::pin::pin!(stopped_watcher.reached(Phase::Stopped));
+        let stopped = self.watcher.clone().quiet(stopped);
         let served = {
             let plain = Box::pin(self.serve_plain(&mut stream, &mut buffer, limits));
             tokio::select! {
+                biased;
                 served = plain => served,
-                _ = stopped.reached(Phase::Stopped) => return,
+                () = stopped => return,
             }
         };
         if served == Plain::Closed {
@@ -738,6 +741,16 @@ impl Connection {
         limits: Limits,
     ) -> Plain {
         let mut out = Vec::new();
+        // Made once per connection rather than per request: a timer registered and dropped
+        // and a shutdown waiter queued and unqueued for every head cost about 2,000
+        // instructions of each small GET. A timer moved later is only updated in place.
+        let mut draining_watcher = self.watcher.clone();
+        let draining = std::pin::pin!(draining_watcher.reached(Phase::Draining));
+        let mut waits = HeadWaits {
+            timer: None,
+            draining: self.watcher.clone().quiet(draining),
+            drained: false,
+        };
         loop {
             let (request, close) = match h1::parse(buffer) {
                 h1::Head::Plain { request, close } => (request, close),
@@ -768,7 +781,10 @@ impl Connection {
                 continue;
             }
             let started = Instant::now();
-            let Some(next) = self.next_head(stream, buffer, limits).await else {
+            let Some(next) = self
+                .next_plain_head(stream, buffer, limits, &mut waits)
+                .await
+            else {
                 return Plain::Closed;
             };
             let proxy = self.shared.current();
@@ -801,6 +817,45 @@ impl Connection {
             _ = self.watcher.reached(Phase::Draining) => {}
             head = read_head(stream, buffer, limits) => return Some(head),
         }
+        self.head_on_its_way(stream, buffer, limits).await
+    }
+
+    /// [`Connection::next_head`] for the heads after the first, with the connection's own timer
+    /// and shutdown waiter.
+    async fn next_plain_head<D: Future<Output = ()>>(
+        &mut self,
+        stream: &mut TcpStream,
+        buffer: &mut BytesMut,
+        limits: Limits,
+        waits: &mut HeadWaits<'_, D>,
+    ) -> Option<Head> {
+        if !waits.drained {
+            let deadline = header_deadline(limits);
+            let timer = match &mut waits.timer {
+                Some(timer) => {
+                    timer.as_mut().reset(deadline);
+                    timer
+                }
+                None => waits
+                    .timer
+                    .insert(Box::pin(tokio::time::sleep_until(deadline))),
+            };
+            tokio::select! {
+                biased;
+                () = &mut waits.draining => waits.drained = true,
+                head = read_head_within(stream, buffer, limits, timer.as_mut()) => return Some(head),
+            }
+        }
+        self.head_on_its_way(stream, buffer, limits).await
+    }
+
+    /// Draining has begun: reads a request the client sent before it could know, or `None`.
+    async fn head_on_its_way(
+        &mut self,
+        stream: &mut TcpStream,
+        buffer: &mut BytesMut,
+        limits: Limits,
+    ) -> Option<Head> {
         // tokio learns of bytes that arrived only when it next polls for I/O events, which a
         // yield lets it do first; until then `try_read_buf` would say there is nothing.
         tokio::task::yield_now().await;
@@ -904,6 +959,16 @@ enum Plain {
     HandOver,
 }
 
+/// What waiting for a plain connection's next head needs, made once per connection.
+struct HeadWaits<'a, D> {
+    /// The header timeout's timer, made at the second head (most connections in the load
+    /// harness's idle test never send a first).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Ready once draining has begun; not polled again after (`drained`).
+    draining: QuietWait<'a, D>,
+    drained: bool,
+}
+
 /// What reading a request head gave.
 enum Head {
     /// The buffer holds at least one complete request head (or the h2 preface).
@@ -927,15 +992,34 @@ async fn read_head(stream: &mut TcpStream, buffer: &mut BytesMut, limits: Limits
     if head_complete(buffer) {
         return Head::Ready;
     }
-    let deadline =
-        tokio::time::Instant::now() + Duration::from_millis(limits.header_read_timeout_ms);
+    let timer = std::pin::pin!(tokio::time::sleep_until(header_deadline(limits)));
+    read_head_within(stream, buffer, limits, timer).await
+}
+
+/// When a head starting to be awaited now must have arrived.
+fn header_deadline(limits: Limits) -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_millis(limits.header_read_timeout_ms)
+}
+
+/// [`read_head`] with the header timeout kept by `timer`, set to [`header_deadline`].
+async fn read_head_within(
+    stream: &mut TcpStream,
+    buffer: &mut BytesMut,
+    limits: Limits,
+    mut timer: Pin<&mut tokio::time::Sleep>,
+) -> Head {
+    if head_complete(buffer) {
+        return Head::Ready;
+    }
     // The buffer is taken only once the first bytes are there: an idle connection (10,000 of
     // them in the load harness) then costs no buffer at all.
     if buffer.capacity() == 0 {
-        match tokio::time::timeout_at(deadline, stream.readable()).await {
-            Err(_) => return Head::TimedOut,
-            Ok(Err(_)) => return Head::Closed,
-            Ok(Ok(())) => {}
+        tokio::select! {
+            biased;
+            ready = stream.readable() => if ready.is_err() {
+                return Head::Closed;
+            },
+            () = timer.as_mut() => return Head::TimedOut,
         }
     }
     loop {
@@ -943,13 +1027,17 @@ async fn read_head(stream: &mut TcpStream, buffer: &mut BytesMut, limits: Limits
         // off it are dropped).
         buffer.reserve(4096);
         let searched_from = buffer.len().saturating_sub(3);
-        match tokio::time::timeout_at(deadline, stream.read_buf(buffer)).await {
-            Err(_) => return Head::TimedOut,
-            Ok(Err(_)) => return Head::Closed,
+        let read = tokio::select! {
+            biased;
+            read = stream.read_buf(buffer) => read,
+            () = timer.as_mut() => return Head::TimedOut,
+        };
+        match read {
+            Err(_) => return Head::Closed,
             // A client that half-closes mid-head may still read: tell it what went wrong.
-            Ok(Ok(0)) if !buffer.is_empty() => return Head::Incomplete,
-            Ok(Ok(0)) => return Head::Closed,
-            Ok(Ok(_)) => {}
+            Ok(0) if !buffer.is_empty() => return Head::Incomplete,
+            Ok(0) => return Head::Closed,
+            Ok(_) => {}
         }
         if head_complete(&buffer[searched_from..]) {
             return Head::Ready;
