@@ -18,7 +18,7 @@ use crate::access_log::{AccessLog, AccessRecord};
 use crate::metrics::{Metrics, RequestLabels};
 use crate::pool::SharedPool;
 use crate::trace::{TraceEvent, TraceSink};
-use crate::upstream::UpstreamBody;
+use crate::upstream::{HeadLines, UpstreamBody};
 
 /// Why a request body could not be forwarded.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +39,8 @@ pub enum ClientBody {
     /// Read by hyper's server (requests the plain HTTP/1.1 path hands over, and HTTP/2).
     Hyper(Incoming),
     /// No body: a plain request served by [`crate::h1`], which takes only bodiless requests.
+    /// `h1` writes its response, so the backend's headers may come as
+    /// [`crate::upstream::HeadLines`] in the response body instead of in its map.
     Empty,
 }
 
@@ -331,6 +333,15 @@ impl ProxyBody {
             source: Source::Full((!bytes.is_empty()).then_some(bytes)),
             guard,
             sent_bytes: 0,
+        }
+    }
+
+    /// The backend's headers, when they came as lines (see [`crate::upstream::HeadForm`]);
+    /// the response's map then holds only the headers the proxy added.
+    pub fn take_head_lines(&mut self) -> Option<HeadLines> {
+        match &mut self.source {
+            Source::Upstream(body) => body.take_head_lines(),
+            Source::Backend(_) | Source::Full(_) => None,
         }
     }
 

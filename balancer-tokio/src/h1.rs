@@ -223,14 +223,21 @@ pub async fn write_response(
     close: bool,
 ) -> io::Result<bool> {
     let (parts, mut body) = response.into_parts();
+    // The backend's headers, when they came as lines; `parts.headers` then holds only the
+    // ones the proxy added.
+    let lines = body.take_head_lines().unwrap_or_default();
     let status = parts.status;
     let mut close = close || crate::headers::connection_has_token(&parts.headers, "close");
+    let has_length =
+        lines.content_length.is_some() || parts.headers.contains_key(header::CONTENT_LENGTH);
     let framing = if head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
         Framing::None
+    } else if let Some(length) = lines.content_length {
+        Framing::Length(length)
     } else if let Some(length) = parts.headers.get(header::CONTENT_LENGTH) {
         match std::str::from_utf8(length.as_bytes())
             .ok()
@@ -253,18 +260,19 @@ pub async fn write_response(
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
     out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&lines.bytes);
     for (name, value) in &parts.headers {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if !parts.headers.contains_key(header::DATE) {
+    if !lines.has_date && !parts.headers.contains_key(header::DATE) {
         out.extend_from_slice(b"date: ");
         append_date(out);
         out.extend_from_slice(b"\r\n");
     }
-    if !parts.headers.contains_key(header::CONTENT_LENGTH) {
+    if !has_length {
         match framing {
             Framing::Length(length) => {
                 out.extend_from_slice(b"content-length: ");

@@ -81,6 +81,24 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     hop_by_hop_bit(name) != 0
 }
 
+/// [`is_hop_by_hop`] for a name as it came on the wire (any case).
+pub fn is_hop_by_hop_name(name: &[u8]) -> bool {
+    const NAMES: [&[u8]; 9] = [
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"upgrade",
+    ];
+    NAMES
+        .iter()
+        .any(|hop| hop.len() == name.len() && hop.eq_ignore_ascii_case(name))
+}
+
 /// Removes hop-by-hop headers: Connection and every header it names, Keep-Alive, TE, Trailer,
 /// Transfer-Encoding, Upgrade and Proxy-*. With `keep_upgrade`, `Connection: upgrade` and
 /// `Upgrade` survive so that a protocol switch can pass through.
@@ -266,6 +284,41 @@ mod tests {
         strip_hop_by_hop(&mut headers, false);
         let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn hop_by_hop_names_agree_in_both_forms() {
+        let names = [
+            "connection",
+            "Keep-Alive",
+            "TE",
+            "trailer",
+            "Transfer-Encoding",
+            "proxy-authenticate",
+            "Proxy-Authorization",
+            "proxy-connection",
+            "upgrade",
+            "x-kept",
+            "t",
+            "tee",
+            "content-length",
+            "date",
+        ];
+        for name in names {
+            let parsed = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            assert_eq!(
+                is_hop_by_hop_name(name.as_bytes()),
+                is_hop_by_hop(&parsed),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            names
+                .iter()
+                .filter(|n| is_hop_by_hop_name(n.as_bytes()))
+                .count(),
+            9
+        );
     }
 
     #[test]

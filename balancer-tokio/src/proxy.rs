@@ -29,6 +29,7 @@ use crate::ratelimit::RateLimits;
 use crate::routing::RouteTable;
 use crate::shutdown::DrainGuard;
 use crate::trace::{TraceEvent, TraceSink};
+use crate::upstream::HeadForm;
 
 /// How often the maintenance task runs: ejections end at most this late while a pool is idle
 /// (with traffic, the core ends them on the next request), and drained backends gone from the
@@ -426,6 +427,12 @@ impl Proxy {
         }
 
         let (parts, body) = request.into_parts();
+        // Only `h1` makes bodiless requests, and it writes their responses itself: the
+        // backend's headers can come as lines to copy rather than as a map.
+        let head_form = match body {
+            ClientBody::Empty => HeadForm::Lines,
+            ClientBody::Hyper(_) => HeadForm::Map,
+        };
         // A body small enough to be replayed is read before a backend is chosen, so a slow
         // uploader does not hold a backend's pending slot while it sends.
         let may_retry =
@@ -458,6 +465,7 @@ impl Proxy {
             started,
             via,
             request_id,
+            head_form,
         };
         Ok(tries
             .run(parts, source, may_retry, first, record, trace)
@@ -674,6 +682,8 @@ struct Tries<'a> {
     started: Instant,
     via: &'a HeaderValue,
     request_id: HeaderValue,
+    /// How the backend's headers are wanted: as lines when `h1` writes the response.
+    head_form: HeadForm,
 }
 
 /// Reads the body into memory when a retry could resend it and it is declared small enough
@@ -753,6 +763,7 @@ impl Tries<'_> {
                         &rest,
                         &parts.method,
                         idempotent || pool.retry_non_idempotent,
+                        self.head_form,
                     );
                     match tokio::time::timeout(per_try, send).await {
                         Ok(Ok(response)) => Ok(Ok(response.map(Upstreamed::Inline))),

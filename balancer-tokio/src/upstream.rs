@@ -187,6 +187,7 @@ impl Upstream {
         rest: &Bytes,
         method: &Method,
         repeatable: bool,
+        form: HeadForm,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let mut pooled = self.checkout(backend.id);
         loop {
@@ -196,7 +197,7 @@ impl Upstream {
                 None => self.connect(backend).await?,
             };
             match self
-                .exchange(stream, backend.id, message, rest, method)
+                .exchange(stream, backend.id, message, rest, method, form)
                 .await
             {
                 Ok(response) => return Ok(response),
@@ -213,6 +214,7 @@ impl Upstream {
         message: &[u8],
         rest: &Bytes,
         method: &Method,
+        form: HeadForm,
     ) -> Result<Response<UpstreamBody>, Exchange> {
         let written = match stream.write_all(message).await {
             Ok(()) if !rest.is_empty() => stream.write_all(rest).await,
@@ -226,7 +228,7 @@ impl Upstream {
                 match head_length(&buffer) {
                     Some(length) => {
                         let head = buffer.split_to(length).freeze();
-                        match ParsedHead::from_head(&head)? {
+                        match ParsedHead::from_head(&head, form)? {
                             // 100 Continue, 103 Early Hints: the final response follows.
                             ResponseHead::Informational => continue,
                             ResponseHead::Final(parsed) => break (head, parsed),
@@ -277,12 +279,16 @@ impl Upstream {
             framing,
             return_to: reusable.then(|| (self.clone(), backend)),
             pending: None,
+            head_lines: None,
         };
         body.settle_if_buffered();
         let mut response = Response::new(body);
         *response.status_mut() = parsed.status;
         *response.version_mut() = parsed.version;
-        *response.headers_mut() = parsed.headers;
+        match parsed.fields {
+            HeadFields::Map(headers) => *response.headers_mut() = headers,
+            HeadFields::Lines(lines) => response.body_mut().head_lines = Some(lines),
+        }
         Ok(response)
     }
 }
@@ -356,14 +362,14 @@ enum ResponseHead {
 struct ParsedHead {
     status: StatusCode,
     version: Version,
-    headers: HeaderMap,
+    fields: HeadFields,
     keep_alive: bool,
     framing: Framing,
 }
 
 impl ParsedHead {
-    /// Reads a head [`head_length`] found complete.
-    fn from_head(head: &Bytes) -> Result<ResponseHead, UpstreamError> {
+    /// Reads a head [`head_length`] found complete, its headers in `form`.
+    fn from_head(head: &Bytes, form: HeadForm) -> Result<ResponseHead, UpstreamError> {
         let mut lines = [const { std::mem::MaybeUninit::uninit() }; MAX_RESPONSE_HEADERS];
         let mut response = httparse::Response::new(&mut []);
         let config = httparse::ParserConfig::default();
@@ -390,20 +396,14 @@ impl ParsedHead {
         } else {
             Version::HTTP_10
         };
-        let mut headers = HeaderMap::with_capacity(
-            response.headers.len() + crate::headers::ADDED_RESPONSE_HEADERS,
-        );
         let mut close = version == Version::HTTP_10;
         let mut chunked = None;
         let mut length: Option<u64> = None;
         // Whether a Connection header names headers beyond the hop-by-hop ones.
         let mut strip_named = false;
         for line in response.headers.iter() {
-            let name = HeaderName::from_bytes(line.name.as_bytes())
-                .map_err(|_| UpstreamError::BadResponse("invalid header name"))?;
-            let value = HeaderValue::from_maybe_shared(head.slice_ref(line.value))
-                .map_err(|_| UpstreamError::BadResponse("invalid header value"))?;
-            if name == header::CONNECTION {
+            let name = line.name.as_bytes();
+            if name.eq_ignore_ascii_case(b"connection") {
                 for token in line.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                     if token.eq_ignore_ascii_case(b"keep-alive") {
                         close = close && version != Version::HTTP_10;
@@ -413,15 +413,11 @@ impl ParsedHead {
                         strip_named = true;
                     }
                 }
-                if strip_named {
-                    headers.append(name, value);
-                }
-                continue;
-            } else if name == header::TRANSFER_ENCODING {
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
                 // Only the last coding says whether the body is chunked (RFC 9112 §6.3).
                 let last = line.value.rsplit(|&b| b == b',').next().unwrap_or_default();
                 chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            } else if name == header::CONTENT_LENGTH {
+            } else if name.eq_ignore_ascii_case(b"content-length") {
                 for part in line.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                     let parsed = std::str::from_utf8(part)
                         .ok()
@@ -434,9 +430,6 @@ impl ParsedHead {
                     length = Some(parsed);
                 }
             }
-            if !crate::headers::is_hop_by_hop(&name) {
-                headers.append(name, value);
-            }
         }
         let framing = match (chunked, length) {
             (Some(true), _) => Framing::Chunked(Chunked::Size),
@@ -444,22 +437,132 @@ impl ParsedHead {
             (None, Some(length)) => Framing::Length(length),
             (None, None) => Framing::UntilClose,
         };
-        if chunked.is_some() {
-            // Sent with both, the length is to be ignored, and must not reach the client.
-            headers.remove(header::CONTENT_LENGTH);
-        }
-        if strip_named {
-            // Rare (the usual `Connection: keep-alive` names only a hop-by-hop header, left
-            // out above): the headers its tokens name go too, and the Connection kept for it.
-            crate::headers::strip_hop_by_hop(&mut headers, false);
-        }
+        // Sent with Transfer-Encoding, a length is to be ignored, and must not reach the client.
+        let passed_length = length.filter(|_| chunked.is_none());
+        let fields = if form == HeadForm::Lines && !strip_named {
+            HeadFields::Lines(HeadLines::from_fields(response.headers, passed_length))
+        } else {
+            let headers = header_map(head, response.headers, strip_named, chunked.is_some())?;
+            match form {
+                HeadForm::Map => HeadFields::Map(headers),
+                HeadForm::Lines => HeadFields::Lines(HeadLines::from_map(&headers, passed_length)),
+            }
+        };
         Ok(ResponseHead::Final(ParsedHead {
             status,
             version,
-            headers,
+            fields,
             keep_alive: !close,
             framing,
         }))
+    }
+}
+
+/// The headers of `fields` (of `head`) as a map, without hop-by-hop headers, nor those a
+/// Connection header names (`strip_named`), nor a length sent with Transfer-Encoding.
+fn header_map(
+    head: &Bytes,
+    fields: &[httparse::Header<'_>],
+    strip_named: bool,
+    transfer_encoded: bool,
+) -> Result<HeaderMap, UpstreamError> {
+    let mut headers =
+        HeaderMap::with_capacity(fields.len() + crate::headers::ADDED_RESPONSE_HEADERS);
+    for field in fields {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| UpstreamError::BadResponse("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(field.value))
+            .map_err(|_| UpstreamError::BadResponse("invalid header value"))?;
+        // A Connection naming other headers is kept for `strip_hop_by_hop` to read.
+        let keep =
+            !crate::headers::is_hop_by_hop(&name) || (strip_named && name == header::CONNECTION);
+        if keep {
+            headers.append(name, value);
+        }
+    }
+    if transfer_encoded {
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    if strip_named {
+        // Rare (the usual `Connection: keep-alive` names only a hop-by-hop header): the
+        // headers its tokens name go too, and the Connection kept for it.
+        crate::headers::strip_hop_by_hop(&mut headers, false);
+    }
+    Ok(headers)
+}
+
+/// How a response head's headers are handed on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadForm {
+    /// In the response's `HeaderMap`, for hyper's server to write.
+    Map,
+    /// As [`HeadLines`] in the response body, for [`crate::h1`] to copy; the response's map
+    /// stays empty. Building a map only to write it out again cost about 3,000 instructions
+    /// of each small GET.
+    Lines,
+}
+
+/// A backend response's headers, in the form asked for.
+enum HeadFields {
+    Map(HeaderMap),
+    Lines(HeadLines),
+}
+
+/// A backend response's headers as lines ready for an HTTP/1.1 client.
+#[derive(Debug, Default)]
+pub struct HeadLines {
+    /// `name: value\r\n` for each header passed on: names in lowercase (as `HeaderName`
+    /// writes them), hop-by-hop headers left out, in the backend's order.
+    pub bytes: Vec<u8>,
+    /// A `date` line is among them.
+    pub has_date: bool,
+    /// The value of the `content-length` line among them, if there is one.
+    pub content_length: Option<u64>,
+}
+
+impl HeadLines {
+    fn from_fields(fields: &[httparse::Header<'_>], content_length: Option<u64>) -> Self {
+        let size: usize = fields
+            .iter()
+            .map(|f| f.name.len() + f.value.len() + 4)
+            .sum();
+        let mut lines = HeadLines {
+            bytes: Vec::with_capacity(size),
+            has_date: false,
+            content_length,
+        };
+        for field in fields {
+            let name = field.name.as_bytes();
+            if crate::headers::is_hop_by_hop_name(name)
+                || (content_length.is_none() && name.eq_ignore_ascii_case(b"content-length"))
+            {
+                continue;
+            }
+            lines.has_date |= name.eq_ignore_ascii_case(b"date");
+            lines.push(name, field.value);
+        }
+        lines
+    }
+
+    fn from_map(headers: &HeaderMap, content_length: Option<u64>) -> Self {
+        let mut lines = HeadLines {
+            bytes: Vec::new(),
+            has_date: headers.contains_key(header::DATE),
+            content_length: content_length.filter(|_| headers.contains_key(header::CONTENT_LENGTH)),
+        };
+        for (name, value) in headers {
+            lines.push(name.as_str().as_bytes(), value.as_bytes());
+        }
+        lines
+    }
+
+    fn push(&mut self, name: &[u8], value: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(name);
+        self.bytes[start..].make_ascii_lowercase();
+        self.bytes.extend_from_slice(b": ");
+        self.bytes.extend_from_slice(value);
+        self.bytes.extend_from_slice(b"\r\n");
     }
 }
 
@@ -497,9 +600,16 @@ pub struct UpstreamBody {
     return_to: Option<(Arc<Upstream>, BackendId)>,
     /// Data decoded by the last step and not returned yet.
     pending: Option<Bytes>,
+    /// The response's headers, when asked for as [`HeadForm::Lines`].
+    head_lines: Option<HeadLines>,
 }
 
 impl UpstreamBody {
+    /// The response's headers, when they were asked for as [`HeadForm::Lines`] (once).
+    pub fn take_head_lines(&mut self) -> Option<HeadLines> {
+        self.head_lines.take()
+    }
+
     /// When the whole body came with the head (the usual small response), hands the
     /// connection back at once rather than when the client has been sent everything.
     fn settle_if_buffered(&mut self) {
@@ -726,10 +836,80 @@ mod tests {
     use super::*;
 
     fn parsed(head: &str) -> Result<ParsedHead, UpstreamError> {
-        match ParsedHead::from_head(&Bytes::copy_from_slice(head.as_bytes()))? {
+        match ParsedHead::from_head(&Bytes::copy_from_slice(head.as_bytes()), HeadForm::Map)? {
             ResponseHead::Final(parsed) => Ok(parsed),
             ResponseHead::Informational => panic!("{head:?} is informational"),
         }
+    }
+
+    fn map(parsed: &ParsedHead) -> &HeaderMap {
+        match &parsed.fields {
+            HeadFields::Map(headers) => headers,
+            HeadFields::Lines(_) => panic!("asked for a map"),
+        }
+    }
+
+    fn lines(head: &str) -> HeadLines {
+        let parsed =
+            ParsedHead::from_head(&Bytes::copy_from_slice(head.as_bytes()), HeadForm::Lines);
+        match parsed {
+            Ok(ResponseHead::Final(ParsedHead {
+                fields: HeadFields::Lines(lines),
+                ..
+            })) => lines,
+            _ => panic!("{head:?} gave no lines"),
+        }
+    }
+
+    /// Both forms pass on the same headers: the lines are the map written out.
+    #[test]
+    fn head_lines_are_the_header_map_written_out() {
+        let heads = [
+            "HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Thu, 26 Nov 2026 16:14:16 GMT\r\n\
+             Content-Type: text/plain\r\nContent-Length: 64\r\nConnection: keep-alive\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nX-A: 1\r\nx-a: 2\r\nKeep-Alive: timeout=5\r\n\
+             Transfer-Encoding: chunked\r\nContent-Length: 9\r\nTE: x\r\nTrailer: y\r\n\
+             Upgrade: z\r\nProxy-Connection: close\r\nProxy-Authenticate: Basic\r\n\
+             Proxy-Authorization: w\r\nX-B: é obs-text\r\n\r\n",
+            "HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\nconnection: close, X-A\r\nx-a: 1\r\n\
+             x-b: 2\r\n\r\n",
+            "HTTP/1.0 404 Not Found\r\nDATE: x\r\ncontent-length: 0\r\n\r\n",
+            "HTTP/1.1 204 No Content\r\n\r\n",
+        ];
+        for head in heads {
+            let from_map = map(&parsed(head).unwrap())
+                .iter()
+                .map(|(name, value)| {
+                    let mut line = format!("{name}: ").into_bytes();
+                    line.extend_from_slice(value.as_bytes());
+                    line.extend_from_slice(b"\r\n");
+                    line
+                })
+                .collect::<Vec<_>>();
+            let lines = lines(head);
+            let mut written: Vec<&[u8]> = lines.bytes.split_inclusive(|&b| b == b'\n').collect();
+            let mut expected: Vec<&[u8]> = from_map.iter().map(Vec::as_slice).collect();
+            // A map that removed a header named by Connection has reordered the rest.
+            written.sort();
+            expected.sort();
+            assert_eq!(written, expected, "{head:?}");
+            let map = map(&parsed(head).unwrap()).clone();
+            assert_eq!(lines.has_date, map.contains_key(header::DATE), "{head:?}");
+            assert_eq!(
+                lines.content_length,
+                map.get(header::CONTENT_LENGTH).map(|v| v
+                    .to_str()
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap()),
+                "{head:?}"
+            );
+        }
+        assert_eq!(
+            lines(heads[0]).bytes,
+            b"server: nginx\r\ndate: Thu, 26 Nov 2026 16:14:16 GMT\r\n\
+              content-type: text/plain\r\ncontent-length: 64\r\n"
+        );
     }
 
     fn idle_count(upstream: &Upstream) -> usize {
@@ -810,7 +990,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(chunked.framing, Framing::Chunked(Chunked::Size));
-        assert!(!chunked.headers.contains_key(header::CONTENT_LENGTH));
+        assert!(!map(&chunked).contains_key(header::CONTENT_LENGTH));
         let other = parsed("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n").unwrap();
         assert_eq!(other.framing, Framing::UntilClose);
         let none = parsed("HTTP/1.1 200 OK\r\n\r\n").unwrap();
@@ -860,7 +1040,7 @@ mod tests {
         let two = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n";
         assert_eq!(head_length(two), Some(25));
         assert!(matches!(
-            ParsedHead::from_head(&Bytes::copy_from_slice(&two[..25])),
+            ParsedHead::from_head(&Bytes::copy_from_slice(&two[..25]), HeadForm::Map),
             Ok(ResponseHead::Informational)
         ));
         assert!(matches!(
@@ -926,7 +1106,7 @@ mod tests {
     #[test]
     fn heads_come_without_hop_by_hop_headers() {
         let names = |parsed: &ParsedHead| -> Vec<String> {
-            let mut names: Vec<String> = parsed.headers.keys().map(|n| n.to_string()).collect();
+            let mut names: Vec<String> = map(parsed).keys().map(|n| n.to_string()).collect();
             names.sort();
             names
         };
