@@ -182,8 +182,9 @@ fn build(head: &Bytes, layout: Layout, spans: &[HeaderSpan]) -> Option<Request<C
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
     let headers = request.headers_mut();
-    // Room for the proxy's own headers too, so that adding them never grows the map.
-    headers.reserve(layout.header_count + crate::headers::ADDED_REQUEST_HEADERS);
+    // Exactly the client's: the proxy's own headers are written behind them, not added to
+    // the map (`headers::Forwarding`).
+    headers.reserve(layout.header_count);
     for span in &spans[..layout.header_count] {
         let name = HeaderName::from_bytes(&head[span.name()]).ok()?;
         // A slice of the head: no copy, as hyper does.

@@ -22,7 +22,7 @@ use crate::body::{
 use crate::config::{Config, Limits};
 use crate::errors::ProxyError;
 use crate::explain::ExplainRing;
-use crate::headers;
+use crate::headers::{self, Forwarding};
 use crate::metrics::{LimitLabels, Metrics, RequestLabels};
 use crate::pool::{Backend, Clock, Dispatch, Pool, PoolError, SharedPool};
 use crate::ratelimit::RateLimits;
@@ -378,23 +378,19 @@ impl Proxy {
         let upgrade =
             request.version() == Version::HTTP_11 && headers::is_upgrade_request(request.headers());
         *request.version_mut() = Version::HTTP_11;
-        let client_ip = connection.client.ip();
-        {
-            let headers_mut = request.headers_mut();
-            // A no-op for plain requests (h1.rs made room); hyper's maps may need to grow once.
-            headers_mut.reserve(headers::ADDED_REQUEST_HEADERS);
-            headers::strip_hop_by_hop(headers_mut, upgrade);
-            headers::add_forwarding(headers_mut, client_ip, host_value.as_ref(), via);
-            headers_mut.insert(headers::X_REQUEST_ID.clone(), request_id.clone());
-            if !headers_mut.contains_key(header::HOST) {
-                // An HTTP/2 client sends :authority instead; HTTP/1.1 backends need Host.
-                if let Some(value) = host_value {
-                    headers_mut.insert(header::HOST, value);
-                }
-            }
-        }
+        headers::strip_hop_by_hop(request.headers_mut(), upgrade);
+        // An HTTP/2 client sends :authority instead of Host; HTTP/1.1 backends need Host, so
+        // `Forwarding` adds it.
+        let forwarding = Forwarding::new(
+            request.headers(),
+            connection.client.ip(),
+            host_value.as_ref(),
+            via,
+            request_id.clone(),
+        );
 
         if upgrade {
+            forwarding.apply(request.headers_mut());
             let (token, backend) = match self.first_dispatch(pool, &request_id) {
                 Ok(dispatch) => dispatch,
                 Err(error) => {
@@ -466,6 +462,7 @@ impl Proxy {
             via,
             request_id,
             head_form,
+            forwarding,
         };
         Ok(tries
             .run(parts, source, may_retry, first, record, trace)
@@ -684,6 +681,9 @@ struct Tries<'a> {
     request_id: HeaderValue,
     /// How the backend's headers are wanted: as lines when `h1` writes the response.
     head_form: HeadForm,
+    /// The headers the proxy adds, written behind the client's (or put in the map of a
+    /// request sent by hyper's client).
+    forwarding: Forwarding,
 }
 
 /// Reads the body into memory when a retry could resend it and it is declared small enough
@@ -755,6 +755,7 @@ impl Tries<'_> {
                         &parts.method,
                         parts.uri.path_and_query().map_or("/", |p| p.as_str()),
                         &parts.headers,
+                        &self.forwarding,
                         bytes,
                     );
                     let send = pool.upstream.send(
@@ -790,6 +791,7 @@ impl Tries<'_> {
                         None => RequestBody::full(Bytes::new()), // unreachable: a stream is never retried
                     };
                     // A streamed body is sent once, so the headers move.
+                    self.forwarding.apply(&mut parts.headers);
                     let mut outgoing = Request::new(body);
                     *outgoing.method_mut() = parts.method.clone();
                     *outgoing.uri_mut() = uri;

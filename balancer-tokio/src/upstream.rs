@@ -31,6 +31,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::headers::Forwarding;
 use crate::pool::Backend;
 
 /// Most header lines a backend response may have.
@@ -779,14 +780,16 @@ impl Body for UpstreamBody {
 }
 
 /// Writes a request for a backend into `out`: the request line in origin form, `headers` as
-/// they are but for the framing headers, `Content-Length` where a body is sent (or the method
-/// expects one), and a small body behind the head so that one write sends all. Returns what
-/// is left of the body to send after `out` (empty but for bodies over 16 KiB).
+/// they are but for the framing headers and those `forwarding` replaces, then `forwarding`'s,
+/// `Content-Length` where a body is sent (or the method expects one), and a small body behind
+/// the head so that one write sends all. Returns what is left of the body to send after `out`
+/// (empty but for bodies over 16 KiB).
 pub fn write_request(
     out: &mut Vec<u8>,
     method: &Method,
     path_and_query: &str,
     headers: &HeaderMap,
+    forwarding: &Forwarding,
     body: &Bytes,
 ) -> Bytes {
     let body_len = body.len();
@@ -795,7 +798,10 @@ pub fn write_request(
     out.extend_from_slice(path_and_query.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in headers {
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || forwarding.replaces(name)
+        {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
@@ -803,6 +809,7 @@ pub fn write_request(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    forwarding.write(out);
     let body_expected = !matches!(
         *method,
         Method::GET
@@ -1146,24 +1153,47 @@ mod tests {
             header::TRANSFER_ENCODING,
             HeaderValue::from_static("chunked"),
         );
+        let forwarding = Forwarding::new(
+            &headers,
+            "192.0.2.7".parse().unwrap(),
+            Some(&HeaderValue::from_static("a.test")),
+            &HeaderValue::from_static("1.1 balancer"),
+            HeaderValue::from_static("id-1"),
+        );
+        let added = "x-forwarded-for: 192.0.2.7\r\nx-forwarded-proto: http\r\n\
+                     x-forwarded-host: a.test\r\nvia: 1.1 balancer\r\nx-request-id: id-1\r\n";
         let mut out = Vec::new();
-        let rest = write_request(&mut out, &Method::POST, "/p?q=1", &headers, &"abc".into());
+        let rest = write_request(
+            &mut out,
+            &Method::POST,
+            "/p?q=1",
+            &headers,
+            &forwarding,
+            &"abc".into(),
+        );
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "POST /p?q=1 HTTP/1.1\r\nhost: a.test\r\ncontent-length: 3\r\n\r\nabc"
+            format!("POST /p?q=1 HTTP/1.1\r\nhost: a.test\r\n{added}content-length: 3\r\n\r\nabc")
         );
         assert!(rest.is_empty());
         let large = Bytes::from(vec![b'x'; COALESCE_BODY_BYTES + 1]);
         let mut out = Vec::new();
-        let rest = write_request(&mut out, &Method::PUT, "/", &headers, &large);
+        let rest = write_request(&mut out, &Method::PUT, "/", &headers, &forwarding, &large);
         assert!(out.ends_with(b"content-length: 16385\r\n\r\n"));
         assert_eq!(rest, large);
         headers.remove(header::CONTENT_LENGTH);
         let mut out = Vec::new();
-        write_request(&mut out, &Method::GET, "/", &headers, &Bytes::new());
+        write_request(
+            &mut out,
+            &Method::GET,
+            "/",
+            &headers,
+            &forwarding,
+            &Bytes::new(),
+        );
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "GET / HTTP/1.1\r\nhost: a.test\r\n\r\n"
+            format!("GET / HTTP/1.1\r\nhost: a.test\r\n{added}\r\n")
         );
     }
 }
