@@ -244,23 +244,22 @@ impl Forwarding {
 
     /// Writes the headers as HTTP/1.1 header lines.
     pub fn write(&self, out: &mut Vec<u8>) {
-        let mut line = |name: &HeaderName, value: &HeaderValue| {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
+        fn line(out: &mut Vec<u8>, name_colon: &[u8], value: &HeaderValue) {
+            out.extend_from_slice(name_colon);
             out.extend_from_slice(value.as_bytes());
             out.extend_from_slice(b"\r\n");
-        };
+        }
         if let Some(value) = &self.forwarded_for {
-            line(&X_FORWARDED_FOR, value);
+            line(out, b"x-forwarded-for: ", value);
         }
-        line(&X_FORWARDED_PROTO, &HeaderValue::from_static("http"));
+        out.extend_from_slice(b"x-forwarded-proto: http\r\n");
         if let Some(value) = &self.forwarded_host {
-            line(&X_FORWARDED_HOST, value);
+            line(out, b"x-forwarded-host: ", value);
         }
-        line(&header::VIA, &self.via);
-        line(&X_REQUEST_ID, &self.request_id);
+        line(out, b"via: ", &self.via);
+        line(out, b"x-request-id: ", &self.request_id);
         if let Some(host) = &self.host {
-            line(&header::HOST, host);
+            line(out, b"host: ", host);
         }
     }
 }

@@ -1029,17 +1029,33 @@ fn backend_response(
     let body = match body {
         Upstreamed::Hyper(body) => {
             headers::strip_hop_by_hop(&mut parts.headers, false);
+            add_response_headers(&mut parts.headers, via, request_id);
             ProxyBody::backend(body, guard)
         }
         // upstream.rs reads heads without their hop-by-hop headers.
-        Upstreamed::Inline(body) => ProxyBody::upstream(body, guard),
+        Upstreamed::Inline(mut body) => {
+            match body.head_lines_mut() {
+                // The headers came as lines for h1 to copy: these join them (no map made).
+                Some(lines) => {
+                    lines.push(header::VIA.as_str().as_bytes(), via.as_bytes());
+                    lines.push(
+                        headers::X_REQUEST_ID.as_str().as_bytes(),
+                        request_id.as_bytes(),
+                    );
+                }
+                None => add_response_headers(&mut parts.headers, via, request_id),
+            }
+            ProxyBody::upstream(body, guard)
+        }
     };
-    headers::append_via(&mut parts.headers, via);
-    parts
-        .headers
-        .insert(headers::X_REQUEST_ID.clone(), request_id);
     parts.version = Version::HTTP_11;
     Response::from_parts(parts, body)
+}
+
+/// Via and X-Request-Id on a response.
+fn add_response_headers(headers: &mut http::HeaderMap, via: &HeaderValue, request_id: HeaderValue) {
+    headers::append_via(headers, via);
+    headers.insert(headers::X_REQUEST_ID.clone(), request_id);
 }
 
 /// `http://BACKEND/path?query` for the client's request URI.

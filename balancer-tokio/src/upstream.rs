@@ -523,10 +523,12 @@ pub struct HeadLines {
 
 impl HeadLines {
     fn from_fields(fields: &[httparse::Header<'_>], content_length: Option<u64>) -> Self {
+        // With room for the Via and X-Request-Id lines the proxy adds (about 50 bytes).
         let size: usize = fields
             .iter()
             .map(|f| f.name.len() + f.value.len() + 4)
-            .sum();
+            .sum::<usize>()
+            + 64;
         let mut lines = HeadLines {
             bytes: Vec::with_capacity(size),
             has_date: false,
@@ -557,11 +559,11 @@ impl HeadLines {
         lines
     }
 
-    fn push(&mut self, name: &[u8], value: &[u8]) {
-        let start = self.bytes.len();
-        self.bytes.extend_from_slice(name);
-        self.bytes[start..].make_ascii_lowercase();
-        self.bytes.extend_from_slice(b": ");
+    /// Adds a header line; `name` is written in lowercase.
+    pub fn push(&mut self, name: &[u8], value: &[u8]) {
+        self.bytes.reserve(name.len() + value.len() + 4);
+        self.bytes
+            .extend(name.iter().map(u8::to_ascii_lowercase).chain(*b": "));
         self.bytes.extend_from_slice(value);
         self.bytes.extend_from_slice(b"\r\n");
     }
@@ -609,6 +611,11 @@ impl UpstreamBody {
     /// The response's headers, when they were asked for as [`HeadForm::Lines`] (once).
     pub fn take_head_lines(&mut self) -> Option<HeadLines> {
         self.head_lines.take()
+    }
+
+    /// The response's headers as lines, to add to, when they were asked for so.
+    pub fn head_lines_mut(&mut self) -> Option<&mut HeadLines> {
+        self.head_lines.as_mut()
     }
 
     /// When the whole body came with the head (the usual small response), hands the
