@@ -1,6 +1,7 @@
 //! Listeners and connections: bind, accept within the connection limit, serve HTTP/1.1 and h2c,
 //! and shut down gracefully.
 
+use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -675,17 +676,18 @@ impl Connection {
         // Plain requests are served by `h1`; hyper takes the connection at the first other
         // one. Boxed: a connection that has not sent its first head yet should not carry the
         // state of serving one.
-        let mut stopped_watcher = self.watcher.clone();
-        let stopped = std::pin::pin!(stopped_watcher.reached(Phase::Stopped));
-        let stopped = self.watcher.clone().quiet(stopped);
-        let served = {
-            let plain = Box::pin(self.serve_plain(&mut stream, &mut buffer, limits));
+        let served = Box::pin(async {
+            let mut stopped_watcher = self.watcher.clone();
+            let stopped = std::pin::pin!(stopped_watcher.reached(Phase::Stopped));
+            let stopped = self.watcher.clone().quiet(stopped);
             tokio::select! {
                 biased;
-                served = plain => served,
-                () = stopped => return,
+                served = self.serve_plain(&mut stream, &mut buffer, limits) => Some(served),
+                () = stopped => None,
             }
-        };
+        })
+        .await;
+        let Some(served) = served else { return };
         if served == Plain::Closed {
             let _ = stream.shutdown().await;
             return;
@@ -1011,25 +1013,17 @@ async fn read_head_within(
     if head_complete(buffer) {
         return Head::Ready;
     }
-    // The buffer is taken only once the first bytes are there: an idle connection (10,000 of
-    // them in the load harness) then costs no buffer at all.
-    if buffer.capacity() == 0 {
-        tokio::select! {
-            biased;
-            ready = stream.readable() => if ready.is_err() {
-                return Head::Closed;
-            },
-            () = timer.as_mut() => return Head::TimedOut,
-        }
-    }
     loop {
-        // At least 4 KiB to read into (a `BytesMut` reclaims its space once the heads split
-        // off it are dropped).
-        buffer.reserve(4096);
         let searched_from = buffer.len().saturating_sub(3);
         let read = tokio::select! {
             biased;
-            read = stream.read_buf(buffer) => read,
+            // Never more than the limit: a head that has not ended by then is too large,
+            // however it was cut into reads.
+            read = read_through_scratch(
+                stream,
+                buffer,
+                limits.max_header_bytes.saturating_sub(buffer.len()).max(1),
+            ) => read,
             () = timer.as_mut() => return Head::TimedOut,
         };
         match read {
@@ -1046,6 +1040,40 @@ async fn read_head_within(
             return Head::TooLarge;
         }
     }
+}
+
+/// Size of each worker thread's buffer that client connections read their heads into.
+const READ_SCRATCH_BYTES: usize = 16 * 1024;
+
+thread_local! {
+    /// Where client connections read: one buffer per worker, used by every connection of the
+    /// thread in turn and so always in the cache. Each connection used to read into a 4 KiB
+    /// buffer of its own, 64 of them cold in turn under wrk -c64; reading here and copying the
+    /// bytes out measured about 3% fewer CPU-seconds per request (with 512-byte per-connection
+    /// buffers as the stand-in), and a connection keeps only the bytes it was sent.
+    static READ_SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_SCRATCH_BYTES]);
+}
+
+/// Reads what the socket has (up to `at_most` bytes, and [`READ_SCRATCH_BYTES`]) and appends
+/// it to `buffer`, through the worker's scratch buffer; `Ok(0)` at the end of the stream. The
+/// buffer grows only by what was read, and not at all while the connection waits.
+async fn read_through_scratch(
+    stream: &mut TcpStream,
+    buffer: &mut BytesMut,
+    at_most: usize,
+) -> io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        READ_SCRATCH.with_borrow_mut(|scratch| {
+            let room = at_most.min(scratch.len());
+            let mut read = ReadBuf::new(&mut scratch[..room]);
+            // poll_read, not readiness and try_read: a short read clears tokio's readiness,
+            // so the next wait costs no extra `recvfrom` that would only say "nothing yet".
+            std::task::ready!(Pin::new(&mut *stream).poll_read(cx, &mut read))?;
+            buffer.extend_from_slice(read.filled());
+            Poll::Ready(Ok(read.filled().len()))
+        })
+    })
+    .await
 }
 
 /// Whether the first head declares a `content-length` over `max_body_bytes`. Answered here

@@ -83,6 +83,19 @@ async fn oversized_headers_are_431_on_first_and_later_requests() {
         "{first}"
     );
 
+    // The limit is the head's length, however its bytes are cut into reads: a head of exactly
+    // 8192 bytes sent at once is served, one of 8193 is not.
+    let head_of = |length: usize| {
+        let start = "GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\nx-pad: ";
+        let pad = "p".repeat(length - start.len() - 4);
+        format!("{start}{pad}\r\n\r\n")
+    };
+    assert_eq!(head_of(8192).len(), 8192);
+    let at_limit = proxy.raw(head_of(8192).as_bytes()).await;
+    assert_eq!(raw_status(&at_limit), 200, "{at_limit}");
+    let over = proxy.raw(head_of(8193).as_bytes()).await;
+    assert_eq!(raw_status(&over), 431, "{over}");
+
     // A later request on a keep-alive connection is held to the same limit (by hyper).
     let mut stream = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
     stream
