@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use balancer_core::{
-    BackendId, Decision, FailureKind, Outcome, PolicyKind, RequestId, Scheduler, SchedulerConfig,
-    Timestamp,
+    BackendId, Decision, FailureKind, Outcome, PolicyKind, RequestId, RequestInfo, Scheduler,
+    SchedulerConfig, Timestamp,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -38,7 +38,7 @@ fn main() {
     now = now + Duration::from_millis(3);
     for request in in_flight.drain(..2) {
         let done = scheduler
-            .handle_done(now, request, Outcome::Success)
+            .handle_done(now, request, Outcome::Success, &mut rng)
             .expect("each dispatch gets exactly one done");
         println!(
             "done   {request} on {} after {:?}",
@@ -57,8 +57,13 @@ fn main() {
 
     println!("\n-- misuse is an error value, never a panic");
     let finished = in_flight.remove(0);
-    let _ = scheduler.handle_done(now, finished, Outcome::Failure(FailureKind::Reset));
-    match scheduler.handle_done(now, finished, Outcome::Success) {
+    let _ = scheduler.handle_done(
+        now,
+        finished,
+        Outcome::Failure(FailureKind::Reset),
+        &mut rng,
+    );
+    match scheduler.handle_done(now, finished, Outcome::Success, &mut rng) {
         Ok(_) => unreachable!("a second done for one request is refused"),
         Err(error) => println!("error  {error}"),
     }
@@ -84,7 +89,7 @@ fn work(
     rng: &mut ChaCha8Rng,
     in_flight: &mut Vec<RequestId>,
 ) {
-    match scheduler.handle_work(now, rng) {
+    match scheduler.handle_work(now, rng, RequestInfo::default(), None) {
         Decision::Dispatch { request, backend } => {
             println!("work   {request} -> dispatch to {backend}");
             in_flight.push(request);

@@ -85,6 +85,9 @@ pub struct BackendSnapshot {
     pub warming_since: Option<Timestamp>,
     /// Ejections so far, less those forgiven by time back in rotation (see `OutlierConfig`).
     pub times_ejected: u32,
+    /// Gone from the desired set (`Scheduler::reconcile`): draining, and removed by the core
+    /// at its last done.
+    pub leaving: bool,
 }
 
 /// One slot of the table. A slot with `live == false` is free (its backend was removed).
@@ -115,6 +118,8 @@ pub(crate) struct Slot {
     pub excluded: bool,
     /// Slow start: warming since then.
     pub warming_since: Option<Timestamp>,
+    /// Gone from the desired set: draining until its last done, then removed.
+    pub leaving: bool,
 }
 
 impl Slot {
@@ -173,6 +178,7 @@ impl BackendTable {
             full: false,
             excluded: false,
             warming_since: None,
+            leaving: false,
         };
         let index = match self.free.pop() {
             Some(index) => {
@@ -317,6 +323,7 @@ impl BackendTable {
             consecutive_failures: slot.consecutive_failures,
             warming_since: slot.warming_since,
             times_ejected: slot.times_ejected,
+            leaving: slot.leaving,
         }
     }
 

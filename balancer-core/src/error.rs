@@ -1,7 +1,8 @@
 //! Typed errors for misuse of the core: they describe what happened and change nothing.
 
 use crate::backend::{BackendId, MAX_BACKENDS, MAX_WEIGHT};
-use crate::scheduler::RequestId;
+use crate::event::RequestId;
+use crate::time::Timestamp;
 
 /// What went wrong when a driver asked the core for something it cannot do.
 ///
@@ -32,6 +33,16 @@ pub enum CoreError {
     /// A weight outside `1..=MAX_WEIGHT`.
     #[error("weight must be between 1 and {MAX_WEIGHT}, got {0}")]
     InvalidWeight(u32),
+    /// A retry was asked for before the backoff the core gave had passed.
+    #[error(
+        "request {request} asked for its retry before its backoff ended (at {retry_at}); wait for the backoff the done answered"
+    )]
+    RetryTooEarly {
+        /// The failed try.
+        request: RequestId,
+        /// When the backoff ends.
+        retry_at: Timestamp,
+    },
     /// The backend set already holds `MAX_BACKENDS` backends.
     #[error("the backend set is full ({MAX_BACKENDS} backends); remove one before adding another")]
     TooManyBackends,

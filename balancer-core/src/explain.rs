@@ -3,9 +3,9 @@
 use std::fmt;
 
 use crate::backend::BackendId;
+use crate::event::{Decision, RejectReason};
 use crate::load::PeakEwma;
 use crate::policy::PolicyKind;
-use crate::scheduler::Decision;
 use crate::time::Timestamp;
 
 /// Most backends sharing the minimum that a least-pending record counts: each one counted is
@@ -106,12 +106,13 @@ pub struct DecisionRecord {
 }
 
 impl DecisionRecord {
-    pub(crate) fn empty(at: Timestamp, policy: PolicyKind) -> Self {
+    /// A blank record, for a driver to hand to `handle_work` (which fills it in).
+    pub fn empty(at: Timestamp, policy: PolicyKind) -> Self {
         DecisionRecord {
             at,
             policy,
             decision: Decision::Reject {
-                reason: crate::scheduler::RejectReason::NoBackend,
+                reason: RejectReason::NoBackend,
             },
             chosen: None,
             rival: None,

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use crate::scheduler::FailureKind;
+use crate::event::{FailureKind, MethodClass, NoRetryReason, TryEnd, TryReport};
+use crate::status::StatusSet;
 use crate::time::Timestamp;
 
 /// When and how often a failed request may be tried again on another backend.
@@ -14,8 +15,9 @@ pub struct RetryConfig {
     pub max_retries: u32,
     /// Retry non-idempotent methods too (POST, PATCH). Off by default: they may have had effects.
     pub retry_non_idempotent: bool,
-    /// Retry on a 503 from the backend (it said it did not process the request).
-    pub retry_on_503: bool,
+    /// Response statuses that are retried (e.g. 502, 503, 504). Empty by default: only failures
+    /// without an answer (connect, reset, timeout) are retried.
+    pub retry_on_status: StatusSet,
     /// Retries allowed as a fraction of requests in the budget window (linkerd's 0.2).
     pub budget_ratio: f64,
     /// Retries per second allowed however few requests there were, so a quiet pool can still
@@ -34,7 +36,7 @@ impl Default for RetryConfig {
         RetryConfig {
             max_retries: 2,
             retry_non_idempotent: false,
-            retry_on_503: false,
+            retry_on_status: StatusSet::EMPTY,
             budget_ratio: 0.2,
             budget_min_per_s: 10,
             budget_window: Duration::from_secs(10),
@@ -42,52 +44,6 @@ impl Default for RetryConfig {
             backoff_max: Duration::from_millis(100),
         }
     }
-}
-
-/// What the driver knows about a failed try.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FailedTry {
-    /// Retries already made for this request (0 after the first try failed).
-    pub retries_so_far: u32,
-    /// The request's method is idempotent (GET, HEAD, OPTIONS, PUT, DELETE, TRACE).
-    pub idempotent: bool,
-    /// How the try failed.
-    pub failure: FailureKind,
-    /// The backend answered with status 503 (only then is `ServerError` retryable).
-    pub status_503: bool,
-    /// Some of the response already reached the client: a retry would corrupt it.
-    pub response_started: bool,
-    /// The request body was streamed and cannot be sent again.
-    pub body_consumed: bool,
-}
-
-/// The decision on a failed try.
-#[must_use = "a retry decision must be carried out"]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RetryDecision {
-    /// Try again on a different backend after `backoff`.
-    Retry {
-        /// How long to wait first (jittered).
-        backoff: Duration,
-    },
-    /// Return the failure to the client.
-    GiveUp {
-        /// Why not.
-        reason: NoRetryReason,
-    },
-}
-
-/// Why a failed try is not retried.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum NoRetryReason {
-    /// Retries are disabled or `max_retries` were made.
-    AttemptsExhausted,
-    /// The method is not idempotent and `retry_non_idempotent` is off.
-    NotIdempotent,
-    /// The failure may have had effects, or part of the response was sent, or the body is gone.
-    NotRetryable,
-    /// The retry budget is spent: the pool is failing broadly, retries would only add load.
-    BudgetExhausted,
 }
 
 /// Counts requests and retries over a sliding window of `SLOTS` time slots.
@@ -136,6 +92,12 @@ impl RetryBudget {
             .fold((0, 0), |(req, ret), (_, r, t)| (req + r, ret + t))
     }
 
+    /// Gives back the retry taken at `now` by [`RetryBudget::try_withdraw`].
+    pub fn refund(&mut self, now: Timestamp) {
+        let slot = self.slot(now);
+        slot.2 = slot.2.saturating_sub(1);
+    }
+
     /// Takes one retry from the budget if there is one left.
     pub fn try_withdraw(&mut self, now: Timestamp, config: &RetryConfig) -> bool {
         let (requests, retries) = self.totals(now);
@@ -152,37 +114,62 @@ impl RetryBudget {
     }
 }
 
-/// Decides on one failed try; `budget` is charged only when the answer is to retry.
+/// What the core knows about a try that ended, for its retry decision.
+pub(crate) struct EndedTry<'a> {
+    /// Retries already made for this request (0 after the first try).
+    pub retries_so_far: u32,
+    pub method: MethodClass,
+    pub report: &'a TryReport,
+    pub deadline: Option<Timestamp>,
+}
+
+/// Whether a response with `status` is one the retry rules may retry, so a driver knows to
+/// report the try when the head arrives rather than after the body.
+pub(crate) fn retries_status(config: &RetryConfig, status: u16) -> bool {
+    config.max_retries > 0 && config.retry_on_status.contains(status)
+}
+
+/// Whether a request of `method` may be retried at all (so its body is worth keeping).
+pub(crate) fn may_retry(config: &RetryConfig, method: MethodClass) -> bool {
+    config.max_retries > 0 && (method == MethodClass::Idempotent || config.retry_non_idempotent)
+}
+
+/// Decides on one ended try: `Ok(backoff)` to retry, or why not. `budget` is charged only
+/// when the answer is to retry.
 pub(crate) fn decide<R: Rng + ?Sized>(
     config: &RetryConfig,
     budget: &mut RetryBudget,
     now: Timestamp,
-    failed: &FailedTry,
+    ended: &EndedTry<'_>,
     rng: &mut R,
-) -> RetryDecision {
-    let give_up = |reason| RetryDecision::GiveUp { reason };
-    if failed.retries_so_far >= config.max_retries {
-        return give_up(NoRetryReason::AttemptsExhausted);
+) -> Result<Duration, NoRetryReason> {
+    if ended.retries_so_far >= config.max_retries {
+        return Err(NoRetryReason::AttemptsExhausted);
     }
-    if !failed.idempotent && !config.retry_non_idempotent {
-        return give_up(NoRetryReason::NotIdempotent);
+    if ended.method == MethodClass::NonIdempotent && !config.retry_non_idempotent {
+        return Err(NoRetryReason::NotIdempotent);
     }
-    let retryable_failure = match failed.failure {
+    let retryable_end = match ended.report.end {
         // Nothing reached the backend, or it never answered: safe to try elsewhere.
-        FailureKind::Connect | FailureKind::Reset | FailureKind::Timeout | FailureKind::Crashed => {
-            true
-        }
-        FailureKind::ServerError => failed.status_503 && config.retry_on_503,
+        TryEnd::Failed(
+            FailureKind::Connect | FailureKind::Reset | FailureKind::Timeout | FailureKind::Crashed,
+        ) => true,
+        TryEnd::Failed(FailureKind::ServerError) => false,
+        TryEnd::Response { status } => config.retry_on_status.contains(status),
+        TryEnd::Cancelled => false,
     };
-    if !retryable_failure || failed.response_started || failed.body_consumed {
-        return give_up(NoRetryReason::NotRetryable);
+    if !retryable_end || ended.report.response_started || !ended.report.body_replayable {
+        return Err(NoRetryReason::NotRetryable);
+    }
+    if ended.deadline.is_some_and(|deadline| now >= deadline) {
+        return Err(NoRetryReason::DeadlineExceeded);
     }
     if !budget.try_withdraw(now, config) {
-        return give_up(NoRetryReason::BudgetExhausted);
+        return Err(NoRetryReason::BudgetExhausted);
     }
     let ceiling = config
         .backoff_base
-        .saturating_mul(1u32 << failed.retries_so_far.min(16))
+        .saturating_mul(1u32 << ended.retries_so_far.min(16))
         .min(config.backoff_max);
     let ceiling_ns = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
     // Full jitter (AWS architecture blog): spreads retries of many clients apart.
@@ -191,5 +178,12 @@ pub(crate) fn decide<R: Rng + ?Sized>(
     } else {
         rng.random_range(0..=ceiling_ns)
     });
-    RetryDecision::Retry { backoff }
+    if ended
+        .deadline
+        .is_some_and(|deadline| now + backoff >= deadline)
+    {
+        budget.refund(now);
+        return Err(NoRetryReason::DeadlineExceeded);
+    }
+    Ok(backoff)
 }

@@ -2,22 +2,27 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::fmt;
 use std::time::Duration;
 
 use rand::Rng;
 
-use crate::backend::{BackendId, BackendSnapshot, BackendTable, MAX_WEIGHT};
+use crate::backend::{BackendId, BackendSnapshot, BackendTable, MAX_BACKENDS, MAX_WEIGHT};
 use crate::error::{CoreError, InvariantViolation};
+use crate::event::{
+    AfterTry, Completion, Decision, MethodClass, NoRetryReason, Outcome, RejectReason, Removal,
+    RequestId, RequestInfo, TryEnd, TryReport,
+};
 use crate::explain::{
     Candidate, DecisionRecord, EXPLAIN_LIST_SKIPPED_UP_TO, EXPLAIN_SKIPPED_NAMED,
     EXPLAIN_TIE_LIMIT, SkipReason, Skipped,
 };
 use crate::health::{HealthCheckConfig, HealthTransition};
+use crate::journal::{BackendChange, DoneAnswer, Journal, JournalEntry};
 use crate::load::PeakEwma;
 use crate::outlier::OutlierConfig;
 use crate::policy::{Pick, Policy, PolicyKind};
-use crate::retry::{self, FailedTry, RetryBudget, RetryConfig, RetryDecision};
+use crate::retry::{self, EndedTry, RetryBudget, RetryConfig};
+use crate::status::StatusSet;
 use crate::time::Timestamp;
 use crate::warmup::{self, SlowStartConfig};
 
@@ -51,6 +56,9 @@ pub struct SchedulerConfig {
     /// Panic threshold: when fewer than this percent of the non-draining backends can take
     /// work, spread requests over all of them that are not full, healthy or not. `None`: never.
     pub panic_threshold_percent: Option<u8>,
+    /// Response statuses that count as the backend failing (for outlier ejection and the
+    /// failure counters). Every 5xx by default.
+    pub failure_status: StatusSet,
 }
 
 impl SchedulerConfig {
@@ -67,129 +75,64 @@ impl SchedulerConfig {
             retry: None,
             slow_start: None,
             panic_threshold_percent: None,
+            failure_status: StatusSet::class(5),
         }
     }
 }
 
-/// Names one dispatched request until its done is reported.
-///
-/// The sequence number counts dispatches of this scheduler (unique for its life, and what
-/// people read: `r41` is the 42nd dispatch); the slot finds the entry in O(1) without hashing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct RequestId {
-    seq: u64,
-    slot: u32,
-}
-
-impl RequestId {
-    /// The dispatch sequence number: unique within one scheduler, e.g. for logs and trace hashes.
-    pub fn as_u64(self) -> u64 {
-        self.seq
-    }
-}
-
-impl fmt::Display for RequestId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "r{}", self.seq)
-    }
-}
-
-/// Why a request was not dispatched.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RejectReason {
-    /// No backend is up, undrained, unejected and in the set.
-    NoBackend,
-    /// `max_in_flight` requests are already in flight, or every backend that would take work
-    /// is at its `max_pending_per_backend` cap.
-    Overloaded,
-}
-
-impl fmt::Display for RejectReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            RejectReason::NoBackend => "no eligible backend",
-            RejectReason::Overloaded => "too many requests in flight",
-        })
-    }
-}
-
-/// What the core decided for one request.
-#[must_use = "a decision must be carried out: dispatch the request or reject it"]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Decision {
-    /// Send the request to `backend`; report its done with `request`.
-    Dispatch {
-        /// The id to report the done with.
-        request: RequestId,
-        /// Where to send it.
+/// Where a request is in its life.
+#[derive(Clone, Copy, Debug)]
+enum Stage {
+    /// A try is on `backend`, counted in its pending.
+    InFlight {
         backend: BackendId,
+        dispatched_at: Timestamp,
     },
-    /// Do not send the request anywhere.
-    Reject {
-        /// Why.
-        reason: RejectReason,
-    },
+    /// A try failed and the core said to retry: waiting for the backoff, on no backend.
+    Backoff { retry_at: Timestamp },
 }
 
-/// How a failed request failed, as the driver saw it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum FailureKind {
-    /// Could not connect to the backend.
-    Connect,
-    /// The connection was reset or closed before the response finished.
-    Reset,
-    /// The backend did not answer in time.
-    Timeout,
-    /// The backend answered with a server error (5xx).
-    ServerError,
-    /// The backend crashed while serving (simulated faults).
-    Crashed,
+/// One request, from its first dispatch to its last done.
+#[derive(Clone, Debug)]
+struct Live {
+    stage: Stage,
+    info: RequestInfo,
+    /// Retries made so far.
+    retries: u32,
+    /// Backends whose try failed; a retry never goes back to them. Empty (no allocation)
+    /// until the first retry.
+    tried: Vec<BackendId>,
 }
 
-/// How a request ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Outcome {
-    /// The response was delivered.
-    Success,
-    /// The backend failed to serve it.
-    Failure(FailureKind),
-    /// The client went away first; says nothing about the backend's health or latency.
-    Cancelled,
-}
-
-/// What the core learnt from a done.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Completion {
-    /// The request that finished.
-    pub request: RequestId,
-    /// Where it ran.
-    pub backend: BackendId,
-    /// Dispatch to done, on the driver's clock.
-    pub latency: Duration,
-    /// How it ended.
-    pub outcome: Outcome,
-    /// This done ejected the backend (outlier detection) until the given time.
-    pub ejected_until: Option<Timestamp>,
-}
-
-/// What removing a backend left behind.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Removal {
-    /// Requests still in flight on it; their dones will return [`CoreError::BackendRemoved`].
-    pub orphaned: u32,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct InFlight {
-    backend: BackendId,
-    dispatched_at: Timestamp,
-}
-
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct RequestSlot {
-    /// The sequence number of the request in the slot, or of the last one it held.
+    /// The sequence number of the current (or last) try in the slot.
     seq: u64,
-    entry: Option<InFlight>,
+    entry: Option<Live>,
+}
+
+/// How a dispatch places its request in the slab.
+enum Placement {
+    /// A new request's first try.
+    New(RequestInfo),
+    /// The next try of the request in this slot, waiting after a backoff.
+    Retry(u32),
+}
+
+/// What [`Scheduler::reconcile`] changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reconciliation {
+    /// Backends added, with their keys, in the order of the desired set.
+    pub added: Vec<(Box<str>, BackendId)>,
+    /// Backends whose weight changed.
+    pub reweighted: Vec<BackendId>,
+    /// Leaving backends wanted again: undrained, with their state.
+    pub restored: Vec<BackendId>,
+    /// Backends gone from the set with requests in flight: drained, and removed by the done
+    /// of their last request ([`Completion::removed`]).
+    pub leaving: Vec<BackendId>,
+    /// Backends gone from the set with nothing in flight: removed at once.
+    pub removed: Vec<BackendId>,
 }
 
 /// One pool's scheduler: the backend set, its policy and the requests in flight.
@@ -208,6 +151,8 @@ pub struct Scheduler {
     requests: Vec<RequestSlot>,
     free_requests: Vec<u32>,
     in_flight: u32,
+    /// Requests waiting for the end of a retry backoff (on no backend).
+    waiting: u32,
     /// In-flight requests whose backend was removed.
     orphaned: u32,
     /// Dispatches so far; the next request's sequence number.
@@ -224,6 +169,9 @@ pub struct Scheduler {
     /// that were removed; at most one live entry per backend.
     ejections: BinaryHeap<Reverse<(Timestamp, u32, u32)>>,
     retry_budget: RetryBudget,
+    /// The driver's name for each backend slot that [`Scheduler::reconcile`] manages.
+    keys: Vec<Option<Box<str>>>,
+    journal: Option<Journal>,
 }
 
 impl Scheduler {
@@ -238,6 +186,7 @@ impl Scheduler {
             requests: Vec::new(),
             free_requests: Vec::new(),
             in_flight: 0,
+            waiting: 0,
             orphaned: 0,
             dispatches: 0,
             full: 0,
@@ -250,6 +199,31 @@ impl Scheduler {
                     .retry
                     .map_or(Duration::from_secs(10), |r| r.budget_window),
             ),
+            keys: Vec::new(),
+            journal: None,
+        }
+    }
+
+    /// Starts keeping a journal of every call and answer, the latest `capacity` of them
+    /// (see [`crate::journal`]); replaces one already kept.
+    pub fn enable_journal(&mut self, capacity: usize) {
+        self.journal = Some(Journal::new(capacity));
+    }
+
+    /// The journal, if one is kept.
+    pub fn journal(&self) -> Option<&Journal> {
+        self.journal.as_ref()
+    }
+
+    /// The journal, to take its entries out.
+    pub fn journal_mut(&mut self) -> Option<&mut Journal> {
+        self.journal.as_mut()
+    }
+
+    #[inline]
+    fn note(&mut self, entry: impl FnOnce() -> JournalEntry) {
+        if let Some(journal) = &mut self.journal {
+            journal.push(entry());
         }
     }
 
@@ -266,6 +240,7 @@ impl Scheduler {
     pub fn reconfigure(&mut self, now: Timestamp, mut config: SchedulerConfig) {
         config.max_pending_per_backend = config.max_pending_per_backend.map(|cap| cap.max(1));
         let old = std::mem::replace(&mut self.config, config);
+        self.note(|| JournalEntry::Reconfigure);
         if old.policy != config.policy {
             self.policy = Policy::new(config.policy);
             for position in 0..self.backends.eligible.len() {
@@ -325,6 +300,15 @@ impl Scheduler {
     /// order of the calls (drivers may index arrays by [`BackendId::index`]); after a removal
     /// the freed index is reused first, with a new generation.
     pub fn add_backend(&mut self, now: Timestamp, weight: u32) -> Result<BackendId, CoreError> {
+        let added = self.insert_backend(now, weight);
+        self.note(|| JournalEntry::Backend {
+            backend: added.clone(),
+            change: BackendChange::Added { weight },
+        });
+        added
+    }
+
+    fn insert_backend(&mut self, now: Timestamp, weight: u32) -> Result<BackendId, CoreError> {
         check_weight(weight)?;
         let initial = PeakEwma::new(self.config.ewma_initial_ns as f64, now);
         let id = self
@@ -341,8 +325,23 @@ impl Scheduler {
     }
 
     /// Removes a backend at once. Its in-flight requests become orphans: their dones return
-    /// [`CoreError::BackendRemoved`]. Use [`Scheduler::drain`] first for a graceful removal.
+    /// [`CoreError::BackendRemoved`]. Use [`Scheduler::drain`] first for a graceful removal,
+    /// or [`Scheduler::reconcile`], which removes a backend at its last done.
     pub fn remove_backend(&mut self, id: BackendId) -> Result<Removal, CoreError> {
+        let removal = self.take_out(id);
+        self.note(|| JournalEntry::Backend {
+            backend: removal.as_ref().map(|_| id).map_err(Clone::clone),
+            change: match &removal {
+                Ok(r) => BackendChange::Removed {
+                    orphaned: r.orphaned,
+                },
+                Err(_) => BackendChange::Refused,
+            },
+        });
+        removal
+    }
+
+    fn take_out(&mut self, id: BackendId) -> Result<Removal, CoreError> {
         let index = self.resolve(id)?;
         let slot = &self.backends.slots[index];
         let pending = slot.pending;
@@ -354,32 +353,73 @@ impl Scheduler {
         self.draining -= u32::from(slot.draining);
         self.warming -= u32::from(slot.warming_since.is_some());
         self.backends.remove(id.index);
+        if let Some(key) = self.keys.get_mut(index) {
+            *key = None;
+        }
         self.orphaned += pending;
         Ok(Removal { orphaned: pending })
     }
 
     /// Stops sending new work to the backend; in-flight requests finish normally.
     pub fn drain(&mut self, id: BackendId) -> Result<(), CoreError> {
-        self.update_state(id, |slot| slot.draining = true)
+        let result = self.update_state(id, |slot| slot.draining = true);
+        self.note_change(id, &result, BackendChange::Drained);
+        result
     }
 
-    /// Undoes [`Scheduler::drain`].
+    /// Undoes [`Scheduler::drain`]. A backend leaving the set (see [`Scheduler::reconcile`])
+    /// stays drained: only a desired set that lists it again brings it back.
     pub fn undrain(&mut self, id: BackendId) -> Result<(), CoreError> {
-        self.update_state(id, |slot| slot.draining = false)
+        let result = self.update_state(id, |slot| slot.draining = slot.leaving);
+        self.note_change(id, &result, BackendChange::Undrained);
+        result
     }
 
     /// Marks the backend up (takes work) or down (takes none; in-flight requests finish).
     /// An operator's word: it also restarts the health-check streak.
     pub fn set_up(&mut self, id: BackendId, up: bool) -> Result<(), CoreError> {
-        self.update_state(id, |slot| {
+        let result = self.update_state(id, |slot| {
             slot.up = up;
             slot.probe_streak = 0;
-        })
+        });
+        self.note_change(id, &result, BackendChange::SetUp { up });
+        result
+    }
+
+    fn note_change(
+        &mut self,
+        id: BackendId,
+        result: &Result<(), CoreError>,
+        change: BackendChange,
+    ) {
+        self.note(|| JournalEntry::Backend {
+            backend: result.clone().map(|()| id),
+            change: if result.is_ok() {
+                change
+            } else {
+                BackendChange::Refused
+            },
+        });
     }
 
     /// An active health-check result for the backend: `rise` passes in a row bring a down
     /// backend up, `fall` failures in a row take an up one down.
     pub fn handle_health_check(
+        &mut self,
+        now: Timestamp,
+        id: BackendId,
+        passed: bool,
+    ) -> Result<Option<HealthTransition>, CoreError> {
+        let transition = self.health_check(now, id, passed);
+        self.note(|| JournalEntry::Health {
+            backend: id,
+            passed,
+            transition: transition.clone(),
+        });
+        transition
+    }
+
+    fn health_check(
         &mut self,
         now: Timestamp,
         id: BackendId,
@@ -414,115 +454,263 @@ impl Scheduler {
 
     /// Changes the backend's weight.
     pub fn set_weight(&mut self, id: BackendId, weight: u32) -> Result<(), CoreError> {
-        check_weight(weight)?;
-        let index = self.resolve(id)?;
-        self.backends.set_weight(index as u32, weight);
-        Ok(())
+        let result = check_weight(weight).and_then(|()| {
+            let index = self.resolve(id)?;
+            self.backends.set_weight(index as u32, weight);
+            Ok(())
+        });
+        self.note_change(id, &result, BackendChange::Weight { weight });
+        result
     }
 
-    /// Work: a request arrives at `now`; the policy chooses a backend or the request is rejected.
+    /// Makes the set of keyed backends what `desired` lists, as (key, weight): a new key is
+    /// added (warming up if the pool is serving), a listed one gets its weight, a leaving one
+    /// listed again is undrained with its state; a keyed backend not listed leaves: removed at
+    /// once if nothing is in flight on it, otherwise drained and removed by its last done.
+    /// Backends added with [`Scheduler::add_backend`] have no key and are left alone.
     ///
-    /// The RNG is the caller's, seeded by the caller, so that runs replay exactly.
-    pub fn handle_work<R: Rng + ?Sized>(&mut self, now: Timestamp, rng: &mut R) -> Decision {
-        self.work(now, rng, None)
+    /// A later entry for the same key wins. Misuse (a weight out of range, more than
+    /// [`MAX_BACKENDS`] backends) is refused before anything changes.
+    pub fn reconcile(
+        &mut self,
+        now: Timestamp,
+        desired: &[(&str, u32)],
+    ) -> Result<Reconciliation, CoreError> {
+        let result = self.apply_desired(now, desired);
+        self.note(|| match &result {
+            Ok(done) => JournalEntry::Reconcile {
+                added: done.added.iter().map(|(_, id)| *id).collect(),
+                reweighted: done.reweighted.clone(),
+                restored: done.restored.clone(),
+                leaving: done.leaving.clone(),
+                removed: done.removed.clone(),
+            },
+            Err(error) => JournalEntry::Backend {
+                backend: Err(error.clone()),
+                change: BackendChange::Refused,
+            },
+        });
+        result
     }
 
-    /// As [`Scheduler::handle_work`], and also says why: the candidates the policy weighed,
-    /// the rule that decided, and the backends it passed over. Same decision, same RNG draws.
-    pub fn handle_work_explained<R: Rng + ?Sized>(
+    fn apply_desired(
+        &mut self,
+        now: Timestamp,
+        desired: &[(&str, u32)],
+    ) -> Result<Reconciliation, CoreError> {
+        let mut wanted: std::collections::HashMap<&str, u32> =
+            std::collections::HashMap::with_capacity(desired.len());
+        for &(key, weight) in desired {
+            check_weight(weight)?;
+            wanted.insert(key, weight);
+        }
+        let mut present: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+        for (index, key) in self.keys.iter().enumerate() {
+            if let Some(key) = key
+                && self.backends.slots[index].live
+            {
+                present.insert(key, index as u32);
+            }
+        }
+        let new = wanted.keys().filter(|k| !present.contains_key(*k)).count();
+        if self.backends.len() + new > MAX_BACKENDS {
+            return Err(CoreError::TooManyBackends);
+        }
+        let present: std::collections::HashMap<Box<str>, u32> =
+            present.into_iter().map(|(k, i)| (k.into(), i)).collect();
+        let mut done = Reconciliation::default();
+        for (position, &(key, _)) in desired.iter().enumerate() {
+            // A key listed twice is handled once, at its last listing, with the last weight.
+            if desired[position + 1..].iter().any(|(k, _)| *k == key) {
+                continue;
+            }
+            let weight = wanted[key];
+            match present.get(key) {
+                Some(&index) => {
+                    let id = self.backends.id_of(index);
+                    if self.backends.slots[index as usize].leaving {
+                        self.update_index_state(index as usize, |slot| {
+                            slot.leaving = false;
+                            slot.draining = false;
+                        });
+                        done.restored.push(id);
+                    }
+                    if self.backends.slots[index as usize].weight != weight {
+                        self.backends.set_weight(index, weight);
+                        done.reweighted.push(id);
+                    }
+                }
+                None => {
+                    let id = self.insert_backend(now, weight)?;
+                    if self.keys.len() <= id.index() {
+                        self.keys.resize(id.index() + 1, None);
+                    }
+                    self.keys[id.index()] = Some(key.into());
+                    done.added.push((key.into(), id));
+                }
+            }
+        }
+        for (key, &index) in &present {
+            if wanted.contains_key(&**key) || self.backends.slots[index as usize].leaving {
+                continue;
+            }
+            let id = self.backends.id_of(index);
+            if self.backends.slots[index as usize].pending == 0 {
+                self.take_out(id)?;
+                done.removed.push(id);
+            } else {
+                self.update_index_state(index as usize, |slot| {
+                    slot.leaving = true;
+                    slot.draining = true;
+                });
+                done.leaving.push(id);
+            }
+        }
+        // HashMap order is not the driver's: sort, so both drivers journal the same lists.
+        done.leaving.sort();
+        done.removed.sort();
+        Ok(done)
+    }
+
+    /// The key [`Scheduler::reconcile`] knows the backend by, if it manages it.
+    pub fn key_of(&self, id: BackendId) -> Option<&str> {
+        self.backends.resolve(id)?;
+        self.keys.get(id.index())?.as_deref()
+    }
+
+    /// Whether a request of `method` could be retried at all: a driver keeps its body in
+    /// memory only then.
+    pub fn may_retry(&self, method: MethodClass) -> bool {
+        self.config
+            .retry
+            .is_some_and(|r| retry::may_retry(&r, method))
+    }
+
+    /// Whether a response with `status` may be retried: a driver that gets one reports the
+    /// try as soon as the head arrives (before passing anything on), so that the core can
+    /// answer with a retry.
+    pub fn retries_status(&self, status: u16) -> bool {
+        self.config
+            .retry
+            .is_some_and(|r| retry::retries_status(&r, status))
+    }
+
+    /// Work: a request arrives at `now`; the policy chooses a backend for its first try, or
+    /// the request is rejected (and over).
+    ///
+    /// The RNG is the caller's, seeded by the caller, so that runs replay exactly. With a
+    /// `record`, the core also says why (the candidates the policy weighed, the rule that
+    /// decided, the backends it passed over): same path, same decision, same RNG draws.
+    pub fn handle_work<R: Rng + ?Sized>(
         &mut self,
         now: Timestamp,
         rng: &mut R,
-    ) -> (Decision, DecisionRecord) {
-        let mut record = DecisionRecord::empty(now, self.config.policy);
-        let decision = self.work(now, rng, Some(&mut record));
-        (decision, record)
-    }
-
-    #[inline]
-    fn work<R: Rng + ?Sized>(
-        &mut self,
-        now: Timestamp,
-        rng: &mut R,
+        request: RequestInfo,
         record: Option<&mut DecisionRecord>,
     ) -> Decision {
         self.handle_timeout(now);
         if self.config.retry.is_some() {
             self.retry_budget.record_request(now);
         }
-        self.dispatch(now, rng, record)
+        let record = record.map(|r| {
+            *r = DecisionRecord::empty(now, self.config.policy);
+            r
+        });
+        let decision = self.dispatch(now, rng, record, Placement::New(request));
+        self.note(|| JournalEntry::Work { decision });
+        decision
     }
 
-    /// Work for a retry: as [`Scheduler::handle_work`], but never to a backend in `exclude`
-    /// (those that already failed this request), and not counted as a new request by the
-    /// retry budget. Same policy, same rules, over the remaining backends.
+    /// The next try of a request whose try `after` failed and was answered with
+    /// [`AfterTry::Retry`], once its backoff is over: the same policy over the backends that
+    /// have not failed this request (never back to one that did), not counted as a new request
+    /// by the retry budget. A reject ends the request.
+    ///
+    /// Misuse (`after` is not waiting for a retry, or its backoff is not over) is an error
+    /// and changes nothing.
     pub fn handle_retry_work<R: Rng + ?Sized>(
         &mut self,
         now: Timestamp,
         rng: &mut R,
-        exclude: &[BackendId],
-    ) -> Decision {
-        self.retry_work(now, rng, exclude, None)
-    }
-
-    /// As [`Scheduler::handle_retry_work`], and also says why (see [`Scheduler::handle_work_explained`]).
-    pub fn handle_retry_work_explained<R: Rng + ?Sized>(
-        &mut self,
-        now: Timestamp,
-        rng: &mut R,
-        exclude: &[BackendId],
-    ) -> (Decision, DecisionRecord) {
-        let mut record = DecisionRecord::empty(now, self.config.policy);
-        record.retry = true;
-        let decision = self.retry_work(now, rng, exclude, Some(&mut record));
-        (decision, record)
+        after: RequestId,
+        record: Option<&mut DecisionRecord>,
+    ) -> Result<Decision, CoreError> {
+        let result = self.retry_work(now, rng, after, record);
+        self.note(|| JournalEntry::RetryWork {
+            after,
+            decision: result.clone(),
+        });
+        result
     }
 
     fn retry_work<R: Rng + ?Sized>(
         &mut self,
         now: Timestamp,
         rng: &mut R,
-        exclude: &[BackendId],
+        after: RequestId,
         record: Option<&mut DecisionRecord>,
-    ) -> Decision {
+    ) -> Result<Decision, CoreError> {
+        let live = self
+            .live_request(after)
+            .ok_or(CoreError::UnknownRequest(after))?;
+        let Stage::Backoff { retry_at } = live.stage else {
+            return Err(CoreError::UnknownRequest(after));
+        };
+        if now < retry_at {
+            return Err(CoreError::RetryTooEarly {
+                request: after,
+                retry_at,
+            });
+        }
         self.handle_timeout(now);
-        let mut set_aside = Vec::with_capacity(exclude.len());
+        let tried = std::mem::take(&mut self.requests[after.slot as usize].entry_mut().tried);
         // Set aside even ineligible ones: panic mode may choose among ineligible backends,
         // and a retry must still never go back to one that failed it.
-        for &id in exclude {
+        let mut set_aside = Vec::with_capacity(tried.len());
+        for &id in &tried {
             if let Some(index) = self.backends.resolve(id) {
                 self.update_index_state(index, |slot| slot.excluded = true);
                 set_aside.push(index);
             }
         }
-        let decision = self.dispatch(now, rng, record);
+        let record = record.map(|r| {
+            *r = DecisionRecord::empty(now, self.config.policy);
+            r.retry = true;
+            r
+        });
+        let decision = self.dispatch(now, rng, record, Placement::Retry(after.slot));
         for index in set_aside {
             self.update_index_state(index, |slot| slot.excluded = false);
         }
-        decision
-    }
-
-    /// Decides whether a failed try is retried (on another backend, via
-    /// [`Scheduler::handle_retry_work`]) and after what jittered backoff. A retry is charged
-    /// to the pool's retry budget, which caps retries at a ratio of recent requests so that
-    /// a broad outage is not multiplied by retries.
-    pub fn decide_retry<R: Rng + ?Sized>(
-        &mut self,
-        now: Timestamp,
-        failed: &FailedTry,
-        rng: &mut R,
-    ) -> RetryDecision {
-        match &self.config.retry {
-            Some(config) => retry::decide(config, &mut self.retry_budget, now, failed, rng),
-            None => RetryDecision::GiveUp {
-                reason: retry::NoRetryReason::AttemptsExhausted,
-            },
+        if let Some(live) = self.requests[after.slot as usize].entry.as_mut() {
+            live.tried = tried;
         }
+        Ok(decision)
     }
 
-    /// Ends the ejections whose time is up. [`Scheduler::handle_work`] calls it; a driver
-    /// that wants ejections to end while no work arrives calls it at [`Scheduler::next_timeout`].
-    pub fn handle_timeout(&mut self, now: Timestamp) {
+    /// Ends a request that was waiting for its retry (the client left during the backoff,
+    /// or the driver is shutting down). Unknown requests are an error and change nothing.
+    pub fn handle_abandon(&mut self, request: RequestId) -> Result<(), CoreError> {
+        let result = match self.live_request(request).map(|l| l.stage) {
+            Some(Stage::Backoff { .. }) => {
+                self.waiting -= 1;
+                self.free_slot(request.slot);
+                Ok(())
+            }
+            _ => Err(CoreError::UnknownRequest(request)),
+        };
+        self.note(|| JournalEntry::Abandon {
+            request,
+            known: result.is_ok(),
+        });
+        result
+    }
+
+    /// Ends the ejections whose time is up and returns how many it ended. Work calls it; a
+    /// driver calls it at [`Scheduler::next_timeout`] so that ejections end while no work
+    /// arrives.
+    pub fn handle_timeout(&mut self, now: Timestamp) -> u32 {
+        let mut ended = 0;
         while let Some(&Reverse((until, index, generation))) = self.ejections.peek() {
             if until > now {
                 break;
@@ -531,6 +719,7 @@ impl Scheduler {
             let slot = &self.backends.slots[index as usize];
             if slot.live && slot.generation == generation && slot.ejected_until == Some(until) {
                 self.ejected -= 1;
+                ended += 1;
                 self.update_index_state(index as usize, |slot| {
                     slot.ejected_until = None;
                     slot.returned_at = until;
@@ -538,9 +727,17 @@ impl Scheduler {
                 self.start_warming(index as usize, until);
             }
         }
+        if ended > 0 {
+            self.note(|| JournalEntry::Timeout {
+                ejections_ended: ended,
+            });
+        }
+        ended
     }
 
-    /// The earliest time at which [`Scheduler::handle_timeout`] has something to do.
+    /// The earliest time at which [`Scheduler::handle_timeout`] has something to do: a
+    /// driver sleeps until then (and again after any done that ejected a backend). Backoffs
+    /// are not in it: the driver waits each one out for its request.
     pub fn next_timeout(&self) -> Option<Timestamp> {
         self.ejections.peek().map(|Reverse((until, _, _))| *until)
     }
@@ -551,6 +748,7 @@ impl Scheduler {
         now: Timestamp,
         rng: &mut R,
         mut record: Option<&mut DecisionRecord>,
+        placement: Placement,
     ) -> Decision {
         let (pick, panic) = if self.in_flight >= self.config.max_in_flight {
             (None, false)
@@ -567,6 +765,10 @@ impl Scheduler {
             } else {
                 RejectReason::NoBackend
             };
+            if let Placement::Retry(slot) = placement {
+                self.waiting -= 1;
+                self.free_slot(slot);
+            }
             let decision = Decision::Reject { reason };
             if let Some(record) = record {
                 record.decision = decision;
@@ -591,10 +793,22 @@ impl Scheduler {
             self.update_index_state(index as usize, |slot| slot.full = true);
         }
         let backend = self.backends.id_of(index);
-        let request = self.start_request(InFlight {
+        let stage = Stage::InFlight {
             backend,
             dispatched_at: now,
-        });
+        };
+        let request = match placement {
+            Placement::New(info) => self.start_request(Live {
+                stage,
+                info,
+                retries: 0,
+                tried: Vec::new(),
+            }),
+            Placement::Retry(slot) => {
+                self.waiting -= 1;
+                self.resume_request(slot, stage)
+            }
+        };
         let decision = Decision::Dispatch { request, backend };
         if let Some(record) = record {
             record.decision = decision;
@@ -763,30 +977,58 @@ impl Scheduler {
         }
     }
 
-    /// Done: the request dispatched as `request` ended at `now` with `outcome`.
+    /// Done: the try dispatched as `request` ended at `now` as `report` says. The core counts
+    /// it (a response whose status is in `failure_status` is a failure), may eject the backend,
+    /// removes a leaving backend at its last done, and answers what the request does next:
+    /// [`AfterTry::Finished`], or [`AfterTry::Retry`] after a backoff, with no backend held
+    /// meanwhile. So a failed try's done and ejection always reach the core before the next
+    /// backend is chosen.
     ///
-    /// Misuse (an unknown or already finished request) returns an error and changes nothing.
-    pub fn handle_done(
+    /// Misuse (an unknown or already finished try) returns an error and changes nothing.
+    pub fn handle_done<R: Rng + ?Sized>(
         &mut self,
         now: Timestamp,
         request: RequestId,
-        outcome: Outcome,
+        report: impl Into<TryReport>,
+        rng: &mut R,
     ) -> Result<Completion, CoreError> {
-        let entry = self
-            .requests
-            .get(request.slot as usize)
-            .filter(|slot| slot.seq == request.seq)
-            .and_then(|slot| slot.entry)
-            .ok_or(CoreError::UnknownRequest(request))?;
-        self.finish_request(request);
-        let Some(index) = self.backends.resolve(entry.backend) else {
-            self.orphaned -= 1;
-            return Err(CoreError::BackendRemoved {
-                request,
-                backend: entry.backend,
-            });
+        let report = report.into();
+        let result = self.done(now, request, &report, rng);
+        self.note(|| JournalEntry::Done {
+            request,
+            report,
+            answer: result.clone().map(|c| DoneAnswer {
+                outcome: c.outcome,
+                ejected: c.ejected_until.is_some(),
+                removed: c.removed,
+                next: c.next,
+            }),
+        });
+        result
+    }
+
+    fn done<R: Rng + ?Sized>(
+        &mut self,
+        now: Timestamp,
+        request: RequestId,
+        report: &TryReport,
+        rng: &mut R,
+    ) -> Result<Completion, CoreError> {
+        let Some(Stage::InFlight {
+            backend,
+            dispatched_at,
+        }) = self.live_request(request).map(|l| l.stage)
+        else {
+            return Err(CoreError::UnknownRequest(request));
         };
-        let latency = now.saturating_since(entry.dispatched_at);
+        self.in_flight -= 1;
+        let Some(index) = self.backends.resolve(backend) else {
+            self.orphaned -= 1;
+            self.free_slot(request.slot);
+            return Err(CoreError::BackendRemoved { request, backend });
+        };
+        let outcome = report.outcome(&self.config.failure_status);
+        let latency = now.saturating_since(dispatched_at);
         let decay_ns = self.config.ewma_decay_ns as f64;
         let slot = &mut self.backends.slots[index];
         debug_assert!(
@@ -808,9 +1050,7 @@ impl Scheduler {
         }
         if outcome != Outcome::Cancelled {
             // From the timestamps, not the Duration: u128 → f64 showed in the sim's profile.
-            let latency_ns = now
-                .as_nanos()
-                .saturating_sub(entry.dispatched_at.as_nanos());
+            let latency_ns = now.as_nanos().saturating_sub(dispatched_at.as_nanos());
             slot.ewma.observe(now, latency_ns as f64, decay_ns);
         }
         if slot.eligible() {
@@ -825,14 +1065,72 @@ impl Scheduler {
             self.full -= 1;
             self.update_index_state(index, |slot| slot.full = false);
         }
-        let ejected_until = self.maybe_eject(index, now);
+        let slot = &self.backends.slots[index];
+        let (leaving, idle) = (slot.leaving, slot.pending == 0);
+        let ejected_until = if leaving {
+            None
+        } else {
+            self.maybe_eject(index, now)
+        };
+        let removed = leaving && idle;
+        if removed {
+            self.take_out(backend)?;
+        }
+        let next = self.after_try(now, request, backend, report, outcome, rng);
         Ok(Completion {
             request,
-            backend: entry.backend,
+            backend,
             latency,
             outcome,
             ejected_until,
+            removed,
+            next,
         })
+    }
+
+    /// The retry decision for a try that just ended (its counts already taken), carried out
+    /// on the request's slot: back to waiting for a retry, or freed.
+    fn after_try<R: Rng + ?Sized>(
+        &mut self,
+        now: Timestamp,
+        request: RequestId,
+        backend: BackendId,
+        report: &TryReport,
+        outcome: Outcome,
+        rng: &mut R,
+    ) -> AfterTry {
+        let retry_status =
+            matches!(report.end, TryEnd::Response { status } if self.retries_status(status));
+        let no_retry = if !(matches!(outcome, Outcome::Failure(_)) || retry_status) {
+            None
+        } else {
+            let live = self.requests[request.slot as usize].entry_mut();
+            let ended = EndedTry {
+                retries_so_far: live.retries,
+                method: live.info.method,
+                report,
+                deadline: live.info.deadline,
+            };
+            let decided = match &self.config.retry {
+                Some(config) => retry::decide(config, &mut self.retry_budget, now, &ended, rng),
+                None => Err(NoRetryReason::AttemptsExhausted),
+            };
+            match decided {
+                Ok(backoff) => {
+                    let live = self.requests[request.slot as usize].entry_mut();
+                    live.retries += 1;
+                    live.tried.push(backend);
+                    live.stage = Stage::Backoff {
+                        retry_at: now + backoff,
+                    };
+                    self.waiting += 1;
+                    return AfterTry::Retry { backoff };
+                }
+                Err(reason) => Some(reason),
+            }
+        };
+        self.free_slot(request.slot);
+        AfterTry::Finished { no_retry }
     }
 
     /// Number of requests dispatched and not yet done (orphans included).
@@ -889,18 +1187,31 @@ impl Scheduler {
         }
         let mut per_backend = vec![0u32; self.backends.slots.len()];
         let mut entries = 0u32;
+        let mut trying = 0u32;
         let mut orphans = 0u32;
-        for entry in self.requests.iter().filter_map(|slot| slot.entry) {
+        for live in self.requests.iter().filter_map(|slot| slot.entry.as_ref()) {
             entries += 1;
-            match self.backends.resolve(entry.backend) {
+            let Stage::InFlight { backend, .. } = live.stage else {
+                continue;
+            };
+            trying += 1;
+            match self.backends.resolve(backend) {
                 Some(index) => per_backend[index] += 1,
                 None => orphans += 1,
             }
+            if live.tried.contains(&backend) {
+                return Err(InvariantViolation(format!(
+                    "a retry of a request went back to {backend}, which had failed it"
+                )));
+            }
         }
-        if entries != self.in_flight || orphans != self.orphaned {
+        if trying != self.in_flight
+            || orphans != self.orphaned
+            || entries != self.in_flight + self.waiting
+        {
             return Err(InvariantViolation(format!(
-                "{entries} request entries ({orphans} orphaned) but counters say {} ({})",
-                self.in_flight, self.orphaned
+                "{entries} requests ({trying} trying, {orphans} orphaned) but counters say {} trying ({} orphaned) and {} waiting",
+                self.in_flight, self.orphaned, self.waiting
             )));
         }
         for (index, slot) in self.backends.slots.iter().enumerate() {
@@ -945,6 +1256,11 @@ impl Scheduler {
                     "an ejected backend has no scheduled end of ejection".into(),
                 ));
             }
+        }
+        if live().any(|s| s.leaving && !s.draining) {
+            return Err(InvariantViolation(
+                "a backend leaving the set is not draining".into(),
+            ));
         }
         let draining = live().filter(|s| s.draining).count();
         let warming = live().filter(|s| s.warming_since.is_some()).count();
@@ -1035,7 +1351,7 @@ impl Scheduler {
         Some(until)
     }
 
-    fn start_request(&mut self, entry: InFlight) -> RequestId {
+    fn start_request(&mut self, entry: Live) -> RequestId {
         self.in_flight += 1;
         let slot = match self.free_requests.pop() {
             Some(slot) => slot,
@@ -1058,11 +1374,40 @@ impl Scheduler {
         }
     }
 
-    fn finish_request(&mut self, request: RequestId) {
-        let record = &mut self.requests[request.slot as usize];
+    /// A waiting request's next try: same slot, a new dispatch number.
+    fn resume_request(&mut self, slot: u32, stage: Stage) -> RequestId {
+        self.in_flight += 1;
+        let record = &mut self.requests[slot as usize];
+        record.entry_mut().stage = stage;
+        record.seq = self.dispatches;
+        self.dispatches += 1;
+        RequestId {
+            seq: record.seq,
+            slot,
+        }
+    }
+
+    /// The request whose current try is `request`, if it is live.
+    fn live_request(&self, request: RequestId) -> Option<&Live> {
+        self.requests
+            .get(request.slot as usize)
+            .filter(|slot| slot.seq == request.seq)
+            .and_then(|slot| slot.entry.as_ref())
+    }
+
+    fn free_slot(&mut self, slot: u32) {
+        let record = &mut self.requests[slot as usize];
+        debug_assert!(record.entry.is_some(), "only a live request is freed");
         record.entry = None;
-        self.free_requests.push(request.slot);
-        self.in_flight -= 1;
+        self.free_requests.push(slot);
+    }
+}
+
+impl RequestSlot {
+    fn entry_mut(&mut self) -> &mut Live {
+        self.entry
+            .as_mut()
+            .expect("callers checked that the request is live")
     }
 }
 

@@ -3,12 +3,23 @@
 use std::time::Duration;
 
 use balancer_core::{
-    Decision, FailureKind, Outcome, OutlierConfig, PolicyKind, Scheduler, SchedulerConfig,
-    SkipReason, Timestamp,
+    AfterTry, Decision, DecisionRecord, FailureKind, Outcome, OutlierConfig, PolicyKind,
+    RequestInfo, RetryConfig, Scheduler, SchedulerConfig, SkipReason, Timestamp, TryReport,
 };
 use proptest::prelude::*;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+
+/// Work with a decision record: the one path, asked to explain.
+fn work_explained<R: rand::Rng>(
+    s: &mut Scheduler,
+    now: Timestamp,
+    rng: &mut R,
+) -> (Decision, DecisionRecord) {
+    let mut record = DecisionRecord::empty(now, s.policy());
+    let decision = s.handle_work(now, rng, RequestInfo::default(), Some(&mut record));
+    (decision, record)
+}
 
 fn pool(policy: PolicyKind, weights: &[u32]) -> Scheduler {
     let mut s = Scheduler::new(SchedulerConfig::new(policy));
@@ -33,8 +44,8 @@ proptest! {
         let mut outstanding = vec![];
         for i in 0..200u64 {
             let now = Timestamp::from_nanos(i * 1_000);
-            let a = plain.handle_work(now, &mut rng_a);
-            let (b, record) = explained.handle_work_explained(now, &mut rng_b);
+            let a = plain.handle_work(now, &mut rng_a, RequestInfo::default(), None);
+            let (b, record) = work_explained(&mut explained, now, &mut rng_b);
             prop_assert_eq!(a, b);
             prop_assert_eq!(record.decision, b);
             if let Decision::Dispatch { request, backend } = b {
@@ -43,8 +54,8 @@ proptest! {
             }
             if i as usize % finish_every == 0 && !outstanding.is_empty() {
                 let r = outstanding.remove(0);
-                let done_a = plain.handle_done(now, r, Outcome::Success).map(|c| c.backend);
-                let done_b = explained.handle_done(now, r, Outcome::Success).map(|c| c.backend);
+                let done_a = plain.handle_done(now, r, Outcome::Success, &mut rng_a).map(|c| c.backend);
+                let done_b = explained.handle_done(now, r, Outcome::Success, &mut rng_b).map(|c| c.backend);
                 prop_assert_eq!(done_a, done_b);
             }
         }
@@ -55,7 +66,7 @@ proptest! {
 fn least_pending_record_names_ties_and_next_in_line() {
     let mut s = pool(PolicyKind::LeastPending, &[1, 1, 1, 1]);
     let mut rng = ChaCha8Rng::seed_from_u64(1);
-    let (_, record) = s.handle_work_explained(Timestamp::ZERO, &mut rng);
+    let (_, record) = work_explained(&mut s, Timestamp::ZERO, &mut rng);
     assert_eq!(record.ties, 4);
     assert_eq!(record.eligible, 4);
     let text = record.to_string();
@@ -70,8 +81,8 @@ fn least_pending_record_names_ties_and_next_in_line() {
 fn p2c_record_compares_the_two_draws() {
     let mut s = pool(PolicyKind::P2c, &[1, 1]);
     let mut rng = ChaCha8Rng::seed_from_u64(1);
-    let _ = s.handle_work(Timestamp::ZERO, &mut rng);
-    let (_, record) = s.handle_work_explained(Timestamp::ZERO, &mut rng);
+    let _ = s.handle_work(Timestamp::ZERO, &mut rng, RequestInfo::default(), None);
+    let (_, record) = work_explained(&mut s, Timestamp::ZERO, &mut rng);
     let (chosen, rival) = (record.chosen.unwrap(), record.rival.unwrap());
     assert_eq!((chosen.pending, rival.pending), (0, 1));
     let text = record.to_string();
@@ -86,7 +97,7 @@ fn p2c_record_compares_the_two_draws() {
 fn peak_ewma_record_shows_costs() {
     let mut s = pool(PolicyKind::PeakEwma, &[1, 1]);
     let mut rng = ChaCha8Rng::seed_from_u64(1);
-    let (_, record) = s.handle_work_explained(Timestamp::ZERO, &mut rng);
+    let (_, record) = work_explained(&mut s, Timestamp::ZERO, &mut rng);
     let text = record.to_string();
     assert!(text.contains("at cost 1.000 ms (ewma 1.000 ms)"), "{text}");
     assert!(text.ends_with("the lower cost wins"), "{text}");
@@ -108,7 +119,9 @@ fn record_names_skipped_backends_and_rejections() {
     s.set_up(ids[1], false).unwrap();
     s.drain(ids[2]).unwrap();
     // Eject b0 with one failure.
-    let Decision::Dispatch { request, backend } = s.handle_work(Timestamp::ZERO, &mut rng) else {
+    let Decision::Dispatch { request, backend } =
+        s.handle_work(Timestamp::ZERO, &mut rng, RequestInfo::default(), None)
+    else {
         panic!("b0 and b3 are eligible");
     };
     assert_eq!(backend, ids[0]);
@@ -117,10 +130,11 @@ fn record_names_skipped_backends_and_rejections() {
             Timestamp::ZERO,
             request,
             Outcome::Failure(FailureKind::Reset),
+            &mut rng,
         )
         .unwrap();
     assert!(done.ejected_until.is_some());
-    let (_, record) = s.handle_work_explained(Timestamp::from_nanos(200_000_000), &mut rng);
+    let (_, record) = work_explained(&mut s, Timestamp::from_nanos(200_000_000), &mut rng);
     let reasons: Vec<_> = record.skipped().map(|s| (s.backend, s.reason)).collect();
     assert_eq!(
         reasons,
@@ -141,7 +155,7 @@ fn record_names_skipped_backends_and_rejections() {
         "{text}"
     );
     s.drain(ids[3]).unwrap();
-    let (decision, record) = s.handle_work_explained(Timestamp::from_nanos(1), &mut rng);
+    let (decision, record) = work_explained(&mut s, Timestamp::from_nanos(1), &mut rng);
     assert!(matches!(decision, Decision::Reject { .. }));
     assert!(
         record
@@ -153,10 +167,35 @@ fn record_names_skipped_backends_and_rejections() {
 
 #[test]
 fn retry_record_marks_backends_already_tried() {
-    let mut s = pool(PolicyKind::LeastPending, &[1, 1, 1]);
-    let ids: Vec<_> = s.backends(Timestamp::ZERO).map(|b| b.id).collect();
+    let mut config = SchedulerConfig::new(PolicyKind::LeastPending);
+    config.retry = Some(RetryConfig::default());
+    let mut s = Scheduler::new(config);
+    let ids: Vec<_> = (0..3)
+        .map(|_| s.add_backend(Timestamp::ZERO, 1).unwrap())
+        .collect();
     let mut rng = ChaCha8Rng::seed_from_u64(1);
-    let (decision, record) = s.handle_retry_work_explained(Timestamp::ZERO, &mut rng, &ids[..1]);
+    let (Decision::Dispatch { request, backend }, _) =
+        work_explained(&mut s, Timestamp::ZERO, &mut rng)
+    else {
+        panic!("three backends are up");
+    };
+    assert_eq!(backend, ids[0]);
+    let done = s
+        .handle_done(
+            Timestamp::ZERO,
+            request,
+            TryReport::failed(FailureKind::Connect),
+            &mut rng,
+        )
+        .unwrap();
+    let AfterTry::Retry { backoff } = done.next else {
+        panic!("a connect failure of a GET is retried: {done:?}");
+    };
+    let at = Timestamp::ZERO + backoff;
+    let mut record = DecisionRecord::empty(at, s.policy());
+    let decision = s
+        .handle_retry_work(at, &mut rng, request, Some(&mut record))
+        .unwrap();
     assert!(matches!(decision, Decision::Dispatch { backend, .. } if backend != ids[0]));
     assert!(record.retry);
     assert_eq!(

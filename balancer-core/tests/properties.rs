@@ -8,9 +8,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use balancer_core::{
-    BackendId, BackendState, CoreError, Decision, FailureKind, HealthCheckConfig, Outcome,
-    OutlierConfig, PolicyKind, RejectReason, RequestId, Scheduler, SchedulerConfig,
-    SlowStartConfig, Timestamp,
+    AfterTry, BackendId, BackendState, CoreError, Decision, FailureKind, HealthCheckConfig,
+    Outcome, OutlierConfig, PolicyKind, RejectReason, RequestId, RequestInfo, RetryConfig,
+    Scheduler, SchedulerConfig, SlowStartConfig, StatusSet, Timestamp, TryReport,
 };
 use proptest::prelude::*;
 use rand::SeedableRng;
@@ -58,10 +58,16 @@ enum Op {
         pick: usize,
         passed: bool,
     },
-    /// A retry that must avoid up to two backends.
+    /// The retry of a request waiting after a failed try (possibly before its backoff ended).
     RetryWork {
-        avoid: [usize; 2],
+        pick: usize,
     },
+    /// A request waiting for its retry is given up.
+    Abandon {
+        pick: usize,
+    },
+    /// A desired set of keyed backends: (key 0..6, weight; 0 is invalid).
+    Reconcile(Vec<(u8, u32)>),
     /// A config reload that keeps the pool's state.
     Reconfigure(Box<SchedulerConfig>),
 }
@@ -75,12 +81,14 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (any::<usize>(), any::<bool>()).prop_map(|(pick, up)| Op::SetUp { pick, up }),
         1 => (any::<usize>(), 0u32..=6).prop_map(|(pick, weight)| Op::SetWeight { pick, weight }),
         8 => Just(Op::Work),
-        6 => (any::<usize>(), 0u8..4).prop_map(|(pick, outcome)| Op::Done { pick, outcome }),
+        6 => (any::<usize>(), 0u8..6).prop_map(|(pick, outcome)| Op::Done { pick, outcome }),
         1 => any::<usize>().prop_map(|pick| Op::DoneAgain { pick }),
         1 => any::<u8>().prop_map(|works| Op::DoneForeign { works }),
                 1 => (0u32..5_000_000).prop_map(|nanos| Op::Advance { nanos }),
         2 => (any::<usize>(), any::<bool>()).prop_map(|(pick, passed)| Op::HealthCheck { pick, passed }),
-        2 => any::<[usize; 2]>().prop_map(|avoid| Op::RetryWork { avoid }),
+        3 => any::<usize>().prop_map(|pick| Op::RetryWork { pick }),
+        1 => any::<usize>().prop_map(|pick| Op::Abandon { pick }),
+        1 => prop::collection::vec((0u8..6, 0u32..4), 0..6).prop_map(Op::Reconcile),
         1 => scheduler_config().prop_map(|config| Op::Reconfigure(Box::new(config))),
     ]
 }
@@ -98,24 +106,40 @@ fn scheduler_config() -> impl Strategy<Value = SchedulerConfig> {
         (1u32..4, 1u32..4),
         prop::option::of((1u64..5_000_000, 0u8..=100)),
         prop::option::of(0u8..=100),
+        prop::option::of((0u32..4, any::<bool>(), any::<bool>())),
     )
-        .prop_map(|(policy, cap, outlier, (rise, fall), slow_start, panic)| {
-            let mut config = SchedulerConfig::new(policy);
-            config.max_pending_per_backend = cap;
-            config.outlier = outlier.map(|(failures, base_ns, percent)| OutlierConfig {
-                consecutive_failures: failures,
-                base_ejection: Duration::from_nanos(base_ns),
-                max_ejection: Duration::from_nanos(base_ns * 3),
-                max_ejected_percent: percent,
-            });
-            config.health_check = HealthCheckConfig { rise, fall };
-            config.slow_start = slow_start.map(|(window_ns, min_weight_percent)| SlowStartConfig {
-                window: Duration::from_nanos(window_ns),
-                min_weight_percent,
-            });
-            config.panic_threshold_percent = panic;
-            config
-        })
+        .prop_map(
+            |(policy, cap, outlier, (rise, fall), slow_start, panic, retry)| {
+                let mut config = SchedulerConfig::new(policy);
+                config.max_pending_per_backend = cap;
+                config.outlier = outlier.map(|(failures, base_ns, percent)| OutlierConfig {
+                    consecutive_failures: failures,
+                    base_ejection: Duration::from_nanos(base_ns),
+                    max_ejection: Duration::from_nanos(base_ns * 3),
+                    max_ejected_percent: percent,
+                });
+                config.health_check = HealthCheckConfig { rise, fall };
+                config.slow_start =
+                    slow_start.map(|(window_ns, min_weight_percent)| SlowStartConfig {
+                        window: Duration::from_nanos(window_ns),
+                        min_weight_percent,
+                    });
+                config.panic_threshold_percent = panic;
+                config.retry = retry.map(|(max_retries, on_503, non_idempotent)| RetryConfig {
+                    max_retries,
+                    retry_on_status: if on_503 {
+                        StatusSet::from_codes(&[503]).unwrap()
+                    } else {
+                        StatusSet::EMPTY
+                    },
+                    retry_non_idempotent: non_idempotent,
+                    backoff_base: Duration::from_nanos(1_000_000),
+                    backoff_max: Duration::from_nanos(4_000_000),
+                    ..RetryConfig::default()
+                });
+                config
+            },
+        )
 }
 
 fn config() -> ProptestConfig {
@@ -132,8 +156,12 @@ fn config() -> ProptestConfig {
 #[derive(Default)]
 struct Model {
     backends: Vec<BackendId>,
-    /// Requests in flight and the backend each went to.
-    in_flight: Vec<(RequestId, BackendId)>,
+    /// Tries in flight: the try, its backend, and the backends that failed its request.
+    in_flight: Vec<(RequestId, BackendId, Vec<BackendId>)>,
+    /// Requests told to retry: the failed try, the backends that failed it, when the backoff ends.
+    waiting: Vec<(RequestId, Vec<BackendId>, Timestamp)>,
+    /// Backends managed by `reconcile`, by key.
+    keyed: HashMap<u8, BackendId>,
     finished: Vec<RequestId>,
     removed: Vec<BackendId>,
     pending: HashMap<BackendId, u32>,
@@ -166,6 +194,7 @@ fn run(mut config: SchedulerConfig, seed: u64, ops: Vec<Op>) -> Result<(), TestC
                     let removal = s.remove_backend(id).unwrap();
                     prop_assert_eq!(removal.orphaned, m.pending.remove(&id).unwrap_or(0));
                     m.backends.retain(|&b| b != id);
+                    m.keyed.retain(|_, b| *b != id);
                     m.removed.push(id);
                 } else if let Some(id) = pick(&m.removed, p) {
                     prop_assert_eq!(s.remove_backend(id), Err(CoreError::UnknownBackend(id)));
@@ -194,12 +223,28 @@ fn run(mut config: SchedulerConfig, seed: u64, ops: Vec<Op>) -> Result<(), TestC
             }
             Op::Work | Op::RetryWork { .. } => {
                 s.handle_timeout(now);
-                let avoid: Vec<BackendId> = match op {
-                    Op::RetryWork { avoid } => {
-                        avoid.iter().filter_map(|&p| pick(&m.backends, p)).collect()
+                let mut retry_of = None;
+                if let Op::RetryWork { pick: p } = op {
+                    if m.waiting.is_empty() {
+                        continue;
                     }
-                    _ => vec![],
-                };
+                    let index = p % m.waiting.len();
+                    let retry_at = m.waiting[index].2;
+                    if now < retry_at {
+                        let after = m.waiting[index].0;
+                        prop_assert_eq!(
+                            s.handle_retry_work(now, &mut rng, after, None),
+                            Err(CoreError::RetryTooEarly {
+                                request: after,
+                                retry_at
+                            })
+                        );
+                        continue;
+                    }
+                    retry_of = Some(m.waiting.remove(index));
+                }
+                let avoid: Vec<BackendId> =
+                    retry_of.as_ref().map(|w| w.1.clone()).unwrap_or_default();
                 let before: Vec<_> = s.backends(now).collect();
                 let eligible: Vec<_> = before
                     .iter()
@@ -223,10 +268,11 @@ fn run(mut config: SchedulerConfig, seed: u64, ops: Vec<Op>) -> Result<(), TestC
                 let panic = config.panic_threshold_percent.is_some_and(|pct| {
                     not_draining > 0 && eligible.len() * 100 < usize::from(pct) * not_draining
                 });
-                let decision = if avoid.is_empty() {
-                    s.handle_work(now, &mut rng)
-                } else {
-                    s.handle_retry_work(now, &mut rng, &avoid)
+                let decision = match &retry_of {
+                    None => s.handle_work(now, &mut rng, RequestInfo::default(), None),
+                    Some((after, _, _)) => {
+                        s.handle_retry_work(now, &mut rng, *after, None).unwrap()
+                    }
                 };
                 match decision {
                     Decision::Dispatch { request, backend } => {
@@ -249,7 +295,7 @@ fn run(mut config: SchedulerConfig, seed: u64, ops: Vec<Op>) -> Result<(), TestC
                                 "least-pending missed the minimum"
                             );
                         }
-                        m.in_flight.push((request, backend));
+                        m.in_flight.push((request, backend, avoid.clone()));
                         *m.pending.entry(backend).or_default() += 1;
                     }
                     Decision::Reject { reason } => {
@@ -271,14 +317,28 @@ fn run(mut config: SchedulerConfig, seed: u64, ops: Vec<Op>) -> Result<(), TestC
             }
             Op::Done { pick: p, outcome } => {
                 if !m.in_flight.is_empty() {
-                    let (request, backend) = m.in_flight.remove(p % m.in_flight.len());
-                    let outcome = match outcome {
-                        0 => Outcome::Success,
-                        1 => Outcome::Failure(FailureKind::Reset),
-                        2 => Outcome::Failure(FailureKind::ServerError),
-                        _ => Outcome::Cancelled,
+                    let (request, backend, mut tried) = m.in_flight.remove(p % m.in_flight.len());
+                    let (report, expected) = match outcome {
+                        0 => (TryReport::response(200), Outcome::Success),
+                        1 => (
+                            TryReport::failed(FailureKind::Reset),
+                            Outcome::Failure(FailureKind::Reset),
+                        ),
+                        2 => (
+                            TryReport::response(500),
+                            Outcome::Failure(FailureKind::ServerError),
+                        ),
+                        3 => (
+                            TryReport::response(503),
+                            Outcome::Failure(FailureKind::ServerError),
+                        ),
+                        4 => (
+                            TryReport::failed(FailureKind::Connect),
+                            Outcome::Failure(FailureKind::Connect),
+                        ),
+                        _ => (TryReport::cancelled(), Outcome::Cancelled),
                     };
-                    let result = s.handle_done(now, request, outcome);
+                    let result = s.handle_done(now, request, report, &mut rng);
                     if m.removed.contains(&backend) {
                         prop_assert_eq!(
                             result,
@@ -287,15 +347,100 @@ fn run(mut config: SchedulerConfig, seed: u64, ops: Vec<Op>) -> Result<(), TestC
                     } else {
                         let done = result.unwrap();
                         prop_assert_eq!(done.backend, backend);
-                        *m.pending.get_mut(&backend).unwrap() -= 1;
+                        prop_assert_eq!(done.outcome, expected);
+                        let pending = m.pending.get_mut(&backend).unwrap();
+                        *pending -= 1;
+                        if done.removed {
+                            prop_assert_eq!(
+                                *pending,
+                                0,
+                                "a leaving backend removed with requests in flight"
+                            );
+                            m.pending.remove(&backend);
+                            m.backends.retain(|&b| b != backend);
+                            m.keyed.retain(|_, b| *b != backend);
+                            m.removed.push(backend);
+                        }
+                        match done.next {
+                            AfterTry::Retry { backoff } => {
+                                let retry = config.retry.expect("a retry needs retries on");
+                                prop_assert!(
+                                    matches!(expected, Outcome::Failure(_)),
+                                    "only a failed try is retried"
+                                );
+                                prop_assert!((tried.len() as u32) < retry.max_retries);
+                                tried.push(backend);
+                                m.waiting.push((request, tried, now + backoff));
+                            }
+                            AfterTry::Finished { no_retry } => {
+                                prop_assert_eq!(
+                                    no_retry.is_none(),
+                                    !matches!(expected, Outcome::Failure(_))
+                                );
+                            }
+                        }
                     }
                     m.finished.push(request);
+                }
+            }
+            Op::Abandon { pick: p } => {
+                if !m.waiting.is_empty() {
+                    let (after, _, _) = m.waiting.remove(p % m.waiting.len());
+                    s.handle_abandon(after).unwrap();
+                    prop_assert_eq!(
+                        s.handle_abandon(after),
+                        Err(CoreError::UnknownRequest(after))
+                    );
+                }
+            }
+            Op::Reconcile(ref desired) => {
+                let keys: Vec<String> = desired.iter().map(|(k, _)| format!("k{k}")).collect();
+                let listed: Vec<(&str, u32)> = keys
+                    .iter()
+                    .zip(desired)
+                    .map(|(k, (_, w))| (k.as_str(), *w))
+                    .collect();
+                let result = s.reconcile(now, &listed);
+                if desired.iter().any(|(_, w)| *w == 0) {
+                    prop_assert_eq!(result, Err(CoreError::InvalidWeight(0)));
+                    continue;
+                }
+                let done = result.unwrap();
+                for (key, id) in &done.added {
+                    let k: u8 = key[1..].parse().unwrap();
+                    prop_assert!(!m.keyed.contains_key(&k), "an existing key was added again");
+                    m.keyed.insert(k, *id);
+                    m.backends.push(*id);
+                }
+                let wanted: Vec<u8> = desired.iter().map(|(k, _)| *k).collect();
+                for (k, id) in m.keyed.clone() {
+                    let key = format!("k{k}");
+                    let snapshot = s.backend(id, now);
+                    if snapshot.is_some() {
+                        prop_assert_eq!(s.key_of(id), Some(key.as_str()));
+                    }
+                    if wanted.contains(&k) {
+                        prop_assert!(
+                            snapshot.is_some_and(|b| !b.leaving),
+                            "a wanted backend is leaving"
+                        );
+                    } else if done.removed.contains(&id) {
+                        prop_assert_eq!(m.pending.get(&id).copied().unwrap_or(0), 0);
+                        m.keyed.remove(&k);
+                        m.backends.retain(|&b| b != id);
+                        m.pending.remove(&id);
+                        m.removed.push(id);
+                    } else {
+                        let snapshot = snapshot.unwrap();
+                        prop_assert!(snapshot.leaving && snapshot.pending > 0);
+                        prop_assert_eq!(snapshot.state, BackendState::Draining);
+                    }
                 }
             }
             Op::DoneAgain { pick: p } => {
                 if let Some(request) = pick(&m.finished, p) {
                     prop_assert_eq!(
-                        s.handle_done(now, request, Outcome::Success),
+                        s.handle_done(now, request, Outcome::Success, &mut rng),
                         Err(CoreError::UnknownRequest(request))
                     );
                 }
@@ -305,15 +450,18 @@ fn run(mut config: SchedulerConfig, seed: u64, ops: Vec<Op>) -> Result<(), TestC
                 other.add_backend(now, 1).unwrap();
                 let mut request = None;
                 for _ in 0..=works {
-                    if let Decision::Dispatch { request: r, .. } = other.handle_work(now, &mut rng)
+                    if let Decision::Dispatch { request: r, .. } =
+                        other.handle_work(now, &mut rng, RequestInfo::default(), None)
                     {
                         request = Some(r);
                     }
                 }
                 let request = request.unwrap();
-                if !m.in_flight.iter().any(|&(r, _)| r == request) {
+                let live = m.in_flight.iter().any(|(r, _, _)| *r == request)
+                    || m.waiting.iter().any(|(r, _, _)| *r == request);
+                if !live {
                     prop_assert_eq!(
-                        s.handle_done(now, request, Outcome::Success),
+                        s.handle_done(now, request, Outcome::Success, &mut rng),
                         Err(CoreError::UnknownRequest(request))
                     );
                 }
@@ -374,11 +522,11 @@ proptest! {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             (0..works)
                 .map(|i| {
-                    let decision = s.handle_work(Timestamp::from_nanos(i as u64), &mut rng);
+                    let decision = s.handle_work(Timestamp::from_nanos(i as u64), &mut rng, RequestInfo::default(), None);
                     if let Decision::Dispatch { request, .. } = decision
                         && i % 3 == 0
                     {
-                        let done = s.handle_done(Timestamp::from_nanos(i as u64 + 7), request, Outcome::Success);
+                        let done = s.handle_done(Timestamp::from_nanos(i as u64 + 7), request, Outcome::Success, &mut rng);
                         assert!(done.is_ok(), "{done:?}");
                     }
                     decision

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use balancer_core::{
     BackendId, BackendState, CoreError, Decision, FailureKind, Outcome, PolicyKind, RejectReason,
-    RequestId, Scheduler, SchedulerConfig, Timestamp,
+    RequestId, RequestInfo, Scheduler, SchedulerConfig, Timestamp,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -27,7 +27,7 @@ fn dispatch(
     now: Timestamp,
     rng: &mut ChaCha8Rng,
 ) -> (RequestId, BackendId) {
-    match scheduler.handle_work(now, rng) {
+    match scheduler.handle_work(now, rng, RequestInfo::default(), None) {
         Decision::Dispatch { request, backend } => (request, backend),
         Decision::Reject { reason } => panic!("expected a dispatch, got a reject: {reason}"),
     }
@@ -44,7 +44,7 @@ fn least_pending_picks_the_least_busy_and_breaks_ties_fifo() {
     let (_r2, b2) = dispatch(&mut s, now, &mut rng);
     assert_eq!([b0, b1, b2], [ids[0], ids[1], ids[2]]);
     // b0 finishes: it alone has 0 pending, so it is next.
-    s.handle_done(now, r0, Outcome::Success).unwrap();
+    s.handle_done(now, r0, Outcome::Success, &mut rng).unwrap();
     assert_eq!(dispatch(&mut s, now, &mut rng).1, ids[0]);
     // Now all have 1: the one that has had 1 the longest (b1) wins.
     assert_eq!(dispatch(&mut s, now, &mut rng).1, ids[1]);
@@ -62,7 +62,7 @@ fn least_pending_avoids_a_backend_with_a_long_request() {
     for _ in 0..10 {
         let (r, b) = dispatch(&mut s, now, &mut rng);
         assert_eq!(b, ids[1]);
-        s.handle_done(now, r, Outcome::Success).unwrap();
+        s.handle_done(now, r, Outcome::Success, &mut rng).unwrap();
     }
 }
 
@@ -72,7 +72,7 @@ fn no_backend_means_reject_never_panic() {
         let (mut s, ids) = scheduler_with(policy, &[]);
         assert!(ids.is_empty());
         assert_eq!(
-            s.handle_work(Timestamp::ZERO, &mut rng()),
+            s.handle_work(Timestamp::ZERO, &mut rng(), RequestInfo::default(), None),
             Decision::Reject {
                 reason: RejectReason::NoBackend
             },
@@ -95,7 +95,7 @@ fn drained_down_and_removed_backends_get_no_new_work() {
         }
         s.drain(ids[3]).unwrap();
         assert_eq!(
-            s.handle_work(Timestamp::ZERO, &mut rng),
+            s.handle_work(Timestamp::ZERO, &mut rng, RequestInfo::default(), None),
             Decision::Reject {
                 reason: RejectReason::NoBackend
             },
@@ -123,7 +123,7 @@ fn draining_backend_finishes_in_flight_work() {
         (BackendState::Draining, 1)
     );
     let done = s
-        .handle_done(Timestamp::from_nanos(5), r, Outcome::Success)
+        .handle_done(Timestamp::from_nanos(5), r, Outcome::Success, &mut rng)
         .unwrap();
     assert_eq!(done.backend, ids[0]);
     assert_eq!(s.backend(b, Timestamp::ZERO).unwrap().pending, 0);
@@ -135,10 +135,11 @@ fn misuse_is_an_error_value_and_changes_nothing() {
     let (mut s, ids) = scheduler_with(PolicyKind::LeastPending, &[1]);
     let mut rng = rng();
     let (r, _) = dispatch(&mut s, Timestamp::ZERO, &mut rng);
-    s.handle_done(Timestamp::ZERO, r, Outcome::Success).unwrap();
+    s.handle_done(Timestamp::ZERO, r, Outcome::Success, &mut rng)
+        .unwrap();
     // The same done twice.
     assert_eq!(
-        s.handle_done(Timestamp::ZERO, r, Outcome::Success),
+        s.handle_done(Timestamp::ZERO, r, Outcome::Success, &mut rng),
         Err(CoreError::UnknownRequest(r))
     );
     // A done for a request of another scheduler (e.g. reported to the wrong pool).
@@ -146,7 +147,7 @@ fn misuse_is_an_error_value_and_changes_nothing() {
     let _ = dispatch(&mut other, Timestamp::ZERO, &mut rng);
     let (bogus, _) = dispatch(&mut other, Timestamp::ZERO, &mut rng);
     assert_eq!(
-        s.handle_done(Timestamp::ZERO, bogus, Outcome::Success),
+        s.handle_done(Timestamp::ZERO, bogus, Outcome::Success, &mut rng),
         Err(CoreError::UnknownRequest(bogus))
     );
     assert_eq!(s.in_flight(), 0);
@@ -182,7 +183,7 @@ fn removing_a_backend_orphans_its_requests_and_never_reuses_its_id() {
     assert_ne!(reborn, ids[0]);
     // The orphan's done is an error that names the removed backend, and finishes it.
     assert_eq!(
-        s.handle_done(Timestamp::ZERO, r, Outcome::Success),
+        s.handle_done(Timestamp::ZERO, r, Outcome::Success, &mut rng),
         Err(CoreError::BackendRemoved {
             request: r,
             backend: b
@@ -204,13 +205,18 @@ fn max_in_flight_rejects_as_overloaded() {
         .map(|_| dispatch(&mut s, Timestamp::ZERO, &mut rng).0)
         .collect();
     assert_eq!(
-        s.handle_work(Timestamp::ZERO, &mut rng),
+        s.handle_work(Timestamp::ZERO, &mut rng, RequestInfo::default(), None),
         Decision::Reject {
             reason: RejectReason::Overloaded
         }
     );
-    s.handle_done(Timestamp::ZERO, requests.pop().unwrap(), Outcome::Success)
-        .unwrap();
+    s.handle_done(
+        Timestamp::ZERO,
+        requests.pop().unwrap(),
+        Outcome::Success,
+        &mut rng,
+    )
+    .unwrap();
     let _ = dispatch(&mut s, Timestamp::ZERO, &mut rng);
 }
 
@@ -224,6 +230,7 @@ fn completion_reports_latency_and_outcome() {
             Timestamp::from_nanos(4_000),
             r,
             Outcome::Failure(FailureKind::Reset),
+            &mut rng,
         )
         .unwrap();
     assert_eq!(done.latency.as_nanos(), 3_000);
@@ -242,7 +249,8 @@ fn served_counts(policy: PolicyKind, weights: &[u32], requests: usize) -> Vec<us
     for _ in 0..requests {
         let (r, b) = dispatch(&mut s, Timestamp::ZERO, &mut rng);
         *counts.entry(b).or_default() += 1;
-        s.handle_done(Timestamp::ZERO, r, Outcome::Success).unwrap();
+        s.handle_done(Timestamp::ZERO, r, Outcome::Success, &mut rng)
+            .unwrap();
     }
     ids.iter()
         .map(|id| counts.get(id).copied().unwrap_or(0))
@@ -265,7 +273,8 @@ fn smooth_weighted_round_robin_matches_nginx_sequence() {
     let names: Vec<char> = (0..7)
         .map(|_| {
             let (r, b) = dispatch(&mut s, Timestamp::ZERO, &mut rng);
-            s.handle_done(Timestamp::ZERO, r, Outcome::Success).unwrap();
+            s.handle_done(Timestamp::ZERO, r, Outcome::Success, &mut rng)
+                .unwrap();
             (b'a' + ids.iter().position(|&id| id == b).unwrap() as u8) as char
         })
         .collect();
@@ -330,6 +339,7 @@ fn served_counts_concurrent(policy: PolicyKind, weights: &[u32], depth: usize) -
                 Timestamp::ZERO,
                 outstanding.pop_front().unwrap(),
                 Outcome::Success,
+                &mut rng,
             )
             .unwrap();
         }
@@ -350,6 +360,7 @@ fn peak_ewma_avoids_a_backend_that_turned_slow() {
             now + std::time::Duration::from_nanos(latency_ns),
             r,
             Outcome::Success,
+            &mut rng,
         )
         .unwrap();
         now = now + std::time::Duration::from_micros(100);
@@ -357,7 +368,7 @@ fn peak_ewma_avoids_a_backend_that_turned_slow() {
     let to_fast = (0..100)
         .filter(|_| {
             let (r, b) = dispatch(&mut s, now, &mut rng);
-            s.handle_done(now, r, Outcome::Cancelled).unwrap();
+            s.handle_done(now, r, Outcome::Cancelled, &mut rng).unwrap();
             b == ids[1]
         })
         .count();

@@ -3,9 +3,10 @@
 use std::time::Duration;
 
 use balancer_core::{
-    BackendId, Decision, FailedTry, FailureKind, HealthCheckConfig, HealthTransition,
-    NoRetryReason, Outcome, OutlierConfig, PolicyKind, RejectReason, RequestId, RetryConfig,
-    RetryDecision, Scheduler, SchedulerConfig, SlowStartConfig, Timestamp,
+    AfterTry, BackendId, Completion, Decision, FailureKind, HealthCheckConfig, HealthTransition,
+    MethodClass, NoRetryReason, Outcome, OutlierConfig, PolicyKind, RejectReason, RequestId,
+    RequestInfo, RetryConfig, Scheduler, SchedulerConfig, SlowStartConfig, StatusSet, Timestamp,
+    TryReport,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -23,7 +24,7 @@ fn pool(config: SchedulerConfig, backends: usize) -> (Scheduler, Vec<BackendId>)
 }
 
 fn dispatch(s: &mut Scheduler, now: Timestamp, rng: &mut ChaCha8Rng) -> (RequestId, BackendId) {
-    match s.handle_work(now, rng) {
+    match s.handle_work(now, rng, RequestInfo::default(), None) {
         Decision::Dispatch { request, backend } => (request, backend),
         Decision::Reject { reason } => panic!("rejected: {reason}"),
     }
@@ -62,7 +63,7 @@ fn fail_on(
         } else {
             Outcome::Success
         };
-        let done = s.handle_done(now, r, outcome).unwrap();
+        let done = s.handle_done(now, r, outcome, rng).unwrap();
         if done.ejected_until.is_some() {
             ejected = done.ejected_until;
         }
@@ -86,7 +87,8 @@ fn a_black_hole_is_ejected_after_consecutive_failures_and_returns_later() {
     for _ in 0..50 {
         let (r, b) = dispatch(&mut s, at_ms(5_000), &mut rng);
         assert_ne!(b, ids[0]);
-        s.handle_done(at_ms(5_000), r, Outcome::Success).unwrap();
+        s.handle_done(at_ms(5_000), r, Outcome::Success, &mut rng)
+            .unwrap();
     }
     // The ejection ends by itself when time passes it.
     assert_eq!(s.next_timeout(), Some(until));
@@ -129,7 +131,9 @@ fn success_resets_the_failure_streak_and_cancel_is_neutral() {
     let mut rng = rng();
     let mut report = |outcome| {
         let (r, _) = dispatch(&mut s, at_ms(0), &mut rng);
-        s.handle_done(at_ms(0), r, outcome).unwrap().ejected_until
+        s.handle_done(at_ms(0), r, outcome, &mut rng)
+            .unwrap()
+            .ejected_until
     };
     let fail = Outcome::Failure(FailureKind::Connect);
     for outcome in [fail, fail, Outcome::Success, fail, fail, Outcome::Cancelled] {
@@ -165,7 +169,8 @@ fn active_health_checks_use_rise_and_fall() {
     for _ in 0..10 {
         let (r, chosen) = dispatch(&mut s, at_ms(0), &mut rng);
         assert_eq!(chosen, ids[1]);
-        s.handle_done(at_ms(0), r, Outcome::Success).unwrap();
+        s.handle_done(at_ms(0), r, Outcome::Success, &mut rng)
+            .unwrap();
     }
     assert_eq!(s.handle_health_check(at_ms(0), b, true), Ok(None));
     assert_eq!(
@@ -186,27 +191,16 @@ fn per_backend_cap_rejects_as_overloaded_and_reopens_on_done() {
         .map(|_| dispatch(&mut s, at_ms(0), &mut rng).0)
         .collect();
     assert_eq!(
-        s.handle_work(at_ms(0), &mut rng),
+        s.handle_work(at_ms(0), &mut rng, RequestInfo::default(), None),
         Decision::Reject {
             reason: RejectReason::Overloaded
         }
     );
     s.check_invariants().unwrap();
-    s.handle_done(at_ms(1), requests[0], Outcome::Success)
+    s.handle_done(at_ms(1), requests[0], Outcome::Success, &mut rng)
         .unwrap();
     let _ = dispatch(&mut s, at_ms(1), &mut rng);
     s.check_invariants().unwrap();
-}
-
-fn failed_try(failure: FailureKind) -> FailedTry {
-    FailedTry {
-        retries_so_far: 0,
-        idempotent: true,
-        failure,
-        status_503: false,
-        response_started: false,
-        body_consumed: false,
-    }
 }
 
 fn retry_config() -> SchedulerConfig {
@@ -215,61 +209,201 @@ fn retry_config() -> SchedulerConfig {
     config
 }
 
+fn get() -> RequestInfo {
+    RequestInfo::default()
+}
+
+/// A new request's first try, ended at once as `report` says.
+fn first_try(
+    s: &mut Scheduler,
+    now: Timestamp,
+    info: RequestInfo,
+    report: TryReport,
+    rng: &mut ChaCha8Rng,
+) -> Completion {
+    let Decision::Dispatch { request, .. } = s.handle_work(now, rng, info, None) else {
+        panic!("the pool has eligible backends");
+    };
+    s.handle_done(now, request, report, rng).unwrap()
+}
+
+/// Retries `after` (done at `done_at`) once its backoff is over and ends that try at once as
+/// `report` says; `None` if the retry was rejected.
+fn retry_at(
+    s: &mut Scheduler,
+    after: &Completion,
+    done_at: Timestamp,
+    report: TryReport,
+    rng: &mut ChaCha8Rng,
+) -> Option<(Completion, Timestamp)> {
+    let AfterTry::Retry { backoff } = after.next else {
+        panic!("not told to retry: {after:?}");
+    };
+    let at = done_at + backoff;
+    match s.handle_retry_work(at, rng, after.request, None).unwrap() {
+        Decision::Dispatch { request, backend } => {
+            assert_ne!(
+                backend, after.backend,
+                "a retry went back to where it failed"
+            );
+            Some((s.handle_done(at, request, report, rng).unwrap(), at))
+        }
+        Decision::Reject { .. } => None,
+    }
+}
+
+/// A chain of tries of one request, each ended at once as `report` says: the first, then
+/// retries while the core says so and the `limit` allows. Returns every completion.
+fn tries(
+    s: &mut Scheduler,
+    now: Timestamp,
+    report: TryReport,
+    limit: usize,
+    rng: &mut ChaCha8Rng,
+) -> Vec<Completion> {
+    let mut done = vec![first_try(s, now, get(), report, rng)];
+    let mut at = now;
+    while done.len() < limit && matches!(done.last().unwrap().next, AfterTry::Retry { .. }) {
+        match retry_at(s, done.last().unwrap(), at, report, rng) {
+            Some((next, next_at)) => {
+                done.push(next);
+                at = next_at;
+            }
+            None => break,
+        }
+    }
+    done
+}
+
+fn finished(reason: NoRetryReason) -> AfterTry {
+    AfterTry::Finished {
+        no_retry: Some(reason),
+    }
+}
+
 #[test]
 fn retries_only_what_is_safe() {
     let (mut s, _) = pool(retry_config(), 3);
     let mut rng = rng();
     let now = at_ms(0);
-    let give_up = |reason| RetryDecision::GiveUp { reason };
+    let connect = TryReport::failed(FailureKind::Connect);
+    let done = first_try(&mut s, now, get(), connect, &mut rng);
+    assert!(matches!(done.next, AfterTry::Retry { .. }), "{done:?}");
+    s.handle_abandon(done.request).unwrap();
+    let post = RequestInfo {
+        method: MethodClass::of("POST"),
+        ..get()
+    };
+    let done = first_try(&mut s, now, post, connect, &mut rng);
+    assert_eq!(done.next, finished(NoRetryReason::NotIdempotent));
+    // A 500 is a failure, but no status is retried unless `retry_on_status` lists it.
+    let done = first_try(&mut s, now, get(), TryReport::response(500), &mut rng);
+    assert_eq!(done.outcome, Outcome::Failure(FailureKind::ServerError));
+    assert_eq!(done.next, finished(NoRetryReason::NotRetryable));
+    let started = TryReport::failed(FailureKind::Reset).with_response_started(true);
+    let done = first_try(&mut s, now, get(), started, &mut rng);
+    assert_eq!(done.next, finished(NoRetryReason::NotRetryable));
+    let streamed = connect.with_body_replayable(false);
+    let done = first_try(&mut s, now, get(), streamed, &mut rng);
+    assert_eq!(done.next, finished(NoRetryReason::NotRetryable));
+    let ok = first_try(&mut s, now, get(), TryReport::response(200), &mut rng);
+    assert_eq!(ok.next, AfterTry::Finished { no_retry: None });
+    // Three tries in all (max_retries = 2), each on a backend of its own.
+    let chain = tries(&mut s, now, connect, 10, &mut rng);
+    assert_eq!(chain.len(), 3);
+    assert_eq!(chain[2].next, finished(NoRetryReason::AttemptsExhausted));
+    let backends = [chain[0].backend, chain[1].backend, chain[2].backend];
+    assert!(backends[0] != backends[1] && backends[1] != backends[2] && backends[0] != backends[2]);
+    s.check_invariants().unwrap();
+    assert_eq!(s.in_flight(), 0);
+}
+
+#[test]
+fn retry_on_status_and_the_deadline_are_the_cores_rules() {
+    let mut config = retry_config();
+    config.retry.as_mut().unwrap().retry_on_status = StatusSet::from_codes(&[503]).unwrap();
+    let (mut s, _) = pool(config, 3);
+    let mut rng = rng();
+    let now = at_ms(0);
+    assert!(s.retries_status(503) && !s.retries_status(500));
+    assert!(s.may_retry(MethodClass::Idempotent) && !s.may_retry(MethodClass::NonIdempotent));
+    let unavailable = first_try(&mut s, now, get(), TryReport::response(503), &mut rng);
+    assert!(matches!(unavailable.next, AfterTry::Retry { .. }));
+    assert_eq!(
+        unavailable.outcome,
+        Outcome::Failure(FailureKind::ServerError)
+    );
+    let (ok, _) = retry_at(
+        &mut s,
+        &unavailable,
+        now,
+        TryReport::response(200),
+        &mut rng,
+    )
+    .unwrap();
+    assert_eq!(ok.next, AfterTry::Finished { no_retry: None });
+    let done = first_try(&mut s, now, get(), TryReport::response(500), &mut rng);
+    assert_eq!(done.next, finished(NoRetryReason::NotRetryable));
+    let late = RequestInfo {
+        deadline: Some(now),
+        ..get()
+    };
+    let done = first_try(
+        &mut s,
+        now,
+        late,
+        TryReport::failed(FailureKind::Timeout),
+        &mut rng,
+    );
+    assert_eq!(done.next, finished(NoRetryReason::DeadlineExceeded));
+    // A retry asked for before its backoff is over is refused and changes nothing.
+    let mut config = retry_config();
+    config.retry.as_mut().unwrap().backoff_base = Duration::from_millis(50);
+    let (mut s, _) = pool(config, 3);
+    let failed = loop {
+        let done = first_try(
+            &mut s,
+            now,
+            get(),
+            TryReport::failed(FailureKind::Reset),
+            &mut rng,
+        );
+        match done.next {
+            AfterTry::Retry { backoff } if backoff > Duration::ZERO => break done,
+            AfterTry::Retry { .. } => s.handle_abandon(done.request).unwrap(),
+            AfterTry::Finished { .. } => panic!("a reset GET is retried: {done:?}"),
+        }
+    };
     assert!(matches!(
-        s.decide_retry(now, &failed_try(FailureKind::Connect), &mut rng),
-        RetryDecision::Retry { .. }
+        s.handle_retry_work(now, &mut rng, failed.request, None),
+        Err(balancer_core::CoreError::RetryTooEarly { .. })
     ));
-    let post = FailedTry {
-        idempotent: false,
-        ..failed_try(FailureKind::Connect)
-    };
-    assert_eq!(
-        s.decide_retry(now, &post, &mut rng),
-        give_up(NoRetryReason::NotIdempotent)
-    );
-    assert_eq!(
-        s.decide_retry(now, &failed_try(FailureKind::ServerError), &mut rng),
-        give_up(NoRetryReason::NotRetryable)
-    );
-    let started = FailedTry {
-        response_started: true,
-        ..failed_try(FailureKind::Reset)
-    };
-    assert_eq!(
-        s.decide_retry(now, &started, &mut rng),
-        give_up(NoRetryReason::NotRetryable)
-    );
-    let third = FailedTry {
-        retries_so_far: 2,
-        ..failed_try(FailureKind::Reset)
-    };
-    assert_eq!(
-        s.decide_retry(now, &third, &mut rng),
-        give_up(NoRetryReason::AttemptsExhausted)
-    );
+    s.check_invariants().unwrap();
+    s.handle_abandon(failed.request).unwrap();
+    assert!(s.handle_abandon(failed.request).is_err());
+    s.check_invariants().unwrap();
 }
 
 #[test]
 fn retry_backoff_is_jittered_within_the_exponential_ceiling() {
     let (mut s, _) = pool(retry_config(), 3);
     let mut rng = rng();
-    for retries_so_far in 0..2 {
-        let ceiling = Duration::from_millis(2) * (1 << retries_so_far);
-        let failed = FailedTry {
-            retries_so_far,
-            ..failed_try(FailureKind::Timeout)
-        };
-        let RetryDecision::Retry { backoff } = s.decide_retry(at_ms(0), &failed, &mut rng) else {
-            panic!("a timeout on an idempotent request is retried");
-        };
-        assert!(backoff <= ceiling, "{backoff:?} > {ceiling:?}");
+    let timeout = TryReport::failed(FailureKind::Timeout);
+    for _ in 0..20 {
+        let chain = tries(&mut s, at_ms(0), timeout, 2, &mut rng);
+        let (first, second) = (chain[0], chain[1]);
+        for (done, ceiling) in [(first, 2), (second, 4)] {
+            let AfterTry::Retry { backoff } = done.next else {
+                panic!("a timeout on an idempotent request is retried");
+            };
+            let ceiling = Duration::from_millis(ceiling);
+            assert!(backoff <= ceiling, "{backoff:?} > {ceiling:?}");
+        }
+        if let AfterTry::Retry { .. } = second.next {
+            s.handle_abandon(second.request).unwrap();
+        }
     }
+    s.check_invariants().unwrap();
 }
 
 #[test]
@@ -279,73 +413,68 @@ fn the_retry_budget_bounds_amplification_under_total_outage() {
     // (10/s × 10 s = 100), so the budget is the ratio alone: tries / requests ≤ 1.2.
     let (mut s, _) = pool(retry_config(), 4);
     let mut rng = rng();
-    let (mut requests, mut tries) = (0u64, 0u64);
+    let (mut requests, mut attempts) = (0u64, 0u64);
+    let connect = TryReport::failed(FailureKind::Connect);
     for i in 0..60_000u64 {
         let now = at_ms(i);
         requests += 1;
-        let (mut request, mut backend) = dispatch(&mut s, now, &mut rng);
-        let mut tried = vec![];
-        for retries_so_far in 0.. {
-            tries += 1;
-            let _ = s
-                .handle_done(now, request, Outcome::Failure(FailureKind::Connect))
-                .unwrap();
-            tried.push(backend);
-            let failed = FailedTry {
-                retries_so_far,
-                ..failed_try(FailureKind::Connect)
-            };
-            if let RetryDecision::GiveUp { .. } = s.decide_retry(now, &failed, &mut rng) {
-                break;
-            }
-            match s.handle_retry_work(now, &mut rng, &tried) {
-                Decision::Dispatch {
-                    request: r,
-                    backend: b,
-                } => {
-                    assert!(
-                        !tried.contains(&b),
-                        "a retry went back to a backend that failed it"
-                    );
-                    (request, backend) = (r, b);
-                }
-                Decision::Reject { .. } => break,
-            }
-        }
+        let chain = tries(&mut s, now, connect, usize::MAX, &mut rng);
+        attempts += chain.len() as u64;
     }
-    let amplification = tries as f64 / requests as f64;
-    eprintln!("total outage: {requests} requests, {tries} tries, amplification {amplification:.4}");
+    let amplification = attempts as f64 / requests as f64;
+    eprintln!(
+        "total outage: {requests} requests, {attempts} tries, amplification {amplification:.4}"
+    );
     assert!(amplification <= 1.22, "amplification {amplification:.3}");
     assert!(
         amplification >= 1.15,
         "the budget should be used, got {amplification:.3}"
     );
     s.check_invariants().unwrap();
+    assert_eq!(s.in_flight(), 0);
 }
 
 #[test]
 fn retry_work_never_returns_to_excluded_backends() {
     for policy in PolicyKind::ALL {
         let mut config = SchedulerConfig::new(policy);
-        config.retry = Some(RetryConfig::default());
+        config.retry = Some(RetryConfig {
+            max_retries: 3,
+            budget_min_per_s: 1_000,
+            ..RetryConfig::default()
+        });
         let (mut s, ids) = pool(config, 3);
         let mut rng = rng();
-        for _ in 0..50 {
-            match s.handle_retry_work(at_ms(0), &mut rng, &ids[..2]) {
-                Decision::Dispatch { request, backend } => {
-                    assert_eq!(backend, ids[2], "{policy}");
-                    s.handle_done(at_ms(0), request, Outcome::Success).unwrap();
-                }
-                Decision::Reject { reason } => panic!("{policy}: {reason}"),
-            }
+        let reset = TryReport::failed(FailureKind::Reset);
+        for i in 0..50 {
+            let now = at_ms(i);
+            let chain = tries(&mut s, now, reset, 3, &mut rng);
+            let mut seen: Vec<_> = chain.iter().map(|c| c.backend).collect();
+            seen.sort();
+            assert_eq!(
+                seen, ids,
+                "{policy}: three tries on three different backends"
+            );
+            // Every backend failed this request: the fourth try has nowhere to go.
+            let AfterTry::Retry { backoff } = chain[2].next else {
+                panic!("{policy}: max_retries = 3 allows a fourth try");
+            };
+            assert_eq!(
+                s.handle_retry_work(
+                    now + Duration::from_secs(1) + backoff,
+                    &mut rng,
+                    chain[2].request,
+                    None
+                ),
+                Ok(Decision::Reject {
+                    reason: RejectReason::NoBackend
+                }),
+                "{policy}"
+            );
+            // Let the failures not eject anything: outlier detection is off.
+            s.check_invariants().unwrap();
         }
-        assert_eq!(
-            s.handle_retry_work(at_ms(0), &mut rng, &ids),
-            Decision::Reject {
-                reason: RejectReason::NoBackend
-            }
-        );
-        s.check_invariants().unwrap();
+        assert_eq!(s.in_flight(), 0);
     }
 }
 
@@ -361,7 +490,8 @@ fn slow_start_ramps_a_returning_backend_up() {
     let mut rng = rng();
     // It has served traffic; b0 fails a check and comes back at t = 0.
     let (r, _) = dispatch(&mut s, at_ms(0), &mut rng);
-    s.handle_done(at_ms(0), r, Outcome::Success).unwrap();
+    s.handle_done(at_ms(0), r, Outcome::Success, &mut rng)
+        .unwrap();
     assert_eq!(
         s.handle_health_check(at_ms(0), ids[0], false),
         Ok(Some(HealthTransition::WentDown))
@@ -377,7 +507,7 @@ fn slow_start_ramps_a_returning_backend_up() {
                 let now = at_ms(second * 1_000 + i / 4);
                 let (r, b) = dispatch(&mut s, now, &mut rng);
                 to_b0 += usize::from(b == ids[0]);
-                s.handle_done(now, r, Outcome::Success).unwrap();
+                s.handle_done(now, r, Outcome::Success, &mut rng).unwrap();
             }
             to_b0 as f64 / 4_000.0
         })
@@ -420,14 +550,21 @@ fn panic_mode_spreads_over_all_backends_when_too_few_are_healthy() {
     for _ in 0..400 {
         let (r, b) = dispatch(&mut s, at_ms(0), &mut rng);
         served[b.index()] += 1;
-        s.handle_done(at_ms(0), r, Outcome::Success).unwrap();
+        s.handle_done(at_ms(0), r, Outcome::Success, &mut rng)
+            .unwrap();
     }
     assert_eq!((served[1], served[2]), (0, 0), "{served:?}");
     // 1 of 4 healthy: panic, every backend gets a share.
     s.set_up(ids[3], false).unwrap();
     let mut served = [0usize; 4];
     for _ in 0..400 {
-        let (decision, record) = s.handle_work_explained(at_ms(0), &mut rng);
+        let mut record = balancer_core::DecisionRecord::empty(at_ms(0), s.policy());
+        let decision = s.handle_work(
+            at_ms(0),
+            &mut rng,
+            RequestInfo::default(),
+            Some(&mut record),
+        );
         let Decision::Dispatch { request, backend } = decision else {
             panic!("panic mode dispatches");
         };
@@ -439,7 +576,8 @@ fn panic_mode_spreads_over_all_backends_when_too_few_are_healthy() {
             "{record}"
         );
         served[backend.index()] += 1;
-        s.handle_done(at_ms(0), request, Outcome::Success).unwrap();
+        s.handle_done(at_ms(0), request, Outcome::Success, &mut rng)
+            .unwrap();
     }
     assert!(served.iter().all(|&n| n > 50), "{served:?}");
     s.check_invariants().unwrap();
@@ -473,7 +611,7 @@ fn reconfigure_keeps_backends_load_and_in_flight_requests() {
     assert_eq!(chosen, ids[2]);
     // Requests dispatched before the reload finish normally.
     assert_eq!(
-        s.handle_done(at_ms(2), r0, Outcome::Success)
+        s.handle_done(at_ms(2), r0, Outcome::Success, &mut rng)
             .unwrap()
             .backend,
         ids[0]
@@ -487,21 +625,11 @@ fn a_quiet_pool_may_still_retry_under_the_floor() {
     // second (100 per 10 s window) lets every failed request use both of its retries.
     let (mut s, _) = pool(retry_config(), 3);
     let mut rng = rng();
+    let connect = TryReport::failed(FailureKind::Connect);
     for second in 0..30 {
         let now = at_ms(second * 1_000);
-        let (request, _) = dispatch(&mut s, now, &mut rng);
-        let _ = s
-            .handle_done(now, request, Outcome::Failure(FailureKind::Connect))
-            .unwrap();
-        for retries_so_far in 0..2 {
-            let failed = FailedTry {
-                retries_so_far,
-                ..failed_try(FailureKind::Connect)
-            };
-            assert!(matches!(
-                s.decide_retry(now, &failed, &mut rng),
-                RetryDecision::Retry { .. }
-            ));
-        }
+        let chain = tries(&mut s, now, connect, usize::MAX, &mut rng);
+        assert_eq!(chain.len(), 3, "both retries are allowed: {chain:?}");
+        assert_eq!(chain[2].next, finished(NoRetryReason::AttemptsExhausted));
     }
 }
