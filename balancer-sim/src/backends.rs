@@ -75,6 +75,8 @@ pub struct SimBackend {
     pub crashed: bool,
     /// Answers every new request with an error at once.
     pub black_hole: bool,
+    /// Stalled: takes requests and never answers (a try there ends at the try timeout).
+    pub stalled: bool,
     /// Fraction of new requests answered with an error at once (flaky backend), 0 = none.
     pub error_rate: f64,
     /// What the simulator last told the core: marked down.
@@ -113,6 +115,7 @@ impl SimBackend {
             spike: 1.0,
             crashed: false,
             black_hole: false,
+            stalled: false,
             error_rate: 0.0,
             marked_down: false,
             draining: false,

@@ -1,28 +1,21 @@
 //! The driver: runs the event loop, feeds arrivals, dones and faults into the real core, measures.
 
 use balancer_core::{
-    BackendId, CoreError, Decision, FailedTry, FailureKind, HealthCheckConfig, HealthTransition,
-    Outcome, OutlierConfig, PolicyKind, RejectReason, RetryConfig, RetryDecision, Scheduler,
-    SchedulerConfig, SlowStartConfig, Timestamp,
+    AfterTry, CoreError, Decision, FailureKind, HealthCheckConfig, HealthTransition, JournalEntry,
+    Outcome, RejectReason, RequestInfo, Scheduler, SchedulerConfig, Timestamp, TryReport,
 };
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::arrivals::{ArrivalSpec, BURSTY_DEFAULT_PERIOD_SERVICES, OpenLoop, think_ns};
-use crate::backends::{BackendSpec, MAX_SIM_BACKENDS, SimBackend};
-use crate::events::{EventKind, EventQueue, FailingJob, Job, NO_CLIENT, NO_TRIED};
-use crate::faults::{Fault, ScenarioError, Step, check_spec, compile};
-
-/// Most requests in one run: 10¹¹ is days of CPU; keeps counters and time sums far from overflow.
-pub const MAX_REQUESTS: u64 = 100_000_000_000;
-
-/// Highest load accepted: beyond 4× capacity a run only measures the core's rejections.
-pub const MAX_LOAD: f64 = 4.0;
-
-/// Longest a run may be expected to last in virtual time: 10¹⁸ ns (≈ 32 years) keeps every
-/// event time well inside `u64` nanoseconds (≈ 584 years), so no timestamp saturates.
-pub const MAX_EXPECTED_HORIZON_NS: f64 = 1e18;
+use crate::backends::{BackendSpec, SimBackend};
+use crate::events::{EventKind, EventQueue, FailingJob, Job, NO_CLIENT};
+use crate::faults::{Step, compile};
+pub use crate::options::{CoreOptions, HealthProbes, MIN_PROBE_INTERVAL_NS};
+pub use crate::setup::{
+    MAX_EXPECTED_HORIZON_NS, MAX_LOAD, MAX_REQUESTS, Replayed, SimConfig, SimError,
+};
 
 /// RNG streams: each is `ChaCha8Rng::seed_from_u64(seed)` moved to its own stream number, so
 /// the streams are independent and adding a consumer to one never shifts the others.
@@ -45,84 +38,6 @@ pub fn stream_rng(seed: u64, stream: u64) -> ChaCha8Rng {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(stream);
     rng
-}
-
-/// The core's optional features a run turns on; all off by default, as in
-/// `SchedulerConfig::new`. The simulator exercises the same decisions the proxy gets.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct CoreOptions {
-    /// Passive health: consecutive failures eject a backend for a while.
-    pub outlier: Option<OutlierConfig>,
-    /// Circuit breaking: most requests in flight on one backend.
-    pub max_pending_per_backend: Option<u32>,
-    /// Failed tries are retried on another backend when the core says so (after its backoff).
-    pub retry: Option<RetryConfig>,
-    /// Active health checks run by the simulator, fed to `handle_health_check`.
-    pub health: Option<HealthProbes>,
-    /// Slow start: backends that come back (or join) ramp up their share of traffic.
-    pub slow_start: Option<SlowStartConfig>,
-    /// Panic threshold (percent): below it the core spreads work over unhealthy backends too,
-    /// so dispatches to backends marked down or ejected are then expected.
-    pub panic_threshold_percent: Option<u8>,
-}
-
-/// Active health checks: every `interval_ns` each backend is probed; a probe passes unless
-/// the backend is crashed or a black hole. `rise`/`fall` go to the core's `HealthCheckConfig`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HealthProbes {
-    /// Time between two probes of one backend.
-    pub interval_ns: u64,
-    /// Passing probes in a row that bring a down backend up.
-    pub rise: u32,
-    /// Failing probes in a row that take an up backend down.
-    pub fall: u32,
-}
-
-/// Shortest probe interval: probes are events, and one per backend per 10 µs of virtual time
-/// would outnumber requests by far.
-pub const MIN_PROBE_INTERVAL_NS: u64 = 10_000;
-
-/// Everything a run depends on. Same config ⇒ same [`RunStats`], bit for bit.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SimConfig {
-    /// The core's policy.
-    pub policy: PolicyKind,
-    /// The initial fleet, sim indices 0..n.
-    pub fleet: Vec<BackendSpec>,
-    /// Offered load ρ = arrival rate ÷ capacity of the initial fleet (open loop only).
-    pub load: f64,
-    /// Requests to submit; the run ends when all have ended (completed, failed or rejected).
-    pub requests: u64,
-    /// The seed of every RNG stream.
-    pub seed: u64,
-    /// The arrival process.
-    pub arrivals: ArrivalSpec,
-    /// The fault schedule.
-    pub faults: Vec<Fault>,
-    /// Call the core's `check_invariants()` after every event (O(backends + in flight) each).
-    pub check_invariants: bool,
-    /// The core's bound on requests in flight; also bounds the sum of backend queues.
-    pub max_in_flight: u32,
-    /// Keep a record of every request's end in [`RunStats::trace`] (tests; costs 40 B a request).
-    pub record_trace: bool,
-    /// Outlier ejection, per-backend cap, retries, active health checks.
-    pub core: CoreOptions,
-    /// Recorded traffic to replay instead of `arrivals` and the fleet's service distributions.
-    pub replay: Option<Replayed>,
-}
-
-/// Traffic from a trace: arrival times and observed service times, shared (cheap to clone).
-///
-/// With it, arrivals come at `arrivals_ns` (sorted; `requests` must equal its length) and
-/// backend `i` draws its service times uniformly from `service_ns[i % service_ns.len()]`
-/// (its own stream, as always), divided by its speed. The fleet's `service` is then used only
-/// for capacity (set it to the empirical mean).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Replayed {
-    /// Arrival times, non-decreasing.
-    pub arrivals_ns: std::sync::Arc<[u64]>,
-    /// Per backend (or one pooled entry), observed service times; none empty.
-    pub service_ns: std::sync::Arc<[Vec<u64>]>,
 }
 
 /// One dispatch, recorded when [`SimConfig::record_trace`] is set.
@@ -153,161 +68,6 @@ pub struct EjectionRecord {
     pub until_ns: u64,
     /// Whether the snapshot also said `eligible == false` then.
     pub ineligible: bool,
-}
-
-impl SimConfig {
-    /// `backends` identical backends, Poisson arrivals, no faults.
-    pub fn new(policy: PolicyKind, backends: usize, spec: BackendSpec) -> Self {
-        SimConfig {
-            policy,
-            fleet: vec![spec; backends],
-            load: 0.9,
-            requests: 100_000,
-            seed: 1,
-            arrivals: ArrivalSpec::Poisson,
-            faults: Vec::new(),
-            check_invariants: false,
-            max_in_flight: balancer_core::DEFAULT_MAX_IN_FLIGHT,
-            record_trace: false,
-            core: CoreOptions::default(),
-            replay: None,
-        }
-    }
-
-    /// Checks every setting is in range and the fault schedule fits the fleet.
-    pub fn validate(&self) -> Result<(), SimError> {
-        let config = self;
-        if config.fleet.is_empty() || config.fleet.len() > MAX_SIM_BACKENDS {
-            return Err(SimError::Config(format!(
-                "the initial fleet must have 1..={MAX_SIM_BACKENDS} backends, got {}",
-                config.fleet.len()
-            )));
-        }
-        for spec in &config.fleet {
-            check_spec(spec).map_err(SimError::Config)?;
-        }
-        if let Some(r) = &config.replay {
-            if r.arrivals_ns.len() as u64 != config.requests
-                || r.arrivals_ns.windows(2).any(|w| w[0] > w[1])
-            {
-                return Err(SimError::Config(
-                    "replay: requests must equal the number of arrivals, in time order".into(),
-                ));
-            }
-            if r.service_ns.is_empty() || r.service_ns.iter().any(Vec::is_empty) {
-                return Err(SimError::Config(
-                    "replay: no observed service times to draw from".into(),
-                ));
-            }
-        } else if !(config.load > 0.0 && config.load <= MAX_LOAD) {
-            return Err(SimError::Config(format!(
-                "load must be in (0, {MAX_LOAD}], got {}",
-                config.load
-            )));
-        }
-        if !(1..=MAX_REQUESTS).contains(&config.requests) {
-            return Err(SimError::Config(format!(
-                "requests must be in 1..={MAX_REQUESTS}"
-            )));
-        }
-        let capacity = config.capacity_per_ns();
-        let slowest_service_ns = config
-            .fleet
-            .iter()
-            .map(|s| s.service.mean_ns() / s.speed)
-            .fold(0.0, f64::max);
-        let horizon_ns = match config.arrivals {
-            _ if config.replay.is_some() => 0.0,
-            ArrivalSpec::Closed { clients, think_ns } => {
-                (think_ns as f64 + slowest_service_ns) * config.requests as f64 / f64::from(clients)
-            }
-            _ => config.requests as f64 / (config.load * capacity),
-        };
-        if horizon_ns.is_nan() || horizon_ns > MAX_EXPECTED_HORIZON_NS {
-            return Err(SimError::Config(format!(
-                "the run would last about {horizon_ns:.3e} ns of virtual time, beyond the {MAX_EXPECTED_HORIZON_NS:e} ns horizon; raise the load or shorten the service times"
-            )));
-        }
-        if config.max_in_flight == 0 {
-            return Err(SimError::Config("max_in_flight must be positive".into()));
-        }
-        if config.core.max_pending_per_backend == Some(0) {
-            return Err(SimError::Config(
-                "max_pending_per_backend must be positive".into(),
-            ));
-        }
-        if let Some(h) = config.core.health {
-            if h.interval_ns < MIN_PROBE_INTERVAL_NS || h.rise == 0 || h.fall == 0 {
-                return Err(SimError::Config(format!(
-                    "health checks need an interval of at least {MIN_PROBE_INTERVAL_NS} ns and rise, fall ≥ 1"
-                )));
-            }
-        }
-        if config.core.panic_threshold_percent.is_some_and(|p| p > 100) {
-            return Err(SimError::Config(
-                "panic_threshold_percent must be in 0..=100".into(),
-            ));
-        }
-        if let Some(r) = config.core.retry {
-            if !(0.0..=10.0).contains(&r.budget_ratio) || r.max_retries > 100 {
-                return Err(SimError::Config(
-                    "retry budget_ratio must be in 0..=10 and max_retries ≤ 100".into(),
-                ));
-            }
-        }
-        compile(&config.faults, config.fleet.len(), "<scenario>")?;
-        Ok(())
-    }
-
-    /// Requests per nanosecond the initial fleet completes when all servers are busy.
-    pub fn capacity_per_ns(&self) -> f64 {
-        self.fleet.iter().map(BackendSpec::capacity_per_ns).sum()
-    }
-}
-
-/// Why a run could not be done, or found a bug.
-#[derive(Debug, thiserror::Error)]
-pub enum SimError {
-    /// A setting out of range.
-    #[error("invalid configuration: {0}")]
-    Config(String),
-    /// The fault schedule does not fit the fleet.
-    #[error(transparent)]
-    Scenario(#[from] ScenarioError),
-    /// The core refused a call the simulator believed valid: a bug in one of them.
-    #[error("at t={time_ns}ns the core refused a call: {source}")]
-    Core {
-        /// Virtual time.
-        time_ns: u64,
-        /// The core's error.
-        source: CoreError,
-    },
-    /// `check_invariants()` failed after an event: a bug in the core (or the driver).
-    #[error("at t={time_ns}ns after event #{event}: {violation}")]
-    Invariant {
-        /// Virtual time.
-        time_ns: u64,
-        /// How many events had been handled.
-        event: u64,
-        /// What broke.
-        violation: balancer_core::InvariantViolation,
-    },
-    /// A request ended too early, or work went to a backend marked down or draining.
-    #[error("at t={time_ns}ns causality broken: {what}")]
-    Causality {
-        /// Virtual time.
-        time_ns: u64,
-        /// What happened.
-        what: String,
-    },
-    /// No event was pending but requests were unfinished: a bug in the driver.
-    #[error("at t={time_ns}ns the simulation stalled with {unfinished} requests unfinished")]
-    Stalled {
-        /// Virtual time.
-        time_ns: u64,
-        /// Requests submitted or not, not ended.
-        unfinished: u64,
-    },
 }
 
 /// What happened to one backend.
@@ -360,6 +120,8 @@ pub struct RunStats {
     pub dispatches: Vec<DispatchRecord>,
     /// Every ejection the core's snapshots showed, in order, if [`SimConfig::record_trace`] was set.
     pub ejections: Vec<EjectionRecord>,
+    /// The core's journal of calls, if [`SimConfig::journal_capacity`] was set.
+    pub journal: Vec<JournalEntry>,
     /// Every start of a slow-start ramp the core's snapshots showed (`warming_since`), as
     /// (sim backend index, since ns), in order, if [`SimConfig::record_trace`] was set.
     pub warmups: Vec<(u32, u64)>,
@@ -410,7 +172,6 @@ struct Pending {
     arrived_ns: u64,
     client: u32,
     retries: u32,
-    tried: u32,
 }
 
 /// FNV-1a over little-endian words: fixed across platforms and Rust releases, unlike std's hasher.
@@ -475,10 +236,11 @@ struct Sim<'a> {
     /// Jobs waiting for their `Retry` event, and the free slots among them.
     retrying: Vec<Job>,
     free_retrying: Vec<u32>,
-    /// Per retried job: the backends it failed on (handed to `handle_retry_work` to exclude).
-    tried: Vec<Vec<BackendId>>,
-    free_tried: Vec<u32>,
     retries: u64,
+    /// The time of the `CoreTimeout` event in the queue, if one is.
+    timeout_scheduled: Option<u64>,
+    /// Keys of the backends in the desired set, by sim index (`None`: gone from it).
+    desired: Vec<Option<String>>,
 }
 
 impl<'a> Sim<'a> {
@@ -535,13 +297,18 @@ impl<'a> Sim<'a> {
             free_failing: Vec::new(),
             retrying: Vec::new(),
             free_retrying: Vec::new(),
-            tried: Vec::new(),
-            free_tried: Vec::new(),
             retries: 0,
+            timeout_scheduled: None,
+            desired: Vec::new(),
         };
-        for spec in &config.fleet {
-            sim.add_backend(*spec)?;
+        if config.journal_capacity > 0 {
+            sim.scheduler.enable_journal(config.journal_capacity);
         }
+        if let Some(seed) = config.policy_seed {
+            sim.policy_rng = ChaCha8Rng::seed_from_u64(seed);
+        }
+        // The initial fleet goes in as one desired set, as a live pool's does at start.
+        sim.join(&config.fleet)?;
         if let Some(h) = config.core.health {
             // Staggered over one interval, as independent checkers would be.
             let n = config.fleet.len() as u64;
@@ -637,9 +404,13 @@ impl<'a> Sim<'a> {
                     epoch,
                 } => self.service_done(backend, server, epoch)?,
                 EventKind::Failed { slot } => {
-                    let FailingJob { job, backend, kind } = self.failing[slot as usize];
+                    let FailingJob {
+                        job,
+                        backend,
+                        report,
+                    } = self.failing[slot as usize];
                     self.free_failing.push(slot);
-                    self.finish(job, backend, Outcome::Failure(kind))?;
+                    self.finish(job, backend, report)?;
                 }
                 EventKind::Retry { slot } => {
                     let job = self.retrying[slot as usize];
@@ -647,11 +418,17 @@ impl<'a> Sim<'a> {
                     self.retry(job)?;
                 }
                 EventKind::Probe { backend } => self.probe(backend)?,
+                EventKind::CoreTimeout => {
+                    self.timeout_scheduled = None;
+                    self.scheduler
+                        .handle_timeout(Timestamp::from_nanos(self.now_ns));
+                }
                 EventKind::Fault { index } => {
                     let step = self.steps[index as usize].1;
                     self.apply(step)?;
                 }
             }
+            self.schedule_timeout();
             if self.config.record_trace {
                 self.watch_ejections();
             }
@@ -698,7 +475,25 @@ impl<'a> Sim<'a> {
             dispatches: self.dispatch_log,
             ejections: self.ejection_log,
             warmups: self.warmup_log,
+            journal: self
+                .scheduler
+                .journal_mut()
+                .map(|j| j.drain())
+                .unwrap_or_default(),
         })
+    }
+
+    /// Keeps one `CoreTimeout` event in the queue at the core's `next_timeout()`, so that
+    /// ejections end when the core says, with or without traffic.
+    fn schedule_timeout(&mut self) {
+        let Some(at) = self.scheduler.next_timeout() else {
+            return;
+        };
+        let at_ns = at.as_nanos().max(self.now_ns);
+        if self.timeout_scheduled.is_none_or(|t| t > at_ns) {
+            self.queue.push(at_ns, EventKind::CoreTimeout);
+            self.timeout_scheduled = Some(at_ns);
+        }
     }
 
     /// Schedules the next recorded arrival, if replaying.
@@ -751,32 +546,67 @@ impl<'a> Sim<'a> {
         }
     }
 
-    fn add_backend(&mut self, spec: BackendSpec) -> Result<(), SimError> {
-        let now = Timestamp::from_nanos(self.now_ns);
-        let id = self
-            .scheduler
-            .add_backend(now, spec.weight)
-            .map_err(|e| self.core_error(e))?;
-        let sim_index = self.backends.len();
-        let rng = stream_rng(self.config.seed, streams::SERVICE_BASE + sim_index as u64);
-        self.backends
-            .push(SimBackend::new(spec, id, rng, self.now_ns));
-        if id.index() >= self.by_slot.len() {
-            self.by_slot.resize(id.index() + 1, u32::MAX);
+    /// New backends join the desired set (keys `b{sim index}`), through the core's reconcile.
+    fn join(&mut self, specs: &[BackendSpec]) -> Result<(), SimError> {
+        let first = self.backends.len();
+        for i in 0..specs.len() {
+            self.desired.push(Some(format!("b{}", first + i)));
         }
-        self.by_slot[id.index()] = sim_index as u32;
-        if let (Some(h), true) = (
-            self.config.core.health,
-            sim_index >= self.config.fleet.len(),
-        ) {
-            self.queue.push(
-                self.now_ns.saturating_add(h.interval_ns),
-                EventKind::Probe {
-                    backend: sim_index as u32,
-                },
-            );
+        let added = self.reconcile(specs)?;
+        debug_assert_eq!(added.len(), specs.len(), "every new key is added");
+        for ((_, id), spec) in added.into_iter().zip(specs) {
+            let sim_index = self.backends.len();
+            let rng = stream_rng(self.config.seed, streams::SERVICE_BASE + sim_index as u64);
+            self.backends
+                .push(SimBackend::new(*spec, id, rng, self.now_ns));
+            if id.index() >= self.by_slot.len() {
+                self.by_slot.resize(id.index() + 1, u32::MAX);
+            }
+            self.by_slot[id.index()] = sim_index as u32;
+            if let (Some(h), true) = (
+                self.config.core.health,
+                sim_index >= self.config.fleet.len(),
+            ) {
+                self.queue.push(
+                    self.now_ns.saturating_add(h.interval_ns),
+                    EventKind::Probe {
+                        backend: sim_index as u32,
+                    },
+                );
+            }
         }
         Ok(())
+    }
+
+    /// Hands the desired set to the core (`joining` are the specs of keys past the known
+    /// backends); returns the backends it added, in order.
+    fn reconcile(
+        &mut self,
+        joining: &[BackendSpec],
+    ) -> Result<Vec<(Box<str>, balancer_core::BackendId)>, SimError> {
+        let now = Timestamp::from_nanos(self.now_ns);
+        let weight = |i: usize| match self.backends.get(i) {
+            Some(b) => b.spec.weight,
+            None => joining[i - self.backends.len()].weight,
+        };
+        let desired: Vec<(&str, u32)> = self
+            .desired
+            .iter()
+            .enumerate()
+            .filter_map(|(i, key)| Some((key.as_deref()?, weight(i))))
+            .collect();
+        let done = self
+            .scheduler
+            .reconcile(now, &desired)
+            .map_err(|e| SimError::Core {
+                time_ns: self.now_ns,
+                source: e,
+            })?;
+        for id in done.removed {
+            let sim_index = self.by_slot[id.index()] as usize;
+            self.backends[sim_index].removed = true;
+        }
+        Ok(done.added)
     }
 
     /// A request arrives: ask the core, then carry out the decision.
@@ -784,39 +614,28 @@ impl<'a> Sim<'a> {
     fn submit(&mut self, client: u32) -> Result<(), SimError> {
         self.submitted += 1;
         let now = Timestamp::from_nanos(self.now_ns);
-        let decision = self.scheduler.handle_work(now, &mut self.policy_rng);
+        let decision =
+            self.scheduler
+                .handle_work(now, &mut self.policy_rng, RequestInfo::default(), None);
         let request = Pending {
             arrived_ns: self.now_ns,
             client,
             retries: 0,
-            tried: NO_TRIED,
         };
         self.carry_out(decision, request)
     }
 
-    /// A retry is due: ask the core for another backend than those the job failed on.
+    /// A retry is due: the core chooses among the backends that have not failed the job.
     fn retry(&mut self, job: Job) -> Result<(), SimError> {
         let now = Timestamp::from_nanos(self.now_ns);
-        let exclude = self
-            .tried
-            .get(job.tried as usize)
-            .map_or(&[][..], Vec::as_slice);
         let decision = self
             .scheduler
-            .handle_retry_work(now, &mut self.policy_rng, exclude);
-        if let Decision::Dispatch { backend, .. } = decision {
-            if exclude.contains(&backend) {
-                return Err(SimError::Causality {
-                    time_ns: self.now_ns,
-                    what: format!("a retry went back to {backend}, where the request had failed"),
-                });
-            }
-        }
+            .handle_retry_work(now, &mut self.policy_rng, job.request, None)
+            .map_err(|e| self.core_error(e))?;
         let request = Pending {
             arrived_ns: job.arrived_ns,
             client: job.client,
             retries: job.retries,
-            tried: job.tried,
         };
         self.carry_out(decision, request)
     }
@@ -868,7 +687,6 @@ impl<'a> Sim<'a> {
                     service_ns: 0,
                     client: job.client,
                     retries: job.retries,
-                    tried: job.tried,
                 };
                 self.dispatch(index, job)
             }
@@ -889,17 +707,9 @@ impl<'a> Sim<'a> {
                         kind: EndKind::Rejected,
                     });
                 }
-                self.release_tried(job.tried);
                 self.client_done(job.client);
                 Ok(())
             }
-        }
-    }
-
-    fn release_tried(&mut self, slot: u32) {
-        if slot != NO_TRIED {
-            self.tried[slot as usize].clear();
-            self.free_tried.push(slot);
         }
     }
 
@@ -952,16 +762,24 @@ impl<'a> Sim<'a> {
             });
         }
         let flaky_fails = b.error_rate > 0.0 && self.fault_rng.random::<f64>() < b.error_rate;
-        if b.crashed || b.black_hole || flaky_fails {
-            let kind = if b.crashed {
-                FailureKind::Connect
+        if b.crashed || b.black_hole || flaky_fails || b.stalled {
+            // Black holes and flaky backends answer 503 Service Unavailable at once; a
+            // stalled one never answers, so the try ends at the try timeout.
+            let (report, at_ns) = if b.crashed {
+                (TryReport::failed(FailureKind::Connect), now_ns)
+            } else if b.stalled {
+                let timeout_ns = self.config.core.try_timeout_ns.unwrap_or(u64::MAX);
+                (
+                    TryReport::failed(FailureKind::Timeout),
+                    now_ns.saturating_add(timeout_ns),
+                )
             } else {
-                FailureKind::ServerError
+                (TryReport::response(503), now_ns)
             };
             let failing = FailingJob {
                 job,
                 backend: index,
-                kind,
+                report,
             };
             let slot = match self.free_failing.pop() {
                 Some(slot) => {
@@ -973,7 +791,7 @@ impl<'a> Sim<'a> {
                     (self.failing.len() - 1) as u32
                 }
             };
-            self.queue.push(now_ns, EventKind::Failed { slot });
+            self.queue.push(at_ns, EventKind::Failed { slot });
             return Ok(());
         }
         job.service_ns = match &self.config.replay {
@@ -1036,56 +854,29 @@ impl<'a> Sim<'a> {
                 ),
             });
         }
-        self.finish(job, index, Outcome::Success)
+        self.finish(job, index, TryReport::response(200))
     }
 
-    /// Reports the done to the core, retries the request if the core says so, else counts it.
+    /// Reports the try's end to the core; schedules the retry the core may answer with, or
+    /// counts the request as over.
     #[inline]
-    fn finish(&mut self, mut job: Job, index: u32, outcome: Outcome) -> Result<(), SimError> {
+    fn finish(&mut self, mut job: Job, index: u32, report: TryReport) -> Result<(), SimError> {
         let now = Timestamp::from_nanos(self.now_ns);
         self.trace
             .word(self.now_ns ^ job.request.as_u64().rotate_left(17));
-        let result = self.scheduler.handle_done(now, job.request, outcome);
+        let result = self
+            .scheduler
+            .handle_done(now, job.request, report, &mut self.policy_rng);
         let b = &mut self.backends[index as usize];
         let completed = match result {
-            Ok(_) => outcome == Outcome::Success,
-            // Served, but by a backend removed meanwhile: counted as failed, never retried.
-            Err(CoreError::BackendRemoved { .. }) => false,
-            Err(e) => return Err(self.core_error(e)),
-        };
-        if completed {
-            b.served += 1;
-        } else {
-            b.failed += 1;
-            if let (Ok(_), Outcome::Failure(failure), Some(_)) =
-                (&result, outcome, self.config.core.retry)
-            {
-                let failed = FailedTry {
-                    retries_so_far: job.retries,
-                    idempotent: true,
-                    failure,
-                    // Black holes and flaky backends answer 503 Service Unavailable.
-                    status_503: failure == FailureKind::ServerError,
-                    response_started: false,
-                    body_consumed: false,
-                };
-                let core_id = b.core_id;
-                if let RetryDecision::Retry { backoff } =
-                    self.scheduler
-                        .decide_retry(now, &failed, &mut self.policy_rng)
-                {
+            Ok(done) => {
+                if done.removed {
+                    b.removed = true;
+                }
+                if let AfterTry::Retry { backoff } = done.next {
+                    b.failed += 1;
                     self.retries += 1;
                     self.trace.word(u64::MAX - 2);
-                    if job.tried == NO_TRIED {
-                        job.tried = match self.free_tried.pop() {
-                            Some(slot) => slot,
-                            None => {
-                                self.tried.push(Vec::new());
-                                (self.tried.len() - 1) as u32
-                            }
-                        };
-                    }
-                    self.tried[job.tried as usize].push(core_id);
                     job.retries += 1;
                     let slot = match self.free_retrying.pop() {
                         Some(slot) => {
@@ -1101,7 +892,17 @@ impl<'a> Sim<'a> {
                     self.queue.push(at, EventKind::Retry { slot });
                     return Ok(());
                 }
+                done.outcome == Outcome::Success
             }
+            // Served, but by a backend removed meanwhile: counted as failed, never retried.
+            Err(CoreError::BackendRemoved { .. }) => false,
+            Err(e) => return Err(self.core_error(e)),
+        };
+        let b = &mut self.backends[index as usize];
+        if completed {
+            b.served += 1;
+        } else {
+            b.failed += 1;
         }
         self.ended += 1;
         if self.config.record_trace {
@@ -1126,7 +927,6 @@ impl<'a> Sim<'a> {
         } else {
             self.failed += 1;
         }
-        self.release_tried(job.tried);
         self.client_done(job.client);
         Ok(())
     }
@@ -1164,7 +964,7 @@ impl<'a> Sim<'a> {
                 lost.extend(backend.queue.drain(..));
                 backend.idle = (0..backend.spec.concurrency).rev().collect();
                 for job in lost {
-                    self.finish(job, b, Outcome::Failure(FailureKind::Crashed))?;
+                    self.finish(job, b, TryReport::failed(FailureKind::Crashed))?;
                 }
             }
             Step::Detect(b) => {
@@ -1189,7 +989,13 @@ impl<'a> Sim<'a> {
                 let backend = &mut self.backends[b as usize];
                 backend.speed = speed.unwrap_or(backend.spec.speed);
             }
-            Step::Add(spec) => self.add_backend(spec)?,
+            Step::Add(spec) => self.join(&[spec])?,
+            Step::Leave(b) => {
+                self.desired[b as usize] = None;
+                self.backends[b as usize].draining = true;
+                self.reconcile(&[])?;
+            }
+            Step::Stall(b, on) => self.backends[b as usize].stalled = on,
             Step::Remove(b) => {
                 let id = self.backends[b as usize].core_id;
                 let _removal = self
@@ -1238,6 +1044,8 @@ fn step_backend(step: &Step) -> Option<u32> {
         | Step::Spike(Some(b), _)
         | Step::Speed(b, _)
         | Step::Remove(b)
+        | Step::Leave(b)
+        | Step::Stall(b, _)
         | Step::Drain(b, _)
         | Step::Weight(b, _) => Some(b),
         Step::Spike(None, _) | Step::Add(_) => None,

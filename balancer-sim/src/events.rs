@@ -3,7 +3,7 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
-use balancer_core::{FailureKind, RequestId};
+use balancer_core::{RequestId, TryReport};
 
 /// One request as the simulated world sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,12 +18,7 @@ pub struct Job {
     pub client: u32,
     /// Retries made so far (0 on the first try).
     pub retries: u32,
-    /// Slot of the list of backends it failed on, or [`NO_TRIED`] before its first retry.
-    pub tried: u32,
 }
-
-/// `Job::tried` of a job that has not been retried.
-pub const NO_TRIED: u32 = u32::MAX;
 
 /// A job that fails without service, waiting for its `Failed` event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,8 +27,8 @@ pub struct FailingJob {
     pub job: Job,
     /// Sim backend index it had been sent to.
     pub backend: u32,
-    /// How it fails.
-    pub kind: FailureKind,
+    /// How its try ends, as the driver reports it.
+    pub report: TryReport,
 }
 
 /// `Job::client` of open-loop requests.
@@ -75,6 +70,8 @@ pub enum EventKind {
         /// Sim backend index.
         backend: u32,
     },
+    /// The core's `next_timeout()`: end the ejections that are over.
+    CoreTimeout,
     /// Entry `index` of the fault schedule takes effect.
     Fault {
         /// Index into the sorted schedule.

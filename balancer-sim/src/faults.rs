@@ -10,7 +10,7 @@ use balancer_core::{OutlierConfig, RetryConfig, SlowStartConfig};
 
 use crate::backends::{BackendSpec, MAX_CONCURRENCY, MAX_SIM_BACKENDS};
 use crate::distribution::{ServiceDist, SpecError, parse_duration_ns};
-use crate::engine::{CoreOptions, HealthProbes};
+use crate::options::{CoreOptions, HealthProbes};
 
 /// Most fault entries in one scenario, after expansion of `count`s: each is an event.
 pub const MAX_FAULTS: usize = 100_000;
@@ -109,6 +109,20 @@ pub enum FaultAction {
         /// Sim index.
         backend: u32,
     },
+    /// The backend leaves the desired set, as on a reload without it: the core drains it and
+    /// removes it at its last done (`Scheduler::reconcile`).
+    Leave {
+        /// Sim index.
+        backend: u32,
+    },
+    /// The backend takes requests and never answers (until `until_ns`): each try there ends
+    /// at `try_timeout` with a timeout.
+    Stall {
+        /// Sim index.
+        backend: u32,
+        /// When it answers again (absolute time), or never.
+        until_ns: Option<u64>,
+    },
     /// The backend takes no new work; in-flight work finishes.
     Drain {
         /// Sim index.
@@ -140,6 +154,8 @@ impl FaultAction {
             FaultAction::Slowdown { .. } => "slowdown",
             FaultAction::Add(_) => "add",
             FaultAction::Remove { .. } => "remove",
+            FaultAction::Leave { .. } => "leave",
+            FaultAction::Stall { .. } => "stall",
             FaultAction::Drain { .. } => "drain",
             FaultAction::Undrain { .. } => "undrain",
             FaultAction::Weight { .. } => "weight",
@@ -154,6 +170,8 @@ impl FaultAction {
             | FaultAction::Flaky { backend, .. }
             | FaultAction::Slowdown { backend, .. }
             | FaultAction::Remove { backend }
+            | FaultAction::Leave { backend }
+            | FaultAction::Stall { backend, .. }
             | FaultAction::Drain { backend }
             | FaultAction::Undrain { backend }
             | FaultAction::Weight { backend, .. } => Some(backend),
@@ -191,8 +209,12 @@ pub enum Step {
     Speed(u32, Option<f64>),
     /// A backend joins.
     Add(BackendSpec),
-    /// A backend leaves.
+    /// A backend leaves at once.
     Remove(u32),
+    /// A backend leaves the desired set (drained, removed by the core at its last done).
+    Leave(u32),
+    /// Stall on or off.
+    Stall(u32, bool),
     /// Drain on or off.
     Drain(u32, bool),
     /// New weight.
@@ -314,6 +336,16 @@ pub fn compile(
                 removed[backend as usize] = true;
                 steps.push((at, Step::Remove(backend)));
             }
+            FaultAction::Leave { backend } => {
+                removed[backend as usize] = true;
+                steps.push((at, Step::Leave(backend)));
+            }
+            FaultAction::Stall { backend, until_ns } => {
+                steps.push((at, Step::Stall(backend, true)));
+                if let Some(until) = until_ns {
+                    steps.push((end(until)?, Step::Stall(backend, false)));
+                }
+            }
             FaultAction::Drain { backend } => steps.push((at, Step::Drain(backend, true))),
             FaultAction::Undrain { backend } => steps.push((at, Step::Drain(backend, false))),
             FaultAction::Weight { backend, weight } => {
@@ -380,6 +412,7 @@ struct CoreEntry {
     outlier: Option<OutlierEntry>,
     retry: Option<RetryEntry>,
     health: Option<HealthEntry>,
+    try_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -396,6 +429,7 @@ struct OutlierEntry {
 struct RetryEntry {
     max_retries: Option<u32>,
     retry_on_503: Option<bool>,
+    retry_on_status: Option<Vec<u16>>,
     budget_ratio: Option<f64>,
     budget_min_per_s: Option<u32>,
     budget_window: Option<String>,
@@ -447,7 +481,16 @@ impl CoreEntry {
                 let d = RetryConfig::default();
                 Some(RetryConfig {
                     max_retries: r.max_retries.unwrap_or(d.max_retries),
-                    retry_on_503: r.retry_on_503.unwrap_or(d.retry_on_503),
+                    retry_on_status: {
+                        let mut set = balancer_core::StatusSet::from_codes(
+                            r.retry_on_status.as_deref().unwrap_or_default(),
+                        )
+                        .map_err(|e| format!("retry_on_status: {e}"))?;
+                        if r.retry_on_503 == Some(true) {
+                            let _ = set.insert(503);
+                        }
+                        set
+                    },
                     budget_ratio: r.budget_ratio.unwrap_or(d.budget_ratio),
                     budget_min_per_s: r.budget_min_per_s.unwrap_or(d.budget_min_per_s),
                     budget_window: dur(&r.budget_window, d.budget_window)?,
@@ -485,6 +528,10 @@ impl CoreEntry {
             health,
             slow_start,
             panic_threshold_percent: self.panic_threshold_percent,
+            try_timeout_ns: match &self.try_timeout {
+                Some(text) => Some(parse_duration_ns(text).map_err(|e| e.to_string())?),
+                None => None,
+            },
         })
     }
 }
@@ -560,6 +607,15 @@ enum FaultEntry {
         concurrency: Option<u32>,
         speed: Option<f64>,
         weight: Option<u32>,
+    },
+    Leave {
+        at: String,
+        backend: u32,
+    },
+    Stall {
+        at: String,
+        backend: u32,
+        until: Option<String>,
     },
     Remove {
         at: String,
@@ -752,6 +808,14 @@ impl Scenario {
                 FaultEntry::Remove { at, backend } => {
                     (at, FaultAction::Remove { backend: *backend })
                 }
+                FaultEntry::Leave { at, backend } => (at, FaultAction::Leave { backend: *backend }),
+                FaultEntry::Stall { at, backend, until } => (
+                    at,
+                    FaultAction::Stall {
+                        backend: *backend,
+                        until_ns: opt_dur(until)?,
+                    },
+                ),
                 FaultEntry::Drain { at, backend } => (at, FaultAction::Drain { backend: *backend }),
                 FaultEntry::Undrain { at, backend } => {
                     (at, FaultAction::Undrain { backend: *backend })
@@ -803,6 +867,9 @@ pub fn scenario_toml(fleet: &[BackendSpec], core: &CoreOptions, faults: &[Fault]
         if let Some(percent) = core.panic_threshold_percent {
             let _ = writeln!(out, "panic_threshold_percent = {percent}");
         }
+        if let Some(timeout_ns) = core.try_timeout_ns {
+            let _ = writeln!(out, "try_timeout = \"{}\"", d(timeout_ns));
+        }
         if let Some(w) = core.slow_start {
             let _ = writeln!(
                 out,
@@ -824,9 +891,9 @@ pub fn scenario_toml(fleet: &[BackendSpec], core: &CoreOptions, faults: &[Fault]
         if let Some(r) = core.retry {
             let _ = writeln!(
                 out,
-                "[core.retry]\nmax_retries = {}\nretry_on_503 = {}\nbudget_ratio = {:?}\nbudget_min_per_s = {}\nbudget_window = \"{}\"\nbackoff_base = \"{}\"\nbackoff_max = \"{}\"",
+                "[core.retry]\nmax_retries = {}\nretry_on_status = {:?}\nbudget_ratio = {:?}\nbudget_min_per_s = {}\nbudget_window = \"{}\"\nbackoff_base = \"{}\"\nbackoff_max = \"{}\"",
                 r.max_retries,
-                r.retry_on_503,
+                r.retry_on_status.iter().collect::<Vec<_>>(),
                 r.budget_ratio,
                 r.budget_min_per_s,
                 ns(r.budget_window),
@@ -873,6 +940,7 @@ pub fn scenario_toml(fleet: &[BackendSpec], core: &CoreOptions, faults: &[Fault]
                 detect_after_ns.map_or("never".to_owned(), d)
             ),
             FaultAction::BlackHole { backend, until_ns }
+            | FaultAction::Stall { backend, until_ns }
             | FaultAction::Slowdown {
                 backend, until_ns, ..
             } => {
@@ -919,6 +987,7 @@ pub fn scenario_toml(fleet: &[BackendSpec], core: &CoreOptions, faults: &[Fault]
             }
             FaultAction::Recover { backend }
             | FaultAction::Remove { backend }
+            | FaultAction::Leave { backend }
             | FaultAction::Drain { backend }
             | FaultAction::Undrain { backend } => writeln!(out, "backend = {backend}"),
         };
@@ -936,6 +1005,8 @@ fn entry_kind(entry: &FaultEntry) -> &'static str {
         FaultEntry::Slowdown { .. } => "slowdown",
         FaultEntry::Add { .. } => "add",
         FaultEntry::Remove { .. } => "remove",
+        FaultEntry::Leave { .. } => "leave",
+        FaultEntry::Stall { .. } => "stall",
         FaultEntry::Drain { .. } => "drain",
         FaultEntry::Undrain { .. } => "undrain",
         FaultEntry::Weight { .. } => "weight",
@@ -1108,12 +1179,23 @@ mod tests {
                 at_ns: 11,
                 action: FaultAction::Drain { backend: 2 },
             },
+            Fault {
+                at_ns: 12,
+                action: FaultAction::Stall {
+                    backend: 1,
+                    until_ns: Some(13),
+                },
+            },
+            Fault {
+                at_ns: 14,
+                action: FaultAction::Leave { backend: 2 },
+            },
         ];
         let core = CoreOptions {
             outlier: Some(OutlierConfig::default()),
             max_pending_per_backend: Some(7),
             retry: Some(RetryConfig {
-                retry_on_503: true,
+                retry_on_status: balancer_core::StatusSet::from_codes(&[503]).unwrap(),
                 ..RetryConfig::default()
             }),
             health: Some(HealthProbes {
@@ -1123,6 +1205,7 @@ mod tests {
             }),
             slow_start: Some(SlowStartConfig::default()),
             panic_threshold_percent: Some(50),
+            try_timeout_ns: Some(250_000_000),
         };
         let text = scenario_toml(&fleet, &core, &faults);
         let back = Scenario::parse(&text, "rt.toml", defaults()).unwrap();

@@ -40,8 +40,10 @@ pub mod distribution;
 pub mod engine;
 pub mod events;
 pub mod faults;
+pub mod options;
 pub mod replay;
 pub mod report;
+pub mod setup;
 pub mod theory;
 
 pub use arrivals::ArrivalSpec;

@@ -152,7 +152,7 @@ prop_compose! {
             }),
             retry: retries.map(|max_retries| RetryConfig {
                 max_retries,
-                retry_on_503: true,
+                retry_on_status: balancer_core::StatusSet::from_codes(&[503]).unwrap(),
                 ..RetryConfig::default()
             }),
             health: health.then_some(HealthProbes { interval_ns: 5_000_000, rise: 2, fall: 2 }),

@@ -123,6 +123,11 @@ fn fault() -> impl Strategy<Value = Fault> {
         1 => backend().prop_map(FaultAction::Add),
         1 => b.clone()
             .prop_map(|backend| FaultAction::Remove { backend }),
+        1 => b.clone().prop_map(|backend| FaultAction::Leave { backend }),
+        1 => (b.clone(), prop::option::of(1u64..=30)).prop_map(|(backend, until)| FaultAction::Stall {
+            backend,
+            until_ns: until.map(|ms| ms * 1_000_000),
+        }),
         1 => b.clone().prop_map(|backend| FaultAction::Drain { backend }),
         1 => b.clone()
             .prop_map(|backend| FaultAction::Undrain { backend }),
@@ -141,9 +146,10 @@ fn core_options() -> impl Strategy<Value = CoreOptions> {
         prop::option::of((1u64..=10, 1u32..=3, 1u32..=3)),
         prop::option::of((1u64..=50, 0u8..=100)),
         prop::option::of(0u8..=100),
+        prop::option::of(1u64..=20),
     )
         .prop_map(
-            |(outlier, cap, retry, health, slow_start, panic)| CoreOptions {
+            |(outlier, cap, retry, health, slow_start, panic, try_timeout_ms)| CoreOptions {
                 outlier: outlier.map(|(failures, ms, percent)| balancer_core::OutlierConfig {
                     consecutive_failures: failures,
                     base_ejection: Duration::from_millis(ms),
@@ -153,7 +159,11 @@ fn core_options() -> impl Strategy<Value = CoreOptions> {
                 max_pending_per_backend: cap,
                 retry: retry.map(|(max_retries, retry_on_503)| balancer_core::RetryConfig {
                     max_retries,
-                    retry_on_503,
+                    retry_on_status: if retry_on_503 {
+                        balancer_core::StatusSet::from_codes(&[502, 503, 504]).unwrap()
+                    } else {
+                        balancer_core::StatusSet::EMPTY
+                    },
                     ..balancer_core::RetryConfig::default()
                 }),
                 health: health.map(|(ms, rise, fall)| HealthProbes {
@@ -166,6 +176,7 @@ fn core_options() -> impl Strategy<Value = CoreOptions> {
                     min_weight_percent: percent,
                 }),
                 panic_threshold_percent: panic,
+                try_timeout_ns: try_timeout_ms.map(|ms| ms * 1_000_000),
             },
         )
 }
@@ -198,6 +209,11 @@ prop_compose! {
         core in prop_oneof![1 => Just(CoreOptions::default()), 2 => core_options()],
     ) -> SimConfig {
         let n = fleet.len();
+        // A stall needs a try timeout (validation says so); without one, leave stalls out.
+        let faults: Vec<Fault> = faults
+            .into_iter()
+            .filter(|f| core.try_timeout_ns.is_some() || !matches!(f.action, FaultAction::Stall { .. }))
+            .collect();
         SimConfig {
             policy,
             fleet,
@@ -212,6 +228,8 @@ prop_compose! {
             record_trace: true,
             core,
             replay: None,
+            journal_capacity: 0,
+            policy_seed: None,
         }
     }
 }

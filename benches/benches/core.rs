@@ -54,7 +54,7 @@ fn bench_group(c: &mut Criterion, name: &str, recording: Recording, sizes: &[usi
                     let mut in_flight = VecDeque::with_capacity(2 * backends + 1);
                     let work = |scheduler: &mut Scheduler, now: Timestamp, rng: &mut ChaCha8Rng| {
                         let decision = match recording {
-                            Recording::Off => scheduler.handle_work(now, rng),
+                            Recording::Off => scheduler.handle_work(now, rng, RequestInfo::default(), None),
                             Recording::On => {
                                 let (decision, record) = scheduler.handle_work_explained(now, rng);
                                 black_box(record);
@@ -74,7 +74,7 @@ fn bench_group(c: &mut Criterion, name: &str, recording: Recording, sizes: &[usi
                         in_flight.push_back(work(&mut scheduler, now, &mut rng));
                         let oldest = in_flight.pop_front().unwrap();
                         scheduler
-                            .handle_done(now, oldest, Outcome::Success)
+                            .handle_done(now, oldest, Outcome::Success, &mut rng)
                             .unwrap()
                     });
                 },
