@@ -9,7 +9,10 @@ use std::collections::VecDeque;
 use std::hint::black_box;
 use std::time::Duration;
 
-use balancer_core::{Decision, Outcome, PolicyKind, Scheduler, SchedulerConfig, Timestamp};
+use balancer_core::{
+    Decision, DecisionRecord, PolicyKind, RequestInfo, Scheduler, SchedulerConfig, Timestamp,
+    TryReport,
+};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -54,9 +57,17 @@ fn bench_group(c: &mut Criterion, name: &str, recording: Recording, sizes: &[usi
                     let mut in_flight = VecDeque::with_capacity(2 * backends + 1);
                     let work = |scheduler: &mut Scheduler, now: Timestamp, rng: &mut ChaCha8Rng| {
                         let decision = match recording {
-                            Recording::Off => scheduler.handle_work(now, rng, RequestInfo::default(), None),
+                            Recording::Off => {
+                                scheduler.handle_work(now, rng, RequestInfo::default(), None)
+                            }
                             Recording::On => {
-                                let (decision, record) = scheduler.handle_work_explained(now, rng);
+                                let mut record = DecisionRecord::empty(now, scheduler.policy());
+                                let decision = scheduler.handle_work(
+                                    now,
+                                    rng,
+                                    RequestInfo::default(),
+                                    Some(&mut record),
+                                );
                                 black_box(record);
                                 decision
                             }
@@ -74,7 +85,7 @@ fn bench_group(c: &mut Criterion, name: &str, recording: Recording, sizes: &[usi
                         in_flight.push_back(work(&mut scheduler, now, &mut rng));
                         let oldest = in_flight.pop_front().unwrap();
                         scheduler
-                            .handle_done(now, oldest, Outcome::Success, &mut rng)
+                            .handle_done(now, oldest, TryReport::response(200), &mut rng)
                             .unwrap()
                     });
                 },
