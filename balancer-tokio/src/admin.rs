@@ -22,8 +22,8 @@ use tokio::sync::Semaphore;
 
 use crate::config::Config;
 use crate::metrics::{BackendLabels, HealthLabels};
+use crate::runtime::shutdown::{Phase, PhaseWatcher};
 use crate::server::Shared;
-use crate::shutdown::{Phase, PhaseWatcher};
 
 /// Concurrent admin connections: a scraper and an operator or two; more is a mistake or abuse.
 pub const MAX_ADMIN_CONNECTIONS: usize = 32;

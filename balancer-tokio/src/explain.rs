@@ -116,7 +116,7 @@ impl ExplainRing {
 
     /// The shard of the worker running this code.
     fn shard(&self) -> &Mutex<VecDeque<Explained>> {
-        &self.shards[crate::server::worker_index() % self.shards.len()]
+        &self.shards[crate::runtime::worker::worker_index() % self.shards.len()]
     }
 
     /// Stores one try's decision under `request_id`, evicting the shard's oldest if full.
@@ -312,7 +312,7 @@ mod tests {
         ring.push(b"reused", 7, second);
         let other_worker = ring.clone();
         std::thread::spawn(move || {
-            crate::server::WORKER_INDEX.with(|w| w.set(1));
+            crate::runtime::worker::WORKER_INDEX.with(|w| w.set(1));
             other_worker.push(b"reused", 7, first);
         })
         .join()

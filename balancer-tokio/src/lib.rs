@@ -34,12 +34,13 @@ pub mod pool;
 pub mod proxy;
 pub mod ratelimit;
 pub mod routing;
+pub mod runtime;
 pub mod server;
-pub mod shutdown;
 pub mod trace;
 pub mod upstream;
 
 pub use config::{Config, ConfigError};
 pub use demo::{Demo, DemoPorts};
 pub use demo_backend::{DemoBackend, DemoBackendConfig};
+pub use runtime::shutdown;
 pub use server::{ReloadError, RunningBalancer, ServeError, ShutdownReport, start, start_file};

@@ -506,7 +506,7 @@ impl Pool {
     /// and its backend connection on one thread (no cross-thread wake-up per request, no
     /// shared pool lock).
     pub fn client(&self) -> &BackendClient {
-        let worker = crate::server::worker_index();
+        let worker = crate::runtime::worker::worker_index();
         self.clients.get(worker).unwrap_or(&self.clients[0])
     }
 

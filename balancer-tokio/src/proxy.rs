@@ -27,7 +27,7 @@ use crate::metrics::{LimitLabels, Metrics, RequestLabels};
 use crate::pool::{Backend, Clock, Dispatch, Pool, PoolError, SharedPool};
 use crate::ratelimit::RateLimits;
 use crate::routing::RouteTable;
-use crate::shutdown::DrainGuard;
+use crate::runtime::shutdown::DrainGuard;
 use crate::trace::{TraceEvent, TraceSink};
 use crate::upstream::HeadForm;
 

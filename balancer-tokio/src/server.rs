@@ -30,7 +30,8 @@ use crate::h1;
 use crate::metrics::{Metrics, ReloadLabels};
 use crate::pool::PoolError;
 use crate::proxy::{ConnectionInfo, Proxy};
-use crate::shutdown::{Drain, DrainGuard, Phase, PhaseWatcher, QuietWait, Shutdown};
+use crate::runtime::shutdown::{Drain, DrainGuard, Phase, PhaseWatcher, QuietWait, Shutdown};
+use crate::runtime::worker::WORKER_INDEX;
 
 /// Concurrent HTTP/2 streams per client connection: bounds the work one connection can start.
 pub const MAX_H2_STREAMS_PER_CONNECTION: u32 = 256;
@@ -375,17 +376,6 @@ fn bound_socket(address: SocketAddr, reuse_port: bool) -> io::Result<tokio::net:
     let _ = reuse_port;
     socket.bind(address)?;
     Ok(socket)
-}
-
-thread_local! {
-    /// Which traffic worker this thread is: 0 for the runtime that called `start` (and any
-    /// other thread), `N` on `balancer-worker-N`.
-    pub(crate) static WORKER_INDEX: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-/// The traffic worker running the calling code (see [`WORKER_INDEX`]).
-pub(crate) fn worker_index() -> usize {
-    WORKER_INDEX.with(std::cell::Cell::get)
 }
 
 /// One listener's socket for a worker (1..), with the listener's shared connection permits.

@@ -109,7 +109,7 @@ impl Upstream {
     }
 
     fn worker_slot(&self) -> &Mutex<IdleLists> {
-        let worker = crate::server::worker_index();
+        let worker = crate::runtime::worker::worker_index();
         self.idle.get(worker).unwrap_or(&self.idle[0])
     }
 
