@@ -10,26 +10,28 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::{Body, Incoming};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::task::AbortHandle;
 
-use crate::access_log::{AccessLog, AccessRecord};
-use crate::body::{
-    ClientBody, DoneGuard, End, MAX_REPLAY_BODY_BYTES, ProxyBody, RequestBody, RequestBodyError,
-};
+use crate::balance::done::{DoneGuard, End};
+use crate::balance::pool::{Clock, Dispatch, Pool, PoolError, SharedPool};
 use crate::config::{Config, Limits};
-use crate::errors::ProxyError;
-use crate::explain::ExplainRing;
-use crate::headers::{self, Forwarding};
-use crate::metrics::{LimitLabels, Metrics, RequestLabels};
-use crate::pool::{Backend, Clock, Dispatch, Pool, PoolError, SharedPool};
-use crate::ratelimit::RateLimits;
-use crate::routing::RouteTable;
+use crate::forward::body::ProxyBody;
+use crate::forward::ratelimit::RateLimits;
+use crate::forward::routing::RouteTable;
+use crate::http::body::ClientBody;
+use crate::http::errors::ProxyError;
+use crate::http::headers::{self, Forwarding};
+use crate::observe::access_log::{AccessLog, AccessRecord};
+use crate::observe::explain::ExplainRing;
+use crate::observe::metrics::{LimitLabels, Metrics, RequestLabels};
+use crate::observe::trace::{TraceEvent, TraceSink};
 use crate::runtime::shutdown::DrainGuard;
-use crate::trace::{TraceEvent, TraceSink};
-use crate::upstream::HeadForm;
+use crate::upstream::{
+    Backend, HeadForm, MAX_REPLAY_BODY_BYTES, RequestBody, RequestBodyError, UpstreamBody,
+    UpstreamError, write_request,
+};
 
 /// How often the maintenance task runs: ejections end at most this late while a pool is idle
 /// (with traffic, the core ends them on the next request), and drained backends gone from the
@@ -74,7 +76,6 @@ pub struct Proxy {
     trace: Option<Arc<TraceSink>>,
     /// Health checks and the maintenance tick of this generation, stopped when it is retired.
     tasks: Mutex<Vec<AbortHandle>>,
-    builder: auto::Builder<TokioExecutor>,
 }
 
 impl Proxy {
@@ -169,13 +170,7 @@ impl Proxy {
             explain,
             trace,
             tasks: Mutex::new(Vec::new()),
-            builder: crate::server::connection_builder(config.limits),
         }
-    }
-
-    /// The client connection settings of this generation.
-    pub fn builder(&self) -> &auto::Builder<TokioExecutor> {
-        &self.builder
     }
 
     /// The limits clients are held to.
@@ -226,7 +221,8 @@ impl Proxy {
         for pool in &self.pools {
             if let Some(check) = &pool.health_check {
                 tasks.push(
-                    tokio::spawn(crate::health::run(pool.clone(), check.clone())).abort_handle(),
+                    tokio::spawn(crate::balance::health::run(pool.clone(), check.clone()))
+                        .abort_handle(),
                 );
             }
         }
@@ -747,10 +743,10 @@ impl Tries<'_> {
                 .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
             let try_started = Instant::now();
             let sent = match &mut source {
-                // In memory: sent by the request's own task (upstream.rs).
+                // In memory: sent by the request's own task (`upstream::h1`).
                 Source::Replay(bytes) => {
                     message.clear();
-                    let rest = crate::upstream::write_request(
+                    let rest = write_request(
                         &mut message,
                         &parts.method,
                         parts.uri.path_and_query().map_or("/", |p| p.as_str()),
@@ -967,7 +963,7 @@ fn reject_error(reason: RejectReason, pool: &Pool) -> ProxyError {
 /// A try's response body: from hyper's client (streamed uploads) or read inline.
 enum Upstreamed {
     Hyper(Incoming),
-    Inline(crate::upstream::UpstreamBody),
+    Inline(UpstreamBody),
 }
 
 /// A try's failure, from whichever client sent it.
@@ -976,16 +972,15 @@ enum TryError {
     #[error(transparent)]
     Hyper(hyper_util::client::legacy::Error),
     #[error(transparent)]
-    Upstream(crate::upstream::UpstreamError),
+    Upstream(UpstreamError),
 }
 
 /// Maps an inline try's failure to the answer and the outcome the core hears.
 fn classify_upstream_error(
-    err: &crate::upstream::UpstreamError,
+    err: &UpstreamError,
     backend: &Backend,
     pool: &Pool,
 ) -> (ProxyError, End) {
-    use crate::upstream::UpstreamError;
     match err {
         UpstreamError::ConnectTimeout => (
             ProxyError::ConnectTimeout {
@@ -1032,7 +1027,7 @@ fn backend_response(
             add_response_headers(&mut parts.headers, via, request_id);
             ProxyBody::backend(body, guard)
         }
-        // upstream.rs reads heads without their hop-by-hop headers.
+        // `upstream::h1` reads heads without their hop-by-hop headers.
         Upstreamed::Inline(mut body) => {
             match body.head_lines_mut() {
                 // The headers came as lines for h1 to copy: these join them (no map made).
