@@ -2,6 +2,9 @@
 //! it (retrying where the core says so), and hand the response body back to the server.
 
 pub mod body;
+mod phases;
 pub mod proxy;
 pub mod ratelimit;
 pub mod routing;
+mod tries;
+mod upgrade;
