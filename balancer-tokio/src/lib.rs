@@ -2,7 +2,7 @@
 //!
 //! Every scheduling decision (which backend, or reject) comes from the core; this crate owns
 //! sockets, clocks, bodies and configuration. The binary (`src/main.rs`) is a thin CLI over
-//! [`start`], [`Demo`] and [`DemoBackend`].
+//! [`start()`], [`Demo`] and [`DemoBackend`].
 //!
 //! The modules are layers, each using only those below it; a lower layer never names a
 //! higher one (`/work/shared/tools/import-circles` finds no circle):

@@ -3,8 +3,8 @@
 //! Two layers: `RawConfig` is exactly what the file says (with source spans so errors can point
 //! at a line and column), [`Config`] is the validated form the server runs from.
 //!
-//! Split by stage: [`raw`] is the file format, [`validate`] turns it into the plain data of
-//! [`types`], which is all the rest of the crate reads. This is the lowest layer but one
+//! Split by stage: `raw` is the file format, `validate` turns it into the plain data of
+//! `types`, which is all the rest of the crate reads. This is the lowest layer but one
 //! (only `runtime` is below): it names no other module of the crate.
 
 use std::path::Path;

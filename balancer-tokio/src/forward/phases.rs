@@ -27,7 +27,7 @@ use super::tries::{Source, Tries, backend_uri, is_idempotent, read_replayable, r
 impl Proxy {
     /// Serves one request; never fails (errors become responses).
     ///
-    /// The request goes through named phases over one [`RequestContext`]: `route`,
+    /// The request goes through named phases over one `RequestContext`: `route`,
     /// `rate_limit`, `check_body_size`, `rewrite_headers`, then either `upgrade`, or
     /// `read_body`, `first_dispatch` and the tries. A phase that refuses returns its
     /// [`ProxyError`], and the one exit here turns it into the answer, the access-log line,
