@@ -21,9 +21,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
-use crate::metrics::{BackendLabels, HealthLabels};
-use crate::server::Shared;
-use crate::shutdown::{Phase, PhaseWatcher};
+use crate::observe::metrics::{BackendLabels, HealthLabels};
+use crate::runtime::shutdown::{Phase, PhaseWatcher};
+use crate::serve::Shared;
 
 /// Concurrent admin connections: a scraper and an operator or two; more is a mistake or abuse.
 pub const MAX_ADMIN_CONNECTIONS: usize = 32;
@@ -35,7 +35,7 @@ pub async fn serve(socket: TcpListener, shared: Arc<Shared>, mut watcher: PhaseW
     let permits = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
         let Some((permit, accepted)) =
-            crate::server::accept_within_limit(&socket, &permits, &mut watcher).await
+            crate::serve::listen::accept_within_limit(&socket, &permits, &mut watcher).await
         else {
             break;
         };
@@ -96,13 +96,13 @@ fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Full<Bytes>> 
 
 /// `GET /explain/{request-id}`: the decision records of every try of that request.
 fn explain(shared: &Shared, segment: &str) -> Response<Full<Bytes>> {
-    let Some(id) = crate::explain::percent_decode(segment) else {
+    let Some(id) = crate::observe::explain::percent_decode(segment) else {
         return text(
             StatusCode::BAD_REQUEST,
             "malformed request id: a bad %-escape in the path\n".into(),
         );
     };
-    if let Err(reason) = crate::explain::validate_id(&id) {
+    if let Err(reason) = crate::observe::explain::validate_id(&id) {
         return text(
             StatusCode::BAD_REQUEST,
             format!("malformed request id: {reason}\n"),
@@ -139,9 +139,9 @@ fn explain(shared: &Shared, segment: &str) -> Response<Full<Bytes>> {
 }
 
 fn explain_try(
-    proxy: &crate::proxy::Proxy,
+    proxy: &crate::forward::proxy::Proxy,
     index: usize,
-    entry: &crate::explain::Explained,
+    entry: &crate::observe::explain::Explained,
 ) -> Value {
     use balancer_core::{BackendId, Decision, SkipReason};
     let record = &entry.record;
@@ -209,12 +209,12 @@ fn explain_try(
         .collect();
     // Longer names first, so that `b1.2` is not read as `b1`.
     names.sort_by_key(|(id, _)| std::cmp::Reverse(id.len()));
-    let rule = crate::explain::name_backends(&record.to_string(), &names);
+    let rule = crate::observe::explain::name_backends(&record.to_string(), &names);
     let (decision, reject_reason, chosen) = match record.decision {
         Decision::Dispatch { backend, .. } => ("dispatch", None, Some(address(backend))),
         Decision::Reject { reason } => ("reject", Some(reason.to_string()), None),
     };
-    let time = pool.map(|p| crate::access_log::rfc3339(p.clock.wall_time(record.at)));
+    let time = pool.map(|p| crate::observe::access_log::rfc3339(p.clock.wall_time(record.at)));
     json!({
         "try": index + 1,
         "retry": record.retry,

@@ -2,44 +2,43 @@
 //!
 //! Every scheduling decision (which backend, or reject) comes from the core; this crate owns
 //! sockets, clocks, bodies and configuration. The binary (`src/main.rs`) is a thin CLI over
-//! [`server::start`], [`demo::Demo`] and [`demo_backend::DemoBackend`].
+//! [`start()`], [`Demo`] and [`DemoBackend`].
 //!
-//! Around the core's decisions (issue 6): retries in `proxy` (`decide_retry`,
-//! `handle_retry_work`), active health probes in `health` (results to `handle_health_check`),
-//! rate limits in `ratelimit` (governor), metrics in `metrics`, the admin listener in `admin`,
-//! and hot reload in `server` (the `Proxy` behind an `ArcSwap`, schedulers kept across and
-//! reconfigured in place).
+//! The modules are layers, each using only those below it; a lower layer never names a
+//! higher one (`/work/shared/tools/import-circles` finds no circle):
 //!
-//! Issue 8: the core's decision records kept per request id in `explain` (served by `admin`
-//! at `/explain/{id}`), traffic recorded in the shared `balancer_core::trace` format by
-//! `trace`, and the operator commands `balancer explain` and `balancer check --simulate`
-//! (which runs `balancer-sim` as a subprocess) in `ops`.
+//! | layer | holds |
+//! |---|---|
+//! | [`demo`], [`ops`] | demo mode and its backend; the operator commands (`explain`, `check --simulate`) |
+//! | [`app`] | start, the traffic workers, graceful shutdown |
+//! | [`admin`] | the admin listener |
+//! | [`serve`] | listeners, client connections, head reading, `h1`, hyper's server, the generation in force and its reload |
+//! | [`forward`] | one request: routing, rate limits, tries and retries, upgrades, the response body |
+//! | [`balance`] | each pool's core scheduler and backend table, health checks, the done guard |
+//! | [`observe`] | metrics, access log, traffic trace, decision records |
+//! | [`upstream`] | backends' addresses, keep-alive connections, HTTP/1.1 to backends, hyper's client |
+//! | [`http`] | header rewriting, the proxy's own error answers, the client's body |
+//! | [`config`] | the TOML format, its validation, and the plain data every layer reads |
+//! | [`runtime`] | the worker index and the shutdown phases |
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod access_log;
 pub mod admin;
-pub mod body;
+pub mod app;
+pub mod balance;
 pub mod config;
 pub mod demo;
-pub mod demo_backend;
-pub mod errors;
-pub mod explain;
-pub mod h1;
-pub mod headers;
-pub mod health;
-pub mod metrics;
+pub mod forward;
+pub mod http;
+pub mod observe;
 pub mod ops;
-pub mod pool;
-pub mod proxy;
-pub mod ratelimit;
-pub mod routing;
-pub mod server;
-pub mod shutdown;
-pub mod trace;
+pub mod runtime;
+pub mod serve;
 pub mod upstream;
 
+pub use app::{RunningBalancer, ShutdownReport, start, start_file};
 pub use config::{Config, ConfigError};
+pub use demo::backend::{DemoBackend, DemoBackendConfig};
 pub use demo::{Demo, DemoPorts};
-pub use demo_backend::{DemoBackend, DemoBackendConfig};
-pub use server::{ReloadError, RunningBalancer, ServeError, ShutdownReport, start, start_file};
+pub use runtime::shutdown;
+pub use serve::{ReloadError, ServeError};

@@ -71,7 +71,7 @@ fn admin_get(admin: &str, path: &str) -> anyhow::Result<(u16, String)> {
 
 /// `balancer explain ID`: the decision records of a request, for a person.
 pub fn explain(id: &str, admin: &str) -> anyhow::Result<String> {
-    let path = format!("/explain/{}", crate::explain::percent_encode(id));
+    let path = format!("/explain/{}", crate::observe::explain::percent_encode(id));
     let (status, body) = admin_get(admin, &path)?;
     match status {
         200 => {}

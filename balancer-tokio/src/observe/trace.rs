@@ -20,8 +20,8 @@ use balancer_core::trace::{TRACE_HEADER, TraceOutcome, TraceRecord};
 use http::Method;
 
 use crate::config::TraceConfig;
-use crate::metrics::Metrics;
-use crate::pool::Backend;
+use crate::observe::metrics::Metrics;
+use crate::upstream::Backend;
 
 /// Events queued for the writer: at ~100 bytes each about 2 MiB, and at 30 k req/s half a
 /// second of traffic, enough to ride out a slow disk write without dropping.

@@ -2,9 +2,12 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+pub mod backend;
+
+use crate::app::{RunningBalancer, ShutdownReport, start};
 use crate::config::Config;
-use crate::demo_backend::{DemoBackend, DemoBackendConfig};
-use crate::server::{RunningBalancer, ServeError, ShutdownReport, start};
+use crate::serve::ServeError;
+use backend::{DemoBackend, DemoBackendConfig};
 
 /// The balancer's port in demo mode.
 pub const DEMO_BALANCER_PORT: u16 = 8080;

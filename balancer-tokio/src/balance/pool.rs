@@ -14,16 +14,12 @@ use balancer_core::{
     HealthTransition, Outcome, RejectReason, RequestId, RetryDecision, Scheduler, SchedulerConfig,
     SlowStartConfig, Timestamp,
 };
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::body::RequestBody;
 use crate::config::{HealthCheck, PoolConfig};
-use crate::metrics::{BackendLabels, HealthLabels, Metrics, PoolLabels};
-use crate::upstream::{Upstream, UpstreamSettings};
+use crate::observe::metrics::{BackendLabels, HealthLabels, Metrics, PoolLabels};
+use crate::upstream::{Backend, BackendClient, Upstream, UpstreamSettings, backend_clients};
 
 /// The proxy's clock for the core: nanoseconds since the process (or proxy) started.
 #[derive(Clone, Copy, Debug)]
@@ -59,21 +55,6 @@ impl Default for Clock {
     }
 }
 
-/// One backend's address in the forms the proxy needs.
-#[derive(Debug)]
-pub struct Backend {
-    /// The core's id for it.
-    pub id: BackendId,
-    /// `host:port` as configured.
-    pub address: String,
-    /// The same, shared, as a metrics label.
-    pub label: Arc<String>,
-    /// The same, parsed as an URI authority for request URIs.
-    pub authority: http::uri::Authority,
-    /// The same as a socket address when it is an IP address (a name is resolved per connect).
-    pub socket_addr: Option<std::net::SocketAddr>,
-}
-
 struct Entry {
     backend: Arc<Backend>,
     /// Gone from the config: drained, removed from the core once nothing is in flight on it.
@@ -106,9 +87,6 @@ impl Scheduling {
             .find(|e| e.backend.address == address)
     }
 }
-
-/// The client type used to reach backends.
-pub type BackendClient = Client<HttpConnector, RequestBody>;
 
 /// The scheduler side of a pool: what a config reload keeps, so that backends present before
 /// and after keep their pending counts, health, ejections and latency estimates.
@@ -458,31 +436,14 @@ impl Pool {
         workers: usize,
     ) -> Pool {
         let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
+        let settings = UpstreamSettings {
+            connect_timeout,
+            idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+            max_idle_per_backend: config.max_idle_per_backend,
+        };
         let (clients, upstream) = clients.unzip();
-        let upstream = upstream.unwrap_or_else(|| {
-            Upstream::new(
-                UpstreamSettings {
-                    connect_timeout,
-                    idle_timeout: Duration::from_millis(config.idle_timeout_ms),
-                    max_idle_per_backend: config.max_idle_per_backend,
-                },
-                workers,
-            )
-        });
-        let clients = clients.unwrap_or_else(|| {
-            (0..workers.max(1))
-                .map(|_| {
-                    let mut connector = HttpConnector::new();
-                    connector.set_nodelay(true);
-                    connector.set_connect_timeout(Some(connect_timeout));
-                    Client::builder(TokioExecutor::new())
-                        .pool_idle_timeout(Duration::from_millis(config.idle_timeout_ms))
-                        .pool_max_idle_per_host(config.max_idle_per_backend)
-                        .pool_timer(TokioTimer::new())
-                        .build(connector)
-                })
-                .collect()
-        });
+        let upstream = upstream.unwrap_or_else(|| Upstream::new(settings, workers));
+        let clients = clients.unwrap_or_else(|| backend_clients(settings, workers));
         Pool {
             name: config.name.clone(),
             clock: core.clock,
@@ -497,7 +458,7 @@ impl Pool {
             retry_non_idempotent: config.retry.is_some_and(|r| r.retry_non_idempotent),
             retry_on_503: config.retry.is_some_and(|r| r.retry_on_503),
             client_settings: client_settings(config),
-            explain_key: crate::explain::pool_key(&config.name),
+            explain_key: crate::observe::explain::pool_key(&config.name),
         }
     }
 
@@ -506,7 +467,7 @@ impl Pool {
     /// and its backend connection on one thread (no cross-thread wake-up per request, no
     /// shared pool lock).
     pub fn client(&self) -> &BackendClient {
-        let worker = crate::server::worker_index();
+        let worker = crate::runtime::worker::worker_index();
         self.clients.get(worker).unwrap_or(&self.clients[0])
     }
 

@@ -17,7 +17,6 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
@@ -31,8 +30,8 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::headers::Forwarding;
-use crate::pool::Backend;
+use super::peer::Backend;
+use crate::http::headers::Forwarding;
 
 /// Most header lines a backend response may have.
 const MAX_RESPONSE_HEADERS: usize = 128;
@@ -109,7 +108,7 @@ impl Upstream {
     }
 
     fn worker_slot(&self) -> &Mutex<IdleLists> {
-        let worker = crate::server::worker_index();
+        let worker = crate::runtime::worker::worker_index();
         self.idle.get(worker).unwrap_or(&self.idle[0])
     }
 
@@ -468,15 +467,15 @@ fn header_map(
     transfer_encoded: bool,
 ) -> Result<HeaderMap, UpstreamError> {
     let mut headers =
-        HeaderMap::with_capacity(fields.len() + crate::headers::ADDED_RESPONSE_HEADERS);
+        HeaderMap::with_capacity(fields.len() + crate::http::headers::ADDED_RESPONSE_HEADERS);
     for field in fields {
         let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| UpstreamError::BadResponse("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice_ref(field.value))
             .map_err(|_| UpstreamError::BadResponse("invalid header value"))?;
         // A Connection naming other headers is kept for `strip_hop_by_hop` to read.
-        let keep =
-            !crate::headers::is_hop_by_hop(&name) || (strip_named && name == header::CONNECTION);
+        let keep = !crate::http::headers::is_hop_by_hop(&name)
+            || (strip_named && name == header::CONNECTION);
         if keep {
             headers.append(name, value);
         }
@@ -487,7 +486,7 @@ fn header_map(
     if strip_named {
         // Rare (the usual `Connection: keep-alive` names only a hop-by-hop header): the
         // headers its tokens name go too, and the Connection kept for it.
-        crate::headers::strip_hop_by_hop(&mut headers, false);
+        crate::http::headers::strip_hop_by_hop(&mut headers, false);
     }
     Ok(headers)
 }
@@ -497,7 +496,7 @@ fn header_map(
 pub enum HeadForm {
     /// In the response's `HeaderMap`, for hyper's server to write.
     Map,
-    /// As [`HeadLines`] in the response body, for [`crate::h1`] to copy; the response's map
+    /// As [`HeadLines`] in the response body, for the client side's own HTTP/1.1 code to copy; the response's map
     /// stays empty. Building a map only to write it out again cost about 3,000 instructions
     /// of each small GET.
     Lines,
@@ -536,7 +535,7 @@ impl HeadLines {
         };
         for field in fields {
             let name = field.name.as_bytes();
-            if crate::headers::is_hop_by_hop_name(name)
+            if crate::http::headers::is_hop_by_hop_name(name)
                 || (content_length.is_none() && name.eq_ignore_ascii_case(b"content-length"))
             {
                 continue;
@@ -838,11 +837,6 @@ pub fn write_request(
     } else {
         body.clone()
     }
-}
-
-/// A backend's address, when it is an IP address and port (no name to resolve per connect).
-pub fn socket_addr(address: &str) -> Option<SocketAddr> {
-    address.parse().ok()
 }
 
 #[cfg(test)]

@@ -7,20 +7,9 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-/// How access-log lines are written.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AccessLogFormat {
-    /// One JSON object per line.
-    Json,
-    /// One space-separated line per request (see the README for the fields).
-    #[default]
-    Text,
-    /// No access log.
-    Off,
-}
+use crate::config::AccessLogFormat;
 
 /// What is known about one request when it ends.
 #[derive(Debug, Serialize)]

@@ -1,7 +1,7 @@
 //! HTTP/1.1 to clients for plain requests, by hand: a bodiless HTTP/1.1 request is parsed with
 //! httparse and its response written with as few `send`s as its body allows. The first request
 //! of a connection that is not plain hands the connection, with every byte read so far, to
-//! hyper's server (`server::Connection::serve`).
+//! hyper's server (`connection::Connection::serve`).
 //!
 //! Why: a connection of bodiless requests (most of what a balancer carries) then never builds
 //! hyper's connection state, which took the memory per in-flight request from 29.7 to 11.8 KiB;
@@ -35,7 +35,8 @@ use hyper::body::Body;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::body::{ClientBody, ProxyBody};
+use crate::forward::body::ProxyBody;
+use crate::http::body::ClientBody;
 
 /// Most header lines a plain request may have; a request with more goes to hyper (which
 /// takes up to 100).
@@ -231,7 +232,7 @@ pub async fn write_response(
     // ones the proxy added.
     let lines = body.take_head_lines().unwrap_or_default();
     let status = parts.status;
-    let mut close = close || crate::headers::connection_has_token(&parts.headers, "close");
+    let mut close = close || crate::http::headers::connection_has_token(&parts.headers, "close");
     let has_length =
         lines.content_length.is_some() || parts.headers.contains_key(header::CONTENT_LENGTH);
     let framing = if head_request

@@ -26,7 +26,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
-use crate::shutdown::{Phase, Shutdown};
+use crate::runtime::shutdown::{Phase, Shutdown};
 
 /// Largest chunk `/stream` sends at once; keeps one chunk's memory small.
 pub const MAX_STREAM_CHUNK_BYTES: usize = 1 << 20;

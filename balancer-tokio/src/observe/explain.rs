@@ -17,15 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use balancer_core::DecisionRecord;
 
-use crate::headers::MAX_REQUEST_ID_BYTES;
-
-/// Default `explain_ring_size`: 4096 tries is the last second or so at a few thousand
-/// requests per second, about 1.5 MiB (an entry is under 400 bytes).
-pub const DEFAULT_EXPLAIN_RING_SIZE: usize = 4096;
-
-/// Largest `explain_ring_size` accepted: 2²⁰ entries is about 400 MiB, more than any operator
-/// should spend on explanations.
-pub const MAX_EXPLAIN_RING_SIZE: usize = 1 << 20;
+use crate::http::headers::MAX_REQUEST_ID_BYTES;
 
 /// Smaller rings are one shard, so that eviction is exactly oldest-first (tests use tiny rings).
 const SHARDED_FROM: usize = 256;
@@ -116,7 +108,7 @@ impl ExplainRing {
 
     /// The shard of the worker running this code.
     fn shard(&self) -> &Mutex<VecDeque<Explained>> {
-        &self.shards[crate::server::worker_index() % self.shards.len()]
+        &self.shards[crate::runtime::worker::worker_index() % self.shards.len()]
     }
 
     /// Stores one try's decision under `request_id`, evicting the shard's oldest if full.
@@ -312,7 +304,7 @@ mod tests {
         ring.push(b"reused", 7, second);
         let other_worker = ring.clone();
         std::thread::spawn(move || {
-            crate::server::WORKER_INDEX.with(|w| w.set(1));
+            crate::runtime::worker::WORKER_INDEX.with(|w| w.set(1));
             other_worker.push(b"reused", 7, first);
         })
         .join()

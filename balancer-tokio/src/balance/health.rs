@@ -17,8 +17,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use crate::balance::pool::SharedPool;
 use crate::config::HealthCheck;
-use crate::pool::{Backend, SharedPool};
+use crate::upstream::Backend;
 
 type ProbeClient = Client<HttpConnector, Empty<Bytes>>;
 

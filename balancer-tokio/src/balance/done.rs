@@ -1,0 +1,161 @@
+//! The done guard: reports a try's end to the core exactly once (finished, failed, or dropped
+//! by the client), with the request's access-log line, metrics and trace record.
+//!
+//! Done is reported when the response body has finished streaming, not at the response headers,
+//! so a long download counts as pending for least-pending for as long as it lasts.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use balancer_core::trace::TraceOutcome;
+use balancer_core::{FailureKind, Outcome, RequestId};
+
+use crate::balance::pool::SharedPool;
+use crate::observe::access_log::{AccessLog, AccessRecord};
+use crate::observe::metrics::{Metrics, RequestLabels};
+use crate::observe::trace::{TraceEvent, TraceSink};
+
+/// How a response ended, as the done guard records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// The body was delivered in full.
+    Complete,
+    /// The backend failed while the body streamed.
+    Failed(FailureKind),
+    /// The client went away first.
+    Cancelled,
+}
+
+/// Reports the done (to the core) and the access-log line, exactly once: explicitly through
+/// [`DoneGuard::finish`], or as `Cancelled` when dropped unfinished.
+pub struct DoneGuard {
+    dispatched: Option<(SharedPool, RequestId)>,
+    backend_server_error: bool,
+    // The access-log record and the trace event are boxed (and only exist when on): the
+    // guard rides in every response body, which hyper moves several times per request.
+    log: Option<(AccessLog, Box<AccessRecord>)>,
+    metrics: Option<(Arc<Metrics>, RequestLabels)>,
+    trace: Option<(Arc<TraceSink>, Box<TraceEvent>)>,
+    started: Instant,
+    rejected: bool,
+}
+
+impl DoneGuard {
+    /// A guard for one try dispatched as `request` in `pool`; the access-log line and the
+    /// request's metrics are attached to the try that answers the client.
+    pub fn dispatched(pool: SharedPool, request: RequestId, started: Instant) -> Self {
+        DoneGuard {
+            dispatched: Some((pool, request)),
+            backend_server_error: false,
+            log: None,
+            metrics: None,
+            trace: None,
+            started,
+            rejected: false,
+        }
+    }
+
+    /// A guard for a response the proxy made itself (no dispatch): it only logs and counts.
+    pub fn local(
+        log: Option<(AccessLog, Box<AccessRecord>)>,
+        metrics: Option<(Arc<Metrics>, RequestLabels)>,
+        started: Instant,
+    ) -> Self {
+        DoneGuard {
+            dispatched: None,
+            backend_server_error: false,
+            log,
+            metrics,
+            trace: None,
+            started,
+            rejected: true,
+        }
+    }
+
+    /// Makes this the try that answers the client: it writes the access-log line and counts
+    /// the request when it ends.
+    pub fn attach(
+        &mut self,
+        log: Option<(AccessLog, Box<AccessRecord>)>,
+        metrics: Option<(Arc<Metrics>, RequestLabels)>,
+    ) {
+        self.log = log;
+        self.metrics = metrics;
+    }
+
+    /// Makes this guard write `event` to the traffic trace when it ends.
+    pub fn attach_trace(&mut self, trace: Option<(Arc<TraceSink>, Box<TraceEvent>)>) {
+        self.trace = trace;
+    }
+
+    /// Records the status sent to the client; a 5xx turns a complete body into a
+    /// `ServerError` failure for the core.
+    pub fn set_status(&mut self, status: http::StatusCode) {
+        self.backend_server_error = status.is_server_error();
+        if let Some((_, record)) = &mut self.log {
+            record.status = status.as_u16();
+        }
+        if let Some((_, labels)) = &mut self.metrics {
+            labels.status = status.as_u16();
+        }
+        if let Some((_, event)) = &mut self.trace {
+            event.status = status.as_u16();
+        }
+    }
+
+    /// Reports the end once; later calls (and the drop) do nothing.
+    pub fn finish(&mut self, end: End, bytes: u64) {
+        let outcome = match end {
+            End::Complete if self.backend_server_error => {
+                Outcome::Failure(FailureKind::ServerError)
+            }
+            End::Complete => Outcome::Success,
+            End::Failed(kind) => Outcome::Failure(kind),
+            End::Cancelled => Outcome::Cancelled,
+        };
+        if let Some((pool, request)) = self.dispatched.take() {
+            pool.handle_done(request, outcome);
+        }
+        if let Some((metrics, labels)) = self.metrics.take() {
+            metrics.observe_request(&labels, self.started.elapsed());
+        }
+        if let Some((log, mut record)) = self.log.take() {
+            record.bytes = bytes;
+            record.duration = self.started.elapsed();
+            record.outcome = if self.rejected {
+                "rejected"
+            } else {
+                outcome_name(outcome)
+            };
+            log.write(&record);
+        }
+        if let Some((sink, mut event)) = self.trace.take() {
+            event.response_bytes = bytes;
+            event.outcome = match outcome {
+                _ if self.rejected => TraceOutcome::Rejected,
+                Outcome::Success => TraceOutcome::Ok,
+                Outcome::Failure(_) => TraceOutcome::Failed,
+                Outcome::Cancelled => TraceOutcome::Cancelled,
+            };
+            sink.record(*event);
+        }
+    }
+}
+
+impl Drop for DoneGuard {
+    fn drop(&mut self) {
+        self.finish(End::Cancelled, 0);
+    }
+}
+
+fn outcome_name(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Success => "success",
+        Outcome::Cancelled => "cancelled",
+        Outcome::Failure(FailureKind::Connect) => "failure:connect",
+        Outcome::Failure(FailureKind::Reset) => "failure:reset",
+        Outcome::Failure(FailureKind::Timeout) => "failure:timeout",
+        Outcome::Failure(FailureKind::ServerError) => "failure:server-error",
+        Outcome::Failure(FailureKind::Crashed) => "failure:crashed",
+    }
+}

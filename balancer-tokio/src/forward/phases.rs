@@ -1,0 +1,450 @@
+//! One request as named phases over one [`RequestContext`], with one exit that turns a
+//! refusal into the answer, the access-log line, the metrics and the trace record.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, Version};
+
+use crate::balance::done::{DoneGuard, End};
+use crate::balance::pool::{Dispatch, Pool, SharedPool};
+use crate::forward::body::ProxyBody;
+use crate::forward::routing::Route;
+use crate::http::body::ClientBody;
+use crate::http::errors::ProxyError;
+use crate::http::headers::{self, Forwarding};
+use crate::observe::access_log::AccessRecord;
+use crate::observe::metrics::{LimitLabels, Metrics, RequestLabels};
+use crate::observe::trace::TraceEvent;
+use crate::runtime::shutdown::DrainGuard;
+use crate::upstream::HeadForm;
+
+use super::proxy::{ConnectionInfo, Proxy};
+use super::tries::{Source, Tries, backend_uri, is_idempotent, read_replayable, reject_error};
+
+impl Proxy {
+    /// Serves one request; never fails (errors become responses).
+    ///
+    /// The request goes through named phases over one `RequestContext`: `route`,
+    /// `rate_limit`, `check_body_size`, `rewrite_headers`, then either `upgrade`, or
+    /// `read_body`, `first_dispatch` and the tries. A phase that refuses returns its
+    /// [`ProxyError`], and the one exit here turns it into the answer, the access-log line,
+    /// the metrics and the trace record. Failures after a dispatch are answered by the tries
+    /// and the tunnel, which report the try's done first.
+    pub async fn handle(
+        self: Arc<Self>,
+        request: Request<ClientBody>,
+        connection: ConnectionInfo,
+        drain: DrainGuard,
+    ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+        let mut ctx = RequestContext::new(&self, &request, connection);
+        match self.phases(&mut ctx, request, drain).await {
+            Ok(response) => Ok(response),
+            Err(error) => Ok(self.answer_error(error, ctx)),
+        }
+    }
+
+    async fn phases<'p>(
+        &'p self,
+        ctx: &mut RequestContext<'p>,
+        mut request: Request<ClientBody>,
+        drain: DrainGuard,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let route = self.route(ctx, &request)?;
+        self.rate_limit(ctx, route)?;
+        let pool = &self.pools[route.pool];
+        self.check_body_size(ctx, &request)?;
+        let (forwarding, upgrade) = self.rewrite_headers(ctx, &mut request);
+        if upgrade {
+            return self.upgrade(ctx, pool, request, forwarding, drain).await;
+        }
+
+        let (parts, body) = request.into_parts();
+        // Only `h1` makes bodiless requests, and it writes their responses itself: the
+        // backend's headers can come as lines to copy rather than as a map.
+        let head_form = match body {
+            ClientBody::Empty => HeadForm::Lines,
+            ClientBody::Hyper(_) => HeadForm::Map,
+        };
+        let may_retry =
+            pool.retries_enabled && (is_idempotent(&parts.method) || pool.retry_non_idempotent);
+        let source = self.read_body(ctx, pool, body, may_retry).await?;
+        let first = self.first_dispatch(pool, &ctx.request_id)?;
+        let tries = Tries {
+            proxy: self,
+            pool,
+            route_label: &self.route_labels[route.index],
+            started: ctx.started,
+            via: ctx.via,
+            request_id: ctx.take_request_id(),
+            head_form,
+            forwarding,
+        };
+        let (record, trace) = (ctx.record.take(), ctx.trace.take());
+        Ok(tries
+            .run(parts, source, may_retry, first, record, trace)
+            .await)
+    }
+
+    /// Phase `route`: the route, and so the pool, for the request's host, path and listener.
+    fn route<'p>(
+        &'p self,
+        ctx: &mut RequestContext<'p>,
+        request: &Request<ClientBody>,
+    ) -> Result<&'p Route, ProxyError> {
+        let host = ctx.host_value.as_ref().and_then(|v| v.to_str().ok());
+        let Some(route) =
+            self.routes
+                .find(host, request.uri().path(), ctx.connection.listener_port)
+        else {
+            return Err(ProxyError::NoRoute {
+                host: host.unwrap_or_default().to_owned(),
+                path: request.uri().path().to_owned(),
+            });
+        };
+        if let Some(record) = &mut ctx.record {
+            record.route.clone_from(&route.name);
+        }
+        let route_label = &self.route_labels[route.index];
+        if let Some(event) = &mut ctx.trace {
+            event.route = route_label.clone();
+            event.pool = self.pools[route.pool].label().clone();
+        }
+        ctx.route_label = Some(route_label);
+        Ok(route)
+    }
+
+    /// Phase `rate_limit`: the global, per-client and per-route limits; a refusal is counted.
+    fn rate_limit(&self, ctx: &RequestContext<'_>, route: &Route) -> Result<(), ProxyError> {
+        if !self.rate_limits.any() {
+            return Ok(());
+        }
+        let Err(refusal) = self
+            .rate_limits
+            .check(route.index, ctx.connection.client.ip())
+        else {
+            return Ok(());
+        };
+        self.metrics
+            .rate_limited
+            .get_or_create(&LimitLabels {
+                limit: refusal.limit.name(),
+            })
+            .inc();
+        Err(ProxyError::RateLimited {
+            limit: refusal.limit.name(),
+            retry_after_s: refusal.retry_after_s(),
+        })
+    }
+
+    /// Phase `check_body_size`: refuses a declared oversize body before taking a backend's
+    /// time; a chunked one is cut off while streaming by `RequestBody`.
+    fn check_body_size(
+        &self,
+        ctx: &mut RequestContext<'_>,
+        request: &Request<ClientBody>,
+    ) -> Result<(), ProxyError> {
+        let declared_bytes = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if let Some(event) = &mut ctx.trace {
+            event.request_bytes = declared_bytes.unwrap_or(0);
+        }
+        if declared_bytes.is_some_and(|n| n > self.limits.max_body_bytes) {
+            return Err(ProxyError::BodyTooLarge {
+                limit_bytes: self.limits.max_body_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Phase `rewrite_headers`: the request made HTTP/1.1 for the backend, without hop-by-hop
+    /// headers, and the headers the proxy adds; also whether it asks for a protocol switch.
+    fn rewrite_headers(
+        &self,
+        ctx: &RequestContext<'_>,
+        request: &mut Request<ClientBody>,
+    ) -> (Forwarding, bool) {
+        let upgrade =
+            request.version() == Version::HTTP_11 && headers::is_upgrade_request(request.headers());
+        *request.version_mut() = Version::HTTP_11;
+        headers::strip_hop_by_hop(request.headers_mut(), upgrade);
+        // An HTTP/2 client sends :authority instead of Host; HTTP/1.1 backends need Host, so
+        // `Forwarding` adds it.
+        let forwarding = Forwarding::new(
+            request.headers(),
+            ctx.connection.client.ip(),
+            ctx.host_value.as_ref(),
+            ctx.via,
+            ctx.request_id.clone(),
+        );
+        (forwarding, upgrade)
+    }
+
+    /// Phase `upgrade` (instead of the body and the tries): one dispatch, then the tunnel.
+    async fn upgrade(
+        &self,
+        ctx: &mut RequestContext<'_>,
+        pool: &SharedPool,
+        mut request: Request<ClientBody>,
+        forwarding: Forwarding,
+        drain: DrainGuard,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        forwarding.apply(request.headers_mut());
+        let (token, backend) = self.first_dispatch(pool, &ctx.request_id)?;
+        let mut record = ctx.record.take();
+        if let Some(record) = &mut record {
+            record.backend.clone_from(&backend.address);
+        }
+        let mut guard = DoneGuard::dispatched(pool.clone(), token, ctx.started);
+        guard.attach(
+            record.map(|r| (self.access_log, r)),
+            self.labels(ctx.route_label, Some(&backend.label)),
+        );
+        guard.attach_trace(
+            self.trace
+                .clone()
+                .zip(ctx.trace.take())
+                .map(|(sink, mut event)| {
+                    // A tunnel's service time is not a request's: left 0 (replay ignores it).
+                    event.backend = Some(backend.clone());
+                    (sink, event)
+                }),
+        );
+        let request_id = ctx.take_request_id();
+        match backend_uri(&backend, request.uri()) {
+            Ok(uri) => *request.uri_mut() = uri,
+            Err(error) => {
+                return Ok(self.fail(guard, End::Cancelled, error, request_id, ctx.started));
+            }
+        }
+        Ok(self
+            .forward_upgrade(
+                request,
+                pool,
+                &backend,
+                guard,
+                ctx.started,
+                request_id,
+                drain,
+            )
+            .await)
+    }
+
+    /// Phase `read_body`: a body small enough to be replayed is read before a backend is
+    /// chosen, so a slow uploader does not hold a backend's pending slot while it sends.
+    async fn read_body(
+        &self,
+        ctx: &mut RequestContext<'_>,
+        pool: &Pool,
+        body: ClientBody,
+        may_retry: bool,
+    ) -> Result<Source, ProxyError> {
+        let source = match body {
+            ClientBody::Empty => Source::Replay(Bytes::new()),
+            ClientBody::Hyper(body) => {
+                read_replayable(body, may_retry, pool.request_timeout).await?
+            }
+        };
+        if let (Some(event), Source::Replay(bytes)) = (&mut ctx.trace, &source) {
+            event.request_bytes = bytes.len() as u64;
+        }
+        Ok(source)
+    }
+
+    /// The one exit of a refused request: the answer, with the access-log line, the metrics
+    /// and the trace record of what the context knew.
+    fn answer_error(&self, error: ProxyError, mut ctx: RequestContext<'_>) -> Response<ProxyBody> {
+        let labels = self.labels(ctx.route_label, None);
+        self.local_error(
+            error,
+            ctx.request_id,
+            ctx.record.take(),
+            labels,
+            ctx.trace.take(),
+            ctx.started,
+        )
+    }
+
+    /// The first try's dispatch: every first decision is made here (retries in
+    /// `Tries::retry`); with explanations on, its record goes to the ring.
+    pub(super) fn first_dispatch(
+        &self,
+        pool: &Pool,
+        request_id: &HeaderValue,
+    ) -> Result<Dispatch, ProxyError> {
+        let dispatched = match &self.explain {
+            None => pool.handle_work(),
+            Some(ring) => {
+                let (dispatched, record) = pool.handle_work_explained();
+                ring.push(request_id.as_bytes(), pool.explain_key, record);
+                dispatched
+            }
+        };
+        dispatched.map_err(|reason| reject_error(reason, pool))
+    }
+
+    /// Metric labels for a request on `route` answered via `backend` (status set at the end).
+    pub(super) fn labels(
+        &self,
+        route: Option<&Arc<String>>,
+        backend: Option<&Arc<String>>,
+    ) -> Option<(Arc<Metrics>, RequestLabels)> {
+        Some((
+            self.metrics.clone(),
+            RequestLabels {
+                route: route.unwrap_or(&self.no_backend_label).clone(),
+                backend: backend.unwrap_or(&self.no_backend_label).clone(),
+                status: 0,
+            },
+        ))
+    }
+
+    /// Reports the done with `end`, then answers the client with `error`.
+    pub(super) fn fail(
+        &self,
+        mut guard: DoneGuard,
+        end: End,
+        error: ProxyError,
+        request_id: HeaderValue,
+        started: Instant,
+    ) -> Response<ProxyBody> {
+        guard.set_status(error.status());
+        guard.finish(end, error.body().len() as u64);
+        self.local_error(error, request_id, None, None, None, started)
+    }
+
+    /// The proxy's own answer to `error`, its body carrying the access-log line, metrics and
+    /// trace record given (none when a try's guard has already written them).
+    pub(super) fn local_error(
+        &self,
+        error: ProxyError,
+        request_id: HeaderValue,
+        mut record: Option<Box<AccessRecord>>,
+        mut labels: Option<(Arc<Metrics>, RequestLabels)>,
+        trace: Option<Box<TraceEvent>>,
+        started: Instant,
+    ) -> Response<ProxyBody> {
+        let status = error.status();
+        let retry_after_s = match &error {
+            ProxyError::RateLimited { retry_after_s, .. } => Some(*retry_after_s),
+            _ => None,
+        };
+        if let Some(record) = &mut record {
+            record.status = status.as_u16();
+        }
+        if let Some((_, labels)) = &mut labels {
+            labels.status = status.as_u16();
+        }
+        let mut guard = DoneGuard::local(record.map(|r| (self.access_log, r)), labels, started);
+        guard.attach_trace(self.trace.clone().zip(trace).map(|(sink, mut event)| {
+            event.status = status.as_u16();
+            (sink, event)
+        }));
+        let mut response = Response::new(ProxyBody::full(error.body(), Some(guard)));
+        *response.status_mut() = status;
+        let headers_mut = response.headers_mut();
+        headers_mut.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers_mut.insert(headers::X_REQUEST_ID.clone(), request_id);
+        if let Some(seconds) = retry_after_s {
+            headers_mut.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+/// What one request carries through the phases of [`Proxy::handle`].
+struct RequestContext<'p> {
+    started: Instant,
+    connection: ConnectionInfo,
+    request_id: HeaderValue,
+    /// The Host the client asked for, kept as the header value (a clone is a reference
+    /// count): an HTTP/2 client's :authority when it sent no Host.
+    host_value: Option<HeaderValue>,
+    via: &'p HeaderValue,
+    /// Set by the `route` phase.
+    route_label: Option<&'p Arc<String>>,
+    /// Until the try that answers (or the error exit) takes it.
+    record: Option<Box<AccessRecord>>,
+    /// As `record`.
+    trace: Option<Box<TraceEvent>>,
+}
+
+impl<'p> RequestContext<'p> {
+    fn new(
+        proxy: &'p Proxy,
+        request: &Request<ClientBody>,
+        connection: ConnectionInfo,
+    ) -> RequestContext<'p> {
+        let started = Instant::now();
+        let request_id = headers::request_id(request.headers());
+        let host_value = match request.headers().get(header::HOST) {
+            Some(value) if value.to_str().is_ok() => Some(value.clone()),
+            _ => request
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        };
+        let host = host_value.as_ref().and_then(|v| v.to_str().ok());
+        let record = proxy.access_log.enabled().then(|| {
+            Box::new(AccessRecord {
+                request_id: request_id.to_str().unwrap_or("-").to_owned(),
+                client: connection.client,
+                method: request.method().to_string(),
+                host: host.unwrap_or("-").to_owned(),
+                path: request
+                    .uri()
+                    .path_and_query()
+                    .map_or_else(|| "/".into(), |p| p.to_string()),
+                route: "-".into(),
+                backend: "-".into(),
+                status: 0,
+                bytes: 0,
+                duration: Default::default(),
+                outcome: "",
+            })
+        });
+        let trace = proxy.trace.is_some().then(|| {
+            Box::new(TraceEvent {
+                arrival: started,
+                pool: proxy.no_backend_label.clone(),
+                route: proxy.no_backend_label.clone(),
+                method: request.method().clone(),
+                request_bytes: 0,
+                response_bytes: 0,
+                backend: None,
+                service: Duration::ZERO,
+                status: 0,
+                outcome: balancer_core::trace::TraceOutcome::Rejected,
+            })
+        });
+        let via = if request.version() == Version::HTTP_2 {
+            &proxy.via_http2
+        } else {
+            &proxy.via_http1
+        };
+        RequestContext {
+            started,
+            connection,
+            request_id,
+            host_value,
+            via,
+            route_label: None,
+            record,
+            trace,
+        }
+    }
+
+    /// The request id, for the tries or the tunnel: from a dispatch on they answer every
+    /// outcome, so the error exit no longer needs it (and a move saves a reference count).
+    fn take_request_id(&mut self) -> HeaderValue {
+        std::mem::replace(&mut self.request_id, HeaderValue::from_static(""))
+    }
+}

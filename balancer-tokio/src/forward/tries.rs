@@ -1,0 +1,492 @@
+//! The tries of one request: the first dispatch sent, then retries on other backends as long
+//! as the core says so; each try's failure classified for the answer and for the core.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use balancer_core::{BackendId, FailedTry, FailureKind, RejectReason, RetryDecision};
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Body, Incoming};
+
+use crate::balance::done::{DoneGuard, End};
+use crate::balance::pool::{Dispatch, Pool, SharedPool};
+use crate::config::Limits;
+use crate::forward::body::ProxyBody;
+use crate::http::errors::ProxyError;
+use crate::http::headers::{self, Forwarding};
+use crate::observe::access_log::AccessRecord;
+use crate::observe::trace::TraceEvent;
+use crate::upstream::{
+    Backend, HeadForm, MAX_REPLAY_BODY_BYTES, RequestBody, RequestBodyError, UpstreamBody,
+    UpstreamError, write_request,
+};
+
+use super::proxy::Proxy;
+
+/// Methods that may be retried by default (RFC 9110 §9.2.2: repeating them has the same effect).
+pub(super) fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// The tries of one (non-upgrade) request: the first dispatch, then retries on other backends
+/// as long as the core says so, within the pool's overall `request_timeout_ms`.
+pub(super) struct Tries<'a> {
+    pub(super) proxy: &'a Proxy,
+    pub(super) pool: &'a SharedPool,
+    pub(super) route_label: &'a Arc<String>,
+    pub(super) started: Instant,
+    pub(super) via: &'a HeaderValue,
+    pub(super) request_id: HeaderValue,
+    /// How the backend's headers are wanted: as lines when `h1` writes the response.
+    pub(super) head_form: HeadForm,
+    /// The headers the proxy adds, written behind the client's (or put in the map of a
+    /// request sent by hyper's client).
+    pub(super) forwarding: Forwarding,
+}
+
+/// Reads the body into memory when a retry could resend it and it is declared small enough
+/// (empty bodies cost nothing); otherwise leaves it to stream once.
+pub(super) async fn read_replayable(
+    body: Incoming,
+    may_retry: bool,
+    timeout: Duration,
+) -> Result<Source, ProxyError> {
+    if body.is_end_stream() {
+        return Ok(Source::Replay(Bytes::new()));
+    }
+    let declared = body.size_hint().exact();
+    if !may_retry || declared.is_none_or(|n| n > MAX_REPLAY_BODY_BYTES) {
+        return Ok(Source::Stream(Some(body)));
+    }
+    // Bounded twice: by the declared length (hyper enforces it) and by `Limited`.
+    let read = tokio::time::timeout(
+        timeout,
+        Limited::new(body, MAX_REPLAY_BODY_BYTES as usize).collect(),
+    )
+    .await;
+    match read {
+        Ok(Ok(collected)) => Ok(Source::Replay(collected.to_bytes())),
+        Ok(Err(_)) | Err(_) => Err(ProxyError::BadRequest {
+            reason: "the request body could not be read",
+        }),
+    }
+}
+
+/// The request body as the tries see it.
+pub(super) enum Source {
+    /// Empty, or small enough to have been read whole: every try sends it.
+    Replay(Bytes),
+    /// Streamed to the first try; a retry is impossible once it is taken.
+    Stream(Option<Incoming>),
+}
+
+impl Tries<'_> {
+    pub(super) async fn run(
+        self,
+        mut parts: http::request::Parts,
+        mut source: Source,
+        may_retry: bool,
+        first: Dispatch,
+        mut record: Option<Box<AccessRecord>>,
+        mut trace: Option<Box<TraceEvent>>,
+    ) -> Response<ProxyBody> {
+        let pool = self.pool;
+        let proxy = self.proxy;
+        let idempotent = is_idempotent(&parts.method);
+        let (token, mut backend) = first;
+        let mut guard = DoneGuard::dispatched(pool.clone(), token, self.started);
+        let replayable = matches!(source, Source::Replay(_));
+        let deadline = tokio::time::Instant::from_std(self.started) + pool.request_timeout;
+        let mut tried: Vec<BackendId> = Vec::new();
+        let mut message = Vec::with_capacity(1024);
+        loop {
+            let per_try = pool
+                .response_header_timeout
+                .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            let try_started = Instant::now();
+            let sent = match &mut source {
+                // In memory: sent by the request's own task (`upstream::h1`).
+                Source::Replay(bytes) => {
+                    message.clear();
+                    let rest = write_request(
+                        &mut message,
+                        &parts.method,
+                        parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+                        &parts.headers,
+                        &self.forwarding,
+                        bytes,
+                    );
+                    let send = pool.upstream.send(
+                        &backend,
+                        &message,
+                        &rest,
+                        &parts.method,
+                        idempotent || pool.retry_non_idempotent,
+                        self.head_form,
+                    );
+                    match tokio::time::timeout(per_try, send).await {
+                        Ok(Ok(response)) => Ok(Ok(response.map(Upstreamed::Inline))),
+                        Ok(Err(err)) => Ok(Err(TryError::Upstream(err))),
+                        Err(elapsed) => Err(elapsed),
+                    }
+                }
+                Source::Stream(stream) => {
+                    let uri = match backend_uri(&backend, &parts.uri) {
+                        Ok(uri) => uri,
+                        Err(error) => {
+                            self.attach(&mut guard, &mut record, &mut trace, &backend, try_started);
+                            return proxy.fail(
+                                guard,
+                                End::Cancelled,
+                                error,
+                                self.request_id,
+                                self.started,
+                            );
+                        }
+                    };
+                    let body = match stream.take() {
+                        Some(incoming) => RequestBody::new(incoming, proxy.limits.max_body_bytes),
+                        None => RequestBody::full(Bytes::new()), // unreachable: a stream is never retried
+                    };
+                    // A streamed body is sent once, so the headers move.
+                    self.forwarding.apply(&mut parts.headers);
+                    let mut outgoing = Request::new(body);
+                    *outgoing.method_mut() = parts.method.clone();
+                    *outgoing.uri_mut() = uri;
+                    *outgoing.version_mut() = Version::HTTP_11;
+                    *outgoing.headers_mut() = std::mem::take(&mut parts.headers);
+                    match tokio::time::timeout(per_try, pool.client().request(outgoing)).await {
+                        Ok(Ok(response)) => Ok(Ok(response.map(Upstreamed::Hyper))),
+                        Ok(Err(err)) => Ok(Err(TryError::Hyper(err))),
+                        Err(elapsed) => Err(elapsed),
+                    }
+                }
+            };
+            let (error, kind) = match sent {
+                Ok(Ok(response)) => {
+                    if response.status() == StatusCode::SERVICE_UNAVAILABLE
+                        && pool.retry_on_503
+                        && may_retry
+                        && replayable
+                    {
+                        let failed =
+                            failed_try(&tried, idempotent, FailureKind::ServerError, true, false);
+                        if let Some((next, backoff)) = self.retry(&mut tried, &backend, &failed) {
+                            tracing::debug!(backend = %backend.address, "503: retrying on another backend");
+                            guard.finish(End::Failed(FailureKind::ServerError), 0);
+                            drop(response);
+                            (guard, backend) = next;
+                            tokio::time::sleep_until(
+                                (tokio::time::Instant::now() + backoff).min(deadline),
+                            )
+                            .await;
+                            continue;
+                        }
+                    }
+                    self.attach(&mut guard, &mut record, &mut trace, &backend, try_started);
+                    return backend_response(response, guard, self.via, self.request_id);
+                }
+                Ok(Err(err)) => {
+                    tracing::debug!(backend = %backend.address, error = %err, "forwarding failed");
+                    let (error, end) = match &err {
+                        TryError::Hyper(err) => {
+                            classify_client_error(err, &backend, pool, proxy.limits)
+                        }
+                        TryError::Upstream(err) => classify_upstream_error(err, &backend, pool),
+                    };
+                    match end {
+                        End::Failed(kind) => (error, kind),
+                        _ => {
+                            self.attach(&mut guard, &mut record, &mut trace, &backend, try_started);
+                            return proxy.fail(guard, end, error, self.request_id, self.started);
+                        }
+                    }
+                }
+                Err(_elapsed) => (
+                    ProxyError::Timeout {
+                        backend: backend.address.clone(),
+                        timeout_ms: per_try.as_millis() as u64,
+                    },
+                    FailureKind::Timeout,
+                ),
+            };
+            let time_left = deadline > tokio::time::Instant::now();
+            if may_retry && time_left {
+                // A streamed body went to hyper with the try: it cannot be sent again.
+                let failed = failed_try(&tried, idempotent, kind, false, !replayable);
+                if let Some((next, backoff)) = self.retry(&mut tried, &backend, &failed) {
+                    tracing::debug!(backend = %backend.address, %error, "retrying on another backend");
+                    guard.finish(End::Failed(kind), 0);
+                    (guard, backend) = next;
+                    tokio::time::sleep_until((tokio::time::Instant::now() + backoff).min(deadline))
+                        .await;
+                    continue;
+                }
+            }
+            self.attach(&mut guard, &mut record, &mut trace, &backend, try_started);
+            return proxy.fail(
+                guard,
+                End::Failed(kind),
+                error,
+                self.request_id,
+                self.started,
+            );
+        }
+    }
+
+    /// Asks the core whether to retry; if so, dispatches the retry (never to a backend already
+    /// tried) and returns it with the backoff to wait first.
+    fn retry(
+        &self,
+        tried: &mut Vec<BackendId>,
+        failed_backend: &Arc<Backend>,
+        failed: &FailedTry,
+    ) -> Option<((DoneGuard, Arc<Backend>), Duration)> {
+        let RetryDecision::Retry { backoff } = self.pool.decide_retry(failed) else {
+            return None;
+        };
+        tried.push(failed_backend.id);
+        let dispatched = match &self.proxy.explain {
+            None => self.pool.handle_retry_work(tried),
+            Some(ring) => {
+                let (dispatched, record) = self.pool.handle_retry_work_explained(tried);
+                ring.push(self.request_id.as_bytes(), self.pool.explain_key, record);
+                dispatched
+            }
+        };
+        let (token, backend) = dispatched.ok()?;
+        let guard = DoneGuard::dispatched(self.pool.clone(), token, self.started);
+        Some(((guard, backend), backoff))
+    }
+
+    /// Makes `guard` the try that answers: it logs and counts the request.
+    fn attach(
+        &self,
+        guard: &mut DoneGuard,
+        record: &mut Option<Box<AccessRecord>>,
+        trace: &mut Option<Box<TraceEvent>>,
+        backend: &Arc<Backend>,
+        try_started: Instant,
+    ) {
+        guard.attach_trace(
+            self.proxy
+                .trace
+                .clone()
+                .zip(trace.take())
+                .map(|(sink, mut event)| {
+                    event.backend = Some(backend.clone());
+                    event.service = try_started.elapsed();
+                    (sink, event)
+                }),
+        );
+        let record = record.take().map(|mut r| {
+            r.backend.clone_from(&backend.address);
+            (self.proxy.access_log, r)
+        });
+        guard.attach(
+            record,
+            self.proxy
+                .labels(Some(self.route_label), Some(&backend.label)),
+        );
+    }
+}
+
+/// What the core needs to decide on a failed try.
+fn failed_try(
+    tried: &[BackendId],
+    idempotent: bool,
+    failure: FailureKind,
+    status_503: bool,
+    body_consumed: bool,
+) -> FailedTry {
+    FailedTry {
+        retries_so_far: tried.len() as u32,
+        idempotent,
+        failure,
+        status_503,
+        // Tries fail before any of the response is passed on: the response is handed to the
+        // client only once a try has succeeded or is the last.
+        response_started: false,
+        body_consumed,
+    }
+}
+
+pub(super) fn reject_error(reason: RejectReason, pool: &Pool) -> ProxyError {
+    match reason {
+        RejectReason::NoBackend => ProxyError::NoBackend {
+            pool: pool.name.clone(),
+        },
+        RejectReason::Overloaded => ProxyError::Overloaded {
+            pool: pool.name.clone(),
+        },
+    }
+}
+
+/// A try's response body: from hyper's client (streamed uploads) or read inline.
+pub(super) enum Upstreamed {
+    Hyper(Incoming),
+    Inline(UpstreamBody),
+}
+
+/// A try's failure, from whichever client sent it.
+#[derive(Debug, thiserror::Error)]
+enum TryError {
+    #[error(transparent)]
+    Hyper(hyper_util::client::legacy::Error),
+    #[error(transparent)]
+    Upstream(UpstreamError),
+}
+
+/// Maps an inline try's failure to the answer and the outcome the core hears.
+fn classify_upstream_error(
+    err: &UpstreamError,
+    backend: &Backend,
+    pool: &Pool,
+) -> (ProxyError, End) {
+    match err {
+        UpstreamError::ConnectTimeout => (
+            ProxyError::ConnectTimeout {
+                backend: backend.address.clone(),
+                timeout_ms: pool.connect_timeout.as_millis() as u64,
+            },
+            End::Failed(FailureKind::Timeout),
+        ),
+        UpstreamError::Connect(_) => (
+            ProxyError::Connect {
+                backend: backend.address.clone(),
+            },
+            End::Failed(FailureKind::Connect),
+        ),
+        UpstreamError::Io(_) => (
+            ProxyError::Reset {
+                backend: backend.address.clone(),
+            },
+            End::Failed(FailureKind::Reset),
+        ),
+        // The core has no kind for a garbled answer; like a reset, the backend gave none.
+        UpstreamError::BadResponse(reason) => (
+            ProxyError::InvalidResponse {
+                backend: backend.address.clone(),
+                reason,
+            },
+            End::Failed(FailureKind::Reset),
+        ),
+    }
+}
+
+/// The backend's response, made ready for the client; its body carries the done guard.
+pub(super) fn backend_response(
+    response: Response<Upstreamed>,
+    mut guard: DoneGuard,
+    via: &HeaderValue,
+    request_id: HeaderValue,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = response.into_parts();
+    guard.set_status(parts.status);
+    let body = match body {
+        Upstreamed::Hyper(body) => {
+            headers::strip_hop_by_hop(&mut parts.headers, false);
+            add_response_headers(&mut parts.headers, via, request_id);
+            ProxyBody::backend(body, guard)
+        }
+        // `upstream::h1` reads heads without their hop-by-hop headers.
+        Upstreamed::Inline(mut body) => {
+            match body.head_lines_mut() {
+                // The headers came as lines for h1 to copy: these join them (no map made).
+                Some(lines) => {
+                    lines.push(header::VIA.as_str().as_bytes(), via.as_bytes());
+                    lines.push(
+                        headers::X_REQUEST_ID.as_str().as_bytes(),
+                        request_id.as_bytes(),
+                    );
+                }
+                None => add_response_headers(&mut parts.headers, via, request_id),
+            }
+            ProxyBody::upstream(body, guard)
+        }
+    };
+    parts.version = Version::HTTP_11;
+    Response::from_parts(parts, body)
+}
+
+/// Via and X-Request-Id on a response.
+fn add_response_headers(headers: &mut http::HeaderMap, via: &HeaderValue, request_id: HeaderValue) {
+    headers::append_via(headers, via);
+    headers.insert(headers::X_REQUEST_ID.clone(), request_id);
+}
+
+/// `http://BACKEND/path?query` for the client's request URI.
+pub(super) fn backend_uri(backend: &Backend, uri: &Uri) -> Result<Uri, ProxyError> {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(backend.authority.clone());
+    parts.path_and_query = Some(
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest {
+        reason: "the request target cannot be forwarded",
+    })
+}
+
+/// Maps a client error to the answer and the outcome the core hears.
+fn classify_client_error(
+    err: &hyper_util::client::legacy::Error,
+    backend: &Backend,
+    pool: &Pool,
+    limits: Limits,
+) -> (ProxyError, End) {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(cause) = source {
+        if let Some(body_error) = cause.downcast_ref::<RequestBodyError>() {
+            return match body_error {
+                RequestBodyError::TooLarge { .. } => (
+                    ProxyError::BodyTooLarge {
+                        limit_bytes: limits.max_body_bytes,
+                    },
+                    End::Cancelled,
+                ),
+                RequestBodyError::Client(_) => (
+                    ProxyError::BadRequest {
+                        reason: "the request body could not be read",
+                    },
+                    End::Cancelled,
+                ),
+            };
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return (
+                    ProxyError::ConnectTimeout {
+                        backend: backend.address.clone(),
+                        timeout_ms: pool.connect_timeout.as_millis() as u64,
+                    },
+                    End::Failed(FailureKind::Timeout),
+                );
+            }
+        }
+        source = cause.source();
+    }
+    if err.is_connect() {
+        (
+            ProxyError::Connect {
+                backend: backend.address.clone(),
+            },
+            End::Failed(FailureKind::Connect),
+        )
+    } else {
+        (
+            ProxyError::Reset {
+                backend: backend.address.clone(),
+            },
+            End::Failed(FailureKind::Reset),
+        )
+    }
+}
