@@ -386,7 +386,8 @@ pub fn config_json(config: &Config) -> Value {
             "retry": p.retry.map_or_else(|| json!({ "max_retries": 0 }), |r| json!({
                 "max_retries": r.max_retries,
                 "retry_non_idempotent": r.retry_non_idempotent,
-                "retry_on_503": r.retry_on_503,
+                "retry_on_503": r.retry_on_status.contains(503),
+                "retry_on_status": r.retry_on_status.iter().collect::<Vec<_>>(),
                 "budget_ratio": r.budget_ratio,
                 "budget_min_per_s": r.budget_min_per_s,
                 "budget_window_ms": ms(r.budget_window),

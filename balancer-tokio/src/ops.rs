@@ -430,9 +430,9 @@ fn core_options(pool: &PoolConfig) -> String {
     if let Some(r) = pool.retry {
         let _ = writeln!(
             core,
-            "[core.retry]\nmax_retries = {}\nretry_on_503 = {}\nbudget_ratio = {:?}\nbudget_min_per_s = {}\nbudget_window = {}\nbackoff_base = {}\nbackoff_max = {}",
+            "[core.retry]\nmax_retries = {}\nretry_on_status = {:?}\nbudget_ratio = {:?}\nbudget_min_per_s = {}\nbudget_window = {}\nbackoff_base = {}\nbackoff_max = {}",
             r.max_retries,
-            r.retry_on_503,
+            r.retry_on_status.iter().collect::<Vec<_>>(),
             r.budget_ratio,
             r.budget_min_per_s,
             ms(r.budget_window),

@@ -183,6 +183,17 @@ impl RunningBalancer {
         self.shared.current()
     }
 
+    /// The journal of core calls of the pool named `pool` (empty unless `journal_size` is set,
+    /// or if there is no such pool): what the conformance test compares with the simulator's.
+    pub fn journal(&self, pool: &str) -> Vec<balancer_core::JournalEntry> {
+        self.proxy()
+            .pools()
+            .iter()
+            .find(|p| p.name == pool)
+            .map(|p| p.journal())
+            .unwrap_or_default()
+    }
+
     /// What connections share; reloads go through it.
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use balancer_core::trace::TraceOutcome;
-use balancer_core::{FailureKind, Outcome, RequestId};
+use balancer_core::{FailureKind, Outcome, RequestId, TryReport};
 
 use crate::balance::pool::SharedPool;
 use crate::observe::access_log::{AccessLog, AccessRecord};
@@ -30,7 +30,8 @@ pub enum End {
 /// [`DoneGuard::finish`], or as `Cancelled` when dropped unfinished.
 pub struct DoneGuard {
     dispatched: Option<(SharedPool, RequestId)>,
-    backend_server_error: bool,
+    /// The status passed on to the client (0 until one is set).
+    status: u16,
     // The access-log record and the trace event are boxed (and only exist when on): the
     // guard rides in every response body, which hyper moves several times per request.
     log: Option<(AccessLog, Box<AccessRecord>)>,
@@ -46,7 +47,7 @@ impl DoneGuard {
     pub fn dispatched(pool: SharedPool, request: RequestId, started: Instant) -> Self {
         DoneGuard {
             dispatched: Some((pool, request)),
-            backend_server_error: false,
+            status: 0,
             log: None,
             metrics: None,
             trace: None,
@@ -63,7 +64,7 @@ impl DoneGuard {
     ) -> Self {
         DoneGuard {
             dispatched: None,
-            backend_server_error: false,
+            status: 0,
             log,
             metrics,
             trace: None,
@@ -88,10 +89,16 @@ impl DoneGuard {
         self.trace = trace;
     }
 
-    /// Records the status sent to the client; a 5xx turns a complete body into a
-    /// `ServerError` failure for the core.
+    /// The try's done was already reported (by the tries, when its head arrived): this
+    /// guard now only logs and counts.
+    pub fn reported(&mut self) {
+        self.dispatched = None;
+    }
+
+    /// Records the status sent to the client; the core decides, from its `failure_status`,
+    /// whether it counts as the backend failing.
     pub fn set_status(&mut self, status: http::StatusCode) {
-        self.backend_server_error = status.is_server_error();
+        self.status = status.as_u16();
         if let Some((_, record)) = &mut self.log {
             record.status = status.as_u16();
         }
@@ -103,18 +110,24 @@ impl DoneGuard {
         }
     }
 
-    /// Reports the end once; later calls (and the drop) do nothing.
+    /// Reports the end once; later calls (and the drop) do nothing. This try's answer is the
+    /// one the client gets, so it is reported as passed on (never retried).
     pub fn finish(&mut self, end: End, bytes: u64) {
-        let outcome = match end {
-            End::Complete if self.backend_server_error => {
-                Outcome::Failure(FailureKind::ServerError)
-            }
-            End::Complete => Outcome::Success,
-            End::Failed(kind) => Outcome::Failure(kind),
-            End::Cancelled => Outcome::Cancelled,
+        let (report, outcome) = match end {
+            End::Complete => (
+                TryReport::response(if self.status == 0 { 200 } else { self.status }),
+                // The log's name for it; the core classifies it for itself.
+                if self.status >= 500 {
+                    Outcome::Failure(FailureKind::ServerError)
+                } else {
+                    Outcome::Success
+                },
+            ),
+            End::Failed(kind) => (TryReport::failed(kind), Outcome::Failure(kind)),
+            End::Cancelled => (TryReport::cancelled(), Outcome::Cancelled),
         };
         if let Some((pool, request)) = self.dispatched.take() {
-            pool.handle_done(request, outcome);
+            pool.handle_last_done(request, report.with_response_started(true));
         }
         if let Some((metrics, labels)) = self.metrics.take() {
             metrics.observe_request(&labels, self.started.elapsed());

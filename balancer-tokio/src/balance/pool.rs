@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant, SystemTime};
 
 use balancer_core::{
-    BackendId, BackendSnapshot, BackendState, CoreError, Decision, DecisionRecord, FailedTry,
-    HealthTransition, Outcome, RejectReason, RequestId, RetryDecision, Scheduler, SchedulerConfig,
-    SlowStartConfig, Timestamp,
+    AfterTry, BackendId, BackendSnapshot, BackendState, CoreError, Decision, DecisionRecord,
+    HealthTransition, JournalEntry, MethodClass, RejectReason, RequestId, RequestInfo, Scheduler,
+    SchedulerConfig, SlowStartConfig, Timestamp, TryReport,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -57,8 +57,6 @@ impl Default for Clock {
 
 struct Entry {
     backend: Arc<Backend>,
-    /// Gone from the config: drained, removed from the core once nothing is in flight on it.
-    removing: bool,
 }
 
 struct Scheduling {
@@ -98,6 +96,8 @@ pub struct PoolCore {
     protocol_errors: AtomicU64,
     clock: Clock,
     metrics: Arc<Metrics>,
+    /// Wakes the pool's timer when a done ejected a backend (an earlier `next_timeout`).
+    timer: tokio::sync::Notify,
 }
 
 /// What a dispatch decided: the request to report the done with, and its backend.
@@ -123,12 +123,6 @@ pub struct Pool {
     pub request_timeout: Duration,
     /// Active health checks, if configured.
     pub health_check: Option<HealthCheck>,
-    /// Whether failed tries are offered to the core's retry decision at all.
-    pub retries_enabled: bool,
-    /// Whether non-idempotent methods (POST, PATCH) may be retried.
-    pub retry_non_idempotent: bool,
-    /// Whether a backend's 503 may be retried.
-    pub retry_on_503: bool,
     client_settings: (u64, u64, usize),
     /// The clock that stamps work and done.
     pub clock: Clock,
@@ -225,6 +219,7 @@ pub fn scheduler_config(config: &PoolConfig) -> SchedulerConfig {
         min_weight_percent: s.min_weight_percent,
     });
     scheduler_config.panic_threshold_percent = config.panic_threshold_percent;
+    scheduler_config.failure_status = config.failure_status;
     scheduler_config
 }
 
@@ -233,13 +228,18 @@ impl PoolCore {
         config: &PoolConfig,
         clock: Clock,
         metrics: Arc<Metrics>,
+        journal_size: usize,
     ) -> Result<Arc<PoolCore>, PoolError> {
         let scheduler_config = scheduler_config(config);
+        let mut scheduler = Scheduler::new(scheduler_config);
+        if journal_size > 0 {
+            scheduler.enable_journal(journal_size);
+        }
         let core = PoolCore {
             name: config.name.clone(),
             label: Arc::new(config.name.clone()),
             scheduling: Mutex::new(Scheduling {
-                scheduler: Scheduler::new(scheduler_config),
+                scheduler,
                 requested: scheduler_config,
                 rng: ChaCha8Rng::seed_from_u64(config.seed),
                 table: Vec::with_capacity(config.backends.len()),
@@ -248,46 +248,20 @@ impl PoolCore {
             protocol_errors: AtomicU64::new(0),
             clock,
             metrics,
+            timer: tokio::sync::Notify::new(),
         };
         core.apply_backends(config)?;
         Ok(Arc::new(core))
     }
 
-    /// Makes the backend set what `config` lists: new backends are added, weights set, backends
-    /// gone from the config drained (and removed by [`Pool::reap`] once idle); a backend that
-    /// comes back before it was removed is undrained and keeps its state.
+    /// Hands the backend list of `config` to the core's reconcile, which decides: new backends
+    /// are added, weights set, backends gone from the config leave (removed at once if idle,
+    /// else drained and removed by the done of their last request); a leaving backend listed
+    /// again is undrained and keeps its state. Addresses are checked before anything changes.
     fn apply_backends(&self, config: &PoolConfig) -> Result<(), PoolError> {
         let now = self.clock.now();
-        let mut guard = self.lock();
-        let scheduling = &mut *guard;
-        let core_error = |address: &str, source| PoolError::Core {
-            pool: config.name.clone(),
-            address: address.to_owned(),
-            source,
-        };
+        let mut authorities = Vec::with_capacity(config.backends.len());
         for wanted in &config.backends {
-            if let Some(entry) = scheduling
-                .table
-                .iter_mut()
-                .flatten()
-                .find(|e| e.backend.address == wanted.address)
-            {
-                let id = entry.backend.id;
-                if entry.removing {
-                    entry.removing = false;
-                    scheduling
-                        .scheduler
-                        .undrain(id)
-                        .map_err(|e| core_error(&wanted.address, e))?;
-                }
-                if scheduling.scheduler.backend(id, now).map(|b| b.weight) != Some(wanted.weight) {
-                    scheduling
-                        .scheduler
-                        .set_weight(id, wanted.weight)
-                        .map_err(|e| core_error(&wanted.address, e))?;
-                }
-                continue;
-            }
             let authority = wanted
                 .address
                 .parse::<http::uri::Authority>()
@@ -295,37 +269,45 @@ impl PoolCore {
                     pool: config.name.clone(),
                     address: wanted.address.clone(),
                 })?;
-            let id = scheduling
-                .scheduler
-                .add_backend(now, wanted.weight)
-                .map_err(|e| core_error(&wanted.address, e))?;
+            authorities.push(authority);
+        }
+        let desired: Vec<(&str, u32)> = config
+            .backends
+            .iter()
+            .map(|b| (b.address.as_str(), b.weight))
+            .collect();
+        let mut guard = self.lock();
+        let scheduling = &mut *guard;
+        let done = scheduling
+            .scheduler
+            .reconcile(now, &desired)
+            .map_err(|source| PoolError::Core {
+                pool: config.name.clone(),
+                address: String::new(),
+                source,
+            })?;
+        for (key, id) in &done.added {
+            let position = config
+                .backends
+                .iter()
+                .position(|b| *b.address == **key)
+                .expect("the core adds only listed keys");
             if scheduling.table.len() <= id.index() {
                 scheduling.table.resize_with(id.index() + 1, || None);
             }
             scheduling.table[id.index()] = Some(Entry {
                 backend: Arc::new(Backend {
-                    id,
-                    address: wanted.address.clone(),
-                    label: Arc::new(wanted.address.clone()),
-                    authority,
-                    socket_addr: crate::upstream::socket_addr(&wanted.address),
+                    id: *id,
+                    address: key.to_string(),
+                    label: Arc::new(key.to_string()),
+                    authority: authorities[position].clone(),
+                    socket_addr: crate::upstream::socket_addr(key),
                 }),
-                removing: false,
             });
         }
-        let Scheduling {
-            scheduler, table, ..
-        } = scheduling;
-        for entry in table.iter_mut().flatten() {
-            let listed = config
-                .backends
-                .iter()
-                .any(|b| b.address == entry.backend.address);
-            if !listed && !entry.removing {
-                entry.removing = true;
-                scheduler
-                    .drain(entry.backend.id)
-                    .map_err(|e| core_error(&entry.backend.address, e))?;
+        for id in &done.removed {
+            if let Some(entry) = scheduling.table.get_mut(id.index()).and_then(Option::take) {
+                tracing::info!(pool = %self.name, backend = %entry.backend.address, "backend removed (gone from the config, nothing in flight)");
             }
         }
         self.check_invariants(&guard.scheduler);
@@ -369,9 +351,12 @@ impl PoolCore {
                 None => {
                     // The core named a backend the table lacks: a bug; keep the counts exact.
                     let now = self.clock.now();
-                    let _ = scheduling
-                        .scheduler
-                        .handle_done(now, request, Outcome::Cancelled);
+                    let _ = scheduling.scheduler.handle_done(
+                        now,
+                        request,
+                        TryReport::cancelled(),
+                        &mut scheduling.rng,
+                    );
                     self.protocol_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(pool = %self.name, %backend, "core named an unknown backend");
                     Err(RejectReason::NoBackend)
@@ -390,8 +375,9 @@ impl Pool {
         clock: Clock,
         metrics: Arc<Metrics>,
         workers: usize,
+        journal_size: usize,
     ) -> Result<Pool, PoolError> {
-        let core = PoolCore::new(config, clock, metrics)?;
+        let core = PoolCore::new(config, clock, metrics, journal_size)?;
         Ok(Pool::with_core(config, core, None, workers))
     }
 
@@ -454,9 +440,6 @@ impl Pool {
             response_header_timeout: Duration::from_millis(config.response_header_timeout_ms),
             request_timeout: Duration::from_millis(config.request_timeout_ms),
             health_check: config.health_check.clone(),
-            retries_enabled: config.retry.is_some(),
-            retry_non_idempotent: config.retry.is_some_and(|r| r.retry_non_idempotent),
-            retry_on_503: config.retry.is_some_and(|r| r.retry_on_503),
             client_settings: client_settings(config),
             explain_key: crate::observe::explain::pool_key(&config.name),
         }
@@ -476,52 +459,86 @@ impl Pool {
         &self.core.label
     }
 
+    /// The policy in force.
+    pub fn policy(&self) -> balancer_core::PolicyKind {
+        self.core.lock().scheduler.policy()
+    }
+
     /// Whether `other` drives the same scheduler (the reload kept it).
     pub fn shares_core_with(&self, other: &Pool) -> bool {
         Arc::ptr_eq(&self.core, &other.core)
     }
 
-    /// Work: asks the core where to send a request arriving now.
-    pub fn handle_work(&self) -> Result<Dispatch, RejectReason> {
+    /// What the core is told about a request of `method` arriving now: its method class and
+    /// the end of its `request_timeout_ms`, after which no retry starts.
+    pub fn request_info(&self, method: &http::Method) -> RequestInfo {
+        RequestInfo {
+            method: MethodClass::of(method.as_str()),
+            deadline: Some(self.clock.now() + self.request_timeout),
+        }
+    }
+
+    /// Whether the core could retry a request of `method` (so its body is worth keeping).
+    pub fn may_retry(&self, method: &http::Method) -> bool {
+        self.core
+            .lock()
+            .scheduler
+            .may_retry(MethodClass::of(method.as_str()))
+    }
+
+    /// Whether the core could retry a response with `status`: such a try is reported when its
+    /// head arrives, before anything of it reaches the client.
+    pub fn retries_status(&self, status: u16) -> bool {
+        self.core.lock().scheduler.retries_status(status)
+    }
+
+    /// Work: asks the core where to send a request's first try, now; with `record`, the core
+    /// also says why.
+    pub fn handle_work(
+        &self,
+        request: RequestInfo,
+        record: Option<&mut DecisionRecord>,
+    ) -> Result<Dispatch, RejectReason> {
         let now = self.clock.now();
         let mut guard = self.core.lock();
         let scheduling = &mut *guard;
-        let decision = scheduling.scheduler.handle_work(now, &mut scheduling.rng);
+        let decision = scheduling
+            .scheduler
+            .handle_work(now, &mut scheduling.rng, request, record);
         self.core.check_invariants(&scheduling.scheduler);
         self.core.resolve(scheduling, decision)
     }
 
-    /// As [`Pool::handle_work`], with the core's record of why.
-    pub fn handle_work_explained(&self) -> (Result<Dispatch, RejectReason>, DecisionRecord) {
-        let now = self.clock.now();
-        let mut guard = self.core.lock();
-        let scheduling = &mut *guard;
-        let (decision, record) = scheduling
-            .scheduler
-            .handle_work_explained(now, &mut scheduling.rng);
-        self.core.check_invariants(&scheduling.scheduler);
-        (self.core.resolve(scheduling, decision), record)
-    }
-
-    /// As [`Pool::handle_retry_work`], with the core's record of why.
-    pub fn handle_retry_work_explained(
+    /// The next try of the request whose try `after` failed and was told to retry, once the
+    /// backoff is over: the core chooses among the backends that have not failed it.
+    pub fn handle_retry_work(
         &self,
-        exclude: &[BackendId],
-    ) -> (Result<Dispatch, RejectReason>, DecisionRecord) {
+        after: RequestId,
+        record: Option<&mut DecisionRecord>,
+    ) -> Result<Dispatch, RejectReason> {
         let now = self.clock.now();
         let mut guard = self.core.lock();
         let scheduling = &mut *guard;
-        let (decision, record) =
+        let result =
             scheduling
                 .scheduler
-                .handle_retry_work_explained(now, &mut scheduling.rng, exclude);
+                .handle_retry_work(now, &mut scheduling.rng, after, record);
         self.core.check_invariants(&scheduling.scheduler);
-        let dispatched = self.core.resolve(scheduling, decision);
+        let dispatched = match result {
+            Ok(decision) => self.core.resolve(scheduling, decision),
+            Err(err) => {
+                // The tries loop waits out every backoff it is given: any error is a bug.
+                self.core.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(pool = %self.name, %err, "retry refused by the core");
+                let _ = scheduling.scheduler.handle_abandon(after);
+                Err(RejectReason::NoBackend)
+            }
+        };
         drop(guard);
         if dispatched.is_ok() {
             self.count_retry();
         }
-        (dispatched, record)
+        dispatched
     }
 
     fn count_retry(&self) {
@@ -540,52 +557,45 @@ impl Pool {
         self.core.lock().backend(id).cloned()
     }
 
-    /// Work for a retry: never to a backend in `exclude`.
-    pub fn handle_retry_work(&self, exclude: &[BackendId]) -> Result<Dispatch, RejectReason> {
+    /// Done: tells the core how a try ended; returns what the request does next (finished,
+    /// or retry after a backoff). Logs and counts an ejection, and forgets a leaving backend
+    /// the core removed at this done.
+    pub fn handle_done(&self, request: RequestId, report: TryReport) -> AfterTry {
         let now = self.clock.now();
         let mut guard = self.core.lock();
         let scheduling = &mut *guard;
-        let decision = scheduling
+        let result = scheduling
             .scheduler
-            .handle_retry_work(now, &mut scheduling.rng, exclude);
+            .handle_done(now, request, report, &mut scheduling.rng);
         self.core.check_invariants(&scheduling.scheduler);
-        let dispatched = self.core.resolve(scheduling, decision);
-        drop(guard);
-        if dispatched.is_ok() {
-            self.count_retry();
-        }
-        dispatched
-    }
-
-    /// Whether a failed try is retried, and after what backoff (the core decides).
-    pub fn decide_retry(&self, failed: &FailedTry) -> RetryDecision {
-        let now = self.clock.now();
-        let mut guard = self.core.lock();
-        let Scheduling { scheduler, rng, .. } = &mut *guard;
-        scheduler.decide_retry(now, failed, rng)
-    }
-
-    /// Done: tells the core how a dispatched request ended.
-    pub fn handle_done(&self, request: RequestId, outcome: Outcome) {
-        let now = self.clock.now();
-        let mut guard = self.core.lock();
-        let result = guard.scheduler.handle_done(now, request, outcome);
-        self.core.check_invariants(&guard.scheduler);
-        let ejected = match &result {
-            Ok(completion) => completion
-                .ejected_until
-                .map(|until| (guard.backend(completion.backend).cloned(), until)),
-            Err(_) => None,
+        let (next, ejected, removed) = match &result {
+            Ok(completion) => (
+                completion.next,
+                completion
+                    .ejected_until
+                    .map(|until| (scheduling.backend(completion.backend).cloned(), until)),
+                completion
+                    .removed
+                    .then(|| {
+                        scheduling
+                            .table
+                            .get_mut(completion.backend.index())
+                            .and_then(Option::take)
+                    })
+                    .flatten(),
+            ),
+            Err(_) => (AfterTry::Finished { no_retry: None }, None, None),
         };
         drop(guard);
-        match result {
-            Ok(_) => {}
+        if let Err(err) = result {
             // Reloads keep the scheduler (and its requests in flight), so any error is a bug
             // in the done guard.
-            Err(err) => {
-                self.core.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(pool = %self.name, %err, "done rejected by the core");
-            }
+            self.core.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(pool = %self.name, %err, "done rejected by the core");
+        }
+        if let Some(entry) = removed {
+            tracing::info!(pool = %self.name, backend = %entry.backend.address, "backend removed (gone from the config, its last request done)");
+            self.reap_connections();
         }
         if let Some((Some(backend), until)) = ejected {
             let for_ms = until.saturating_since(now).as_millis();
@@ -598,7 +608,40 @@ impl Pool {
                     backend: backend.label.clone(),
                 })
                 .inc();
+            // The ejection's end may be earlier than what the timer sleeps for.
+            self.core.timer.notify_one();
         }
+        next
+    }
+
+    /// Done for a try that can be the request's last (its answer is being passed on): a
+    /// retry the core would still allow is given up at once.
+    pub fn handle_last_done(&self, request: RequestId, report: TryReport) {
+        if let AfterTry::Retry { .. } = self.handle_done(request, report) {
+            self.handle_abandon(request);
+        }
+    }
+
+    /// Ends a request that was waiting for its retry (the client left during the backoff).
+    pub fn handle_abandon(&self, request: RequestId) {
+        let mut guard = self.core.lock();
+        let result = guard.scheduler.handle_abandon(request);
+        self.core.check_invariants(&guard.scheduler);
+        drop(guard);
+        if let Err(err) = result {
+            self.core.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(pool = %self.name, %err, "abandon rejected by the core");
+        }
+    }
+
+    /// The core's journal of calls (empty unless `journal_size` is set).
+    pub fn journal(&self) -> Vec<JournalEntry> {
+        self.core
+            .lock()
+            .scheduler
+            .journal()
+            .map(|j| j.entries().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// An active health-check result for `backend`; logs and counts transitions.
@@ -626,54 +669,60 @@ impl Pool {
             .inc();
     }
 
-    /// Ends ejections whose time is up (the core does this on work too; this is for idle pools).
-    pub fn handle_timeout(&self) {
-        let now = self.clock.now();
-        let mut guard = self.core.lock();
-        guard.scheduler.handle_timeout(now);
-        self.core.check_invariants(&guard.scheduler);
+    /// Ends the ejections whose time is up, whenever the core's `next_timeout()` says, and
+    /// never otherwise: sleeps until then, or until a done ejects a backend. Runs for the life
+    /// of the pool's scheduler (kept across reloads), stopped with the generation's tasks.
+    pub async fn run_timer(self: Arc<Self>) {
+        loop {
+            let next = self.core.lock().scheduler.next_timeout();
+            let notified = self.core.timer.notified();
+            match next {
+                Some(at) => {
+                    let wait = at.saturating_since(self.clock.now());
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = notified => continue,
+                    }
+                }
+                None => {
+                    notified.await;
+                    continue;
+                }
+            }
+            let now = self.clock.now();
+            let mut guard = self.core.lock();
+            guard.scheduler.handle_timeout(now);
+            self.core.check_invariants(&guard.scheduler);
+        }
     }
 
-    /// Removes backends gone from the config once nothing is in flight on them.
-    pub fn reap(&self) {
-        let now = self.clock.now();
-        let mut guard = self.core.lock();
-        let Scheduling {
-            scheduler, table, ..
-        } = &mut *guard;
-        for place in table.iter_mut() {
-            let Some(entry) = place else { continue };
-            if !entry.removing {
-                continue;
-            }
-            let idle = scheduler
-                .backend(entry.backend.id, now)
-                .is_none_or(|b| b.pending == 0);
-            if idle {
-                let _ = scheduler.remove_backend(entry.backend.id);
-                tracing::info!(pool = %self.name, backend = %entry.backend.address, "backend removed (gone from the config, drained)");
-                *place = None;
-            }
-        }
-        self.core.check_invariants(scheduler);
-        let current: Vec<BackendId> = table
+    /// Closes idle connections to backends that are no longer in the pool.
+    fn reap_connections(&self) {
+        let current: Vec<BackendId> = self
+            .core
+            .lock()
+            .table
             .iter()
             .flatten()
-            .filter(|e| !e.removing)
             .map(|e| e.backend.id)
             .collect();
-        drop(guard);
         self.upstream.reap(|id| current.contains(&id));
     }
 
     /// The backends, for probes.
     pub fn backends(&self) -> Vec<Arc<Backend>> {
+        let now = self.clock.now();
         let guard = self.core.lock();
         guard
             .table
             .iter()
             .flatten()
-            .filter(|e| !e.removing)
+            .filter(|e| {
+                guard
+                    .scheduler
+                    .backend(e.backend.id, now)
+                    .is_some_and(|b| !b.leaving)
+            })
             .map(|e| e.backend.clone())
             .collect()
     }
@@ -687,10 +736,11 @@ impl Pool {
             .iter()
             .flatten()
             .filter_map(|e| {
+                let snapshot = guard.scheduler.backend(e.backend.id, now)?;
                 Some(BackendView {
                     backend: e.backend.clone(),
-                    snapshot: guard.scheduler.backend(e.backend.id, now)?,
-                    removing: e.removing,
+                    removing: snapshot.leaving,
+                    snapshot,
                 })
             })
             .collect()
@@ -706,11 +756,10 @@ impl Pool {
             });
         };
         let id = entry.backend.id;
-        let removing = entry.removing;
         if drain {
             guard.scheduler.drain(id)?;
-        } else if !removing {
-            // A backend gone from the config stays drained until it is removed.
+        } else {
+            // The core keeps a backend gone from the config drained until it is removed.
             guard.scheduler.undrain(id)?;
         }
         self.core.check_invariants(&guard.scheduler);

@@ -269,7 +269,7 @@ rate_limit = { rate_per_s = 5 }
         assert_eq!(pool.outlier.unwrap().consecutive_failures, 3);
         assert_eq!(pool.outlier.unwrap().max_ejected_percent, 50);
         let retry = pool.retry.unwrap();
-        assert!(retry.retry_on_503 && !retry.retry_non_idempotent);
+        assert!(retry.retry_on_status.contains(503) && !retry.retry_non_idempotent);
         assert_eq!(retry.max_retries, 2);
         assert_eq!(pool.slow_start.unwrap().min_weight_percent, 10);
         assert_eq!(config.routes[0].rate_limit.unwrap().burst, 5);

@@ -30,6 +30,7 @@ pub(super) struct RawConfig {
     pub(super) admin: Option<Spanned<String>>,
     pub(super) rate_limit: Option<RawRateLimit>,
     pub(super) explain_ring_size: Option<Spanned<usize>>,
+    pub(super) journal_size: Option<Spanned<usize>>,
     pub(super) trace: Option<Spanned<RawTrace>>,
     pub(super) workers: Option<Spanned<usize>>,
 }
@@ -83,6 +84,7 @@ pub(super) struct RawRetry {
     pub(super) max_retries: Option<Spanned<u32>>,
     pub(super) retry_non_idempotent: Option<bool>,
     pub(super) retry_on_503: Option<bool>,
+    pub(super) retry_on_status: Option<Spanned<Vec<u16>>>,
     pub(super) budget_ratio: Option<Spanned<f64>>,
     pub(super) budget_min_per_s: Option<u32>,
     pub(super) budget_window_ms: Option<Spanned<u64>>,
@@ -169,6 +171,7 @@ pub(super) struct RawPool {
     pub(super) retry: Option<RawRetry>,
     pub(super) slow_start: Option<RawSlowStart>,
     pub(super) panic_threshold_percent: Option<Spanned<u8>>,
+    pub(super) failure_status: Option<Spanned<Vec<u16>>>,
 }
 
 #[derive(Deserialize)]

@@ -30,6 +30,9 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     /// Decision records kept for `GET /explain/{id}` (tries); 0 turns them off.
     pub explain_ring_size: usize,
+    /// Core calls each pool's journal keeps (for comparing the proxy with the simulator);
+    /// 0 keeps none.
+    pub journal_size: usize,
     /// Traffic recording, if configured.
     pub trace: Option<TraceConfig>,
     /// Threads serving traffic, each with its own event loop and its own `SO_REUSEPORT`
@@ -152,6 +155,8 @@ pub struct PoolConfig {
     pub slow_start: Option<SlowStart>,
     /// Below this percentage of healthy backends, traffic spreads over all of them.
     pub panic_threshold_percent: Option<u8>,
+    /// Backend response statuses that count as failures (ejection, failure counters).
+    pub failure_status: balancer_core::StatusSet,
 }
 
 /// One backend of a pool.

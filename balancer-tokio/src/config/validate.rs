@@ -215,6 +215,9 @@ pub(super) fn validate(raw: RawConfig, errors: &Errors<'_>) -> Result<Config, Co
             }
             pool.panic_threshold_percent = Some(p.into_inner());
         }
+        if let Some(statuses) = raw_pool.failure_status {
+            pool.failure_status = status_set(statuses, "failure_status", errors)?;
+        }
         pools.push(pool);
     }
     if pools.is_empty() {
@@ -383,6 +386,19 @@ pub(super) fn validate(raw: RawConfig, errors: &Errors<'_>) -> Result<Config, Co
         }
         Some(size) => size.into_inner(),
     };
+    let journal_size = match raw.journal_size {
+        None => 0,
+        Some(size) if *size.get_ref() > balancer_core::journal::MAX_JOURNAL_ENTRIES => {
+            return Err(errors.at(
+                size.span(),
+                format!(
+                    "journal_size must be at most {}; 0 (the default) keeps no journal",
+                    balancer_core::journal::MAX_JOURNAL_ENTRIES
+                ),
+            ));
+        }
+        Some(size) => size.into_inner(),
+    };
     let trace = match raw.trace {
         None => None,
         Some(spanned) => {
@@ -443,6 +459,7 @@ pub(super) fn validate(raw: RawConfig, errors: &Errors<'_>) -> Result<Config, Co
         admin,
         rate_limit,
         explain_ring_size,
+        journal_size,
         trace,
         workers,
     })
@@ -585,8 +602,12 @@ fn retry(
     if let Some(b) = raw.retry_non_idempotent {
         config.retry_non_idempotent = b;
     }
-    if let Some(b) = raw.retry_on_503 {
-        config.retry_on_503 = b;
+    if let Some(statuses) = raw.retry_on_status {
+        config.retry_on_status = status_set(statuses, "retry_on_status", errors)?;
+    }
+    // The older flag, still read: the same as listing 503.
+    if raw.retry_on_503 == Some(true) {
+        let _ = config.retry_on_status.insert(503);
     }
     if let Some(r) = raw.budget_ratio {
         if !(0.0..=10.0).contains(r.get_ref()) {
@@ -610,6 +631,16 @@ fn retry(
         config.backoff_max = Duration::from_millis(ms);
     }
     Ok((config.max_retries > 0).then_some(config))
+}
+
+fn status_set(
+    statuses: Spanned<Vec<u16>>,
+    key: &str,
+    errors: &Errors<'_>,
+) -> Result<balancer_core::StatusSet, ConfigError> {
+    let span = statuses.span();
+    balancer_core::StatusSet::from_codes(&statuses.into_inner())
+        .map_err(|e| errors.at(span, format!("{key}: {e}, e.g. {key} = [502, 503, 504]")))
 }
 
 fn parse_listen_address(
@@ -693,6 +724,7 @@ fn pool_config(
         retry: Some(balancer_core::RetryConfig::default()),
         slow_start: None,
         panic_threshold_percent: None,
+        failure_status: balancer_core::StatusSet::class(5),
     })
 }
 

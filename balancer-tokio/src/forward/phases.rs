@@ -1,6 +1,7 @@
 //! One request as named phases over one [`RequestContext`], with one exit that turns a
 //! refusal into the answer, the access-log line, the metrics and the trace record.
 
+use balancer_core::{DecisionRecord, RequestInfo};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +23,7 @@ use crate::runtime::shutdown::DrainGuard;
 use crate::upstream::HeadForm;
 
 use super::proxy::{ConnectionInfo, Proxy};
-use super::tries::{Source, Tries, backend_uri, is_idempotent, read_replayable, reject_error};
+use super::tries::{Source, Tries, backend_uri, read_replayable, reject_error};
 
 impl Proxy {
     /// Serves one request; never fails (errors become responses).
@@ -68,10 +69,11 @@ impl Proxy {
             ClientBody::Empty => HeadForm::Lines,
             ClientBody::Hyper(_) => HeadForm::Map,
         };
-        let may_retry =
-            pool.retries_enabled && (is_idempotent(&parts.method) || pool.retry_non_idempotent);
+        // The core says whether this method may be retried, so whether its body is kept.
+        let info = pool.request_info(&parts.method);
+        let may_retry = pool.may_retry(&parts.method);
         let source = self.read_body(ctx, pool, body, may_retry).await?;
-        let first = self.first_dispatch(pool, &ctx.request_id)?;
+        let first = self.first_dispatch(pool, &ctx.request_id, info)?;
         let tries = Tries {
             proxy: self,
             pool,
@@ -83,9 +85,7 @@ impl Proxy {
             forwarding,
         };
         let (record, trace) = (ctx.record.take(), ctx.trace.take());
-        Ok(tries
-            .run(parts, source, may_retry, first, record, trace)
-            .await)
+        Ok(tries.run(parts, source, first, record, trace).await)
     }
 
     /// Phase `route`: the route, and so the pool, for the request's host, path and listener.
@@ -195,7 +195,9 @@ impl Proxy {
         drain: DrainGuard,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         forwarding.apply(request.headers_mut());
-        let (token, backend) = self.first_dispatch(pool, &ctx.request_id)?;
+        // A tunnel is never retried: once the switch is sent, bytes flow both ways.
+        let info = pool.request_info(request.method());
+        let (token, backend) = self.first_dispatch(pool, &ctx.request_id, info)?;
         let mut record = ctx.record.take();
         if let Some(record) = &mut record {
             record.backend.clone_from(&backend.address);
@@ -276,11 +278,13 @@ impl Proxy {
         &self,
         pool: &Pool,
         request_id: &HeaderValue,
+        info: RequestInfo,
     ) -> Result<Dispatch, ProxyError> {
         let dispatched = match &self.explain {
-            None => pool.handle_work(),
+            None => pool.handle_work(info, None),
             Some(ring) => {
-                let (dispatched, record) = pool.handle_work_explained();
+                let mut record = DecisionRecord::empty(pool.clock.now(), pool.policy());
+                let dispatched = pool.handle_work(info, Some(&mut record));
                 ring.push(request_id.as_bytes(), pool.explain_key, record);
                 dispatched
             }

@@ -18,10 +18,9 @@ use crate::observe::explain::ExplainRing;
 use crate::observe::metrics::Metrics;
 use crate::observe::trace::TraceSink;
 
-/// How often the maintenance task runs: ejections end at most this late while a pool is idle
-/// (with traffic, the core ends them on the next request), and drained backends gone from the
-/// config are removed at most this late after their last request.
-const MAINTENANCE_TICK: Duration = Duration::from_millis(250);
+/// How often the rate limiter's map of clients is trimmed of clients quiet long enough to be
+/// back at a full burst (bounded memory either way; this only returns it sooner).
+const RATE_LIMIT_MAINTENANCE: Duration = Duration::from_millis(250);
 
 /// Where a request came in.
 #[derive(Clone, Copy, Debug)]
@@ -62,7 +61,16 @@ impl Proxy {
         let pools = config
             .pools
             .iter()
-            .map(|p| Pool::new(p, clock, metrics.clone(), config.worker_count()).map(Arc::new))
+            .map(|p| {
+                Pool::new(
+                    p,
+                    clock,
+                    metrics.clone(),
+                    config.worker_count(),
+                    config.journal_size,
+                )
+                .map(Arc::new)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let rate_limits = Arc::new(RateLimits::new(&config.rate_limit, &config.routes));
         let explain = ExplainRing::new(config.explain_ring_size, config.worker_count());
@@ -87,7 +95,13 @@ impl Proxy {
             .map(|p| {
                 match previous.pools.iter().find(|old| old.name == p.name) {
                     Some(old) => Pool::reload(p, old),
-                    None => Pool::new(p, clock, previous.metrics.clone(), config.worker_count()),
+                    None => Pool::new(
+                        p,
+                        clock,
+                        previous.metrics.clone(),
+                        config.worker_count(),
+                        config.journal_size,
+                    ),
                 }
                 .map(Arc::new)
             })
@@ -191,8 +205,8 @@ impl Proxy {
     }
 
     /// Starts this generation's background work: active health checks of each pool that has
-    /// them, and a tick that ends ejections while idle, removes drained backends gone from the
-    /// config and trims the rate limiter's client map.
+    /// them, each pool's timer (sleeping on the core's `next_timeout()` to end ejections), and
+    /// the trimming of the rate limiter's client map.
     pub fn start_tasks(self: &Arc<Self>) {
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
         for pool in &self.pools {
@@ -203,18 +217,16 @@ impl Proxy {
                 );
             }
         }
-        let pools = self.pools.clone();
+        for pool in &self.pools {
+            tasks.push(tokio::spawn(pool.clone().run_timer()).abort_handle());
+        }
         let rate_limits = self.rate_limits.clone();
         tasks.push(
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(MAINTENANCE_TICK);
+                let mut tick = tokio::time::interval(RATE_LIMIT_MAINTENANCE);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
-                    for pool in &pools {
-                        pool.handle_timeout();
-                        pool.reap();
-                    }
                     rate_limits.maintain();
                 }
             })

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use balancer_core::{BackendId, FailedTry, FailureKind, RejectReason, RetryDecision};
+use balancer_core::{AfterTry, FailureKind, MethodClass, RejectReason, RequestId, TryReport};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body, Incoming};
 
@@ -25,14 +25,6 @@ use crate::upstream::{
 };
 
 use super::proxy::Proxy;
-
-/// Methods that may be retried by default (RFC 9110 §9.2.2: repeating them has the same effect).
-pub(super) fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
-}
 
 /// The tries of one (non-upgrade) request: the first dispatch, then retries on other backends
 /// as long as the core says so, within the pool's overall `request_timeout_ms`.
@@ -87,25 +79,29 @@ pub(super) enum Source {
 }
 
 impl Tries<'_> {
+    /// Each try's end goes to the core first (`handle_done`); the core's answer says whether
+    /// to retry, after what backoff, and the next backend is asked for only once the backoff
+    /// is over. A failure is answered with the last try's error.
     pub(super) async fn run(
         self,
         mut parts: http::request::Parts,
         mut source: Source,
-        may_retry: bool,
         first: Dispatch,
         mut record: Option<Box<AccessRecord>>,
         mut trace: Option<Box<TraceEvent>>,
     ) -> Response<ProxyBody> {
         let pool = self.pool;
         let proxy = self.proxy;
-        let idempotent = is_idempotent(&parts.method);
-        let (token, mut backend) = first;
-        let mut guard = DoneGuard::dispatched(pool.clone(), token, self.started);
+        // The silent resend on a stale keep-alive connection (`upstream::h1`) follows the
+        // core's rule for which methods may be repeated.
+        let may_resend = MethodClass::of(parts.method.as_str()) == MethodClass::Idempotent
+            || pool.may_retry(&parts.method);
+        let (mut token, mut backend) = first;
         let replayable = matches!(source, Source::Replay(_));
         let deadline = tokio::time::Instant::from_std(self.started) + pool.request_timeout;
-        let mut tried: Vec<BackendId> = Vec::new();
         let mut message = Vec::with_capacity(1024);
         loop {
+            let mut guard = DoneGuard::dispatched(pool.clone(), token, self.started);
             let per_try = pool
                 .response_header_timeout
                 .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
@@ -127,7 +123,7 @@ impl Tries<'_> {
                         &message,
                         &rest,
                         &parts.method,
-                        idempotent || pool.retry_non_idempotent,
+                        may_resend,
                         self.head_form,
                     );
                     match tokio::time::timeout(per_try, send).await {
@@ -170,23 +166,21 @@ impl Tries<'_> {
             };
             let (error, kind) = match sent {
                 Ok(Ok(response)) => {
-                    if response.status() == StatusCode::SERVICE_UNAVAILABLE
-                        && pool.retry_on_503
-                        && may_retry
-                        && replayable
-                    {
-                        let failed =
-                            failed_try(&tried, idempotent, FailureKind::ServerError, true, false);
-                        if let Some((next, backoff)) = self.retry(&mut tried, &backend, &failed) {
-                            tracing::debug!(backend = %backend.address, "503: retrying on another backend");
-                            guard.finish(End::Failed(FailureKind::ServerError), 0);
-                            drop(response);
-                            (guard, backend) = next;
-                            tokio::time::sleep_until(
-                                (tokio::time::Instant::now() + backoff).min(deadline),
-                            )
-                            .await;
-                            continue;
+                    let status = response.status().as_u16();
+                    // A status the core may retry ends the try at its head, before anything
+                    // is passed on; the response is kept until a retry is dispatched, and is
+                    // the answer if none can be.
+                    if replayable && pool.retries_status(status) {
+                        guard.reported();
+                        if let AfterTry::Retry { backoff } =
+                            pool.handle_done(token, TryReport::response(status))
+                        {
+                            tracing::debug!(backend = %backend.address, status, "retrying on another backend");
+                            if let Some(next) = self.retry_after(token, backoff).await {
+                                drop(response);
+                                (token, backend) = next;
+                                continue;
+                            }
                         }
                     }
                     self.attach(&mut guard, &mut record, &mut trace, &backend, try_started);
@@ -216,16 +210,14 @@ impl Tries<'_> {
                     FailureKind::Timeout,
                 ),
             };
-            let time_left = deadline > tokio::time::Instant::now();
-            if may_retry && time_left {
-                // A streamed body went to hyper with the try: it cannot be sent again.
-                let failed = failed_try(&tried, idempotent, kind, false, !replayable);
-                if let Some((next, backoff)) = self.retry(&mut tried, &backend, &failed) {
-                    tracing::debug!(backend = %backend.address, %error, "retrying on another backend");
-                    guard.finish(End::Failed(kind), 0);
-                    (guard, backend) = next;
-                    tokio::time::sleep_until((tokio::time::Instant::now() + backoff).min(deadline))
-                        .await;
+            // The core hears the failure (and may eject) before any retry is chosen. A
+            // streamed body went to hyper with the try: it cannot be sent again.
+            guard.reported();
+            let report = TryReport::failed(kind).with_body_replayable(replayable);
+            if let AfterTry::Retry { backoff } = pool.handle_done(token, report) {
+                tracing::debug!(backend = %backend.address, %error, "retrying on another backend");
+                if let Some(next) = self.retry_after(token, backoff).await {
+                    (token, backend) = next;
                     continue;
                 }
             }
@@ -240,29 +232,27 @@ impl Tries<'_> {
         }
     }
 
-    /// Asks the core whether to retry; if so, dispatches the retry (never to a backend already
-    /// tried) and returns it with the backoff to wait first.
-    fn retry(
-        &self,
-        tried: &mut Vec<BackendId>,
-        failed_backend: &Arc<Backend>,
-        failed: &FailedTry,
-    ) -> Option<((DoneGuard, Arc<Backend>), Duration)> {
-        let RetryDecision::Retry { backoff } = self.pool.decide_retry(failed) else {
-            return None;
+    /// Waits out the core's backoff, then asks it for the next backend of the request whose
+    /// try `after` failed. A client that leaves meanwhile drops this future, and the core is
+    /// told the request is abandoned.
+    async fn retry_after(&self, after: RequestId, backoff: Duration) -> Option<Dispatch> {
+        let waiting = Waiting {
+            pool: self.pool,
+            request: Some(after),
         };
-        tried.push(failed_backend.id);
+        tokio::time::sleep(backoff).await;
+        waiting.over();
         let dispatched = match &self.proxy.explain {
-            None => self.pool.handle_retry_work(tried),
+            None => self.pool.handle_retry_work(after, None),
             Some(ring) => {
-                let (dispatched, record) = self.pool.handle_retry_work_explained(tried);
+                let mut record =
+                    balancer_core::DecisionRecord::empty(self.pool.clock.now(), self.pool.policy());
+                let dispatched = self.pool.handle_retry_work(after, Some(&mut record));
                 ring.push(self.request_id.as_bytes(), self.pool.explain_key, record);
                 dispatched
             }
         };
-        let (token, backend) = dispatched.ok()?;
-        let guard = DoneGuard::dispatched(self.pool.clone(), token, self.started);
-        Some(((guard, backend), backoff))
+        dispatched.ok()
     }
 
     /// Makes `guard` the try that answers: it logs and counts the request.
@@ -297,23 +287,23 @@ impl Tries<'_> {
     }
 }
 
-/// What the core needs to decide on a failed try.
-fn failed_try(
-    tried: &[BackendId],
-    idempotent: bool,
-    failure: FailureKind,
-    status_503: bool,
-    body_consumed: bool,
-) -> FailedTry {
-    FailedTry {
-        retries_so_far: tried.len() as u32,
-        idempotent,
-        failure,
-        status_503,
-        // Tries fail before any of the response is passed on: the response is handed to the
-        // client only once a try has succeeded or is the last.
-        response_started: false,
-        body_consumed,
+/// A request waiting out a retry backoff: abandoned in the core if dropped before it is over.
+struct Waiting<'a> {
+    pool: &'a Pool,
+    request: Option<RequestId>,
+}
+
+impl Waiting<'_> {
+    fn over(mut self) {
+        self.request = None;
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Some(request) = self.request.take() {
+            self.pool.handle_abandon(request);
+        }
     }
 }
 

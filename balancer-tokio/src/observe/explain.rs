@@ -259,8 +259,9 @@ mod tests {
         scheduler.add_backend(Timestamp::ZERO, 1).unwrap();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         let mut record = |n: u64| {
-            let (_, mut record) =
-                scheduler.handle_work_explained(Timestamp::from_nanos(n), &mut rng);
+            let at = Timestamp::from_nanos(n);
+            let mut record = balancer_core::DecisionRecord::empty(at, scheduler.policy());
+            let _ = scheduler.handle_work(at, &mut rng, Default::default(), Some(&mut record));
             record.ties = n as u32;
             record
         };
@@ -294,9 +295,10 @@ mod tests {
         scheduler.add_backend(Timestamp::ZERO, 1).unwrap();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         let mut record = move |n: u64| {
-            scheduler
-                .handle_work_explained(Timestamp::from_nanos(n), &mut rng)
-                .1
+            let at = Timestamp::from_nanos(n);
+            let mut record = balancer_core::DecisionRecord::empty(at, scheduler.policy());
+            let _ = scheduler.handle_work(at, &mut rng, Default::default(), Some(&mut record));
+            record
         };
         let ring = ExplainRing::new(512, 2).unwrap();
         assert_eq!(ring.shards.len(), 2);
