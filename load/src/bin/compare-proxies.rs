@@ -9,10 +9,10 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use benches::load::loadgen::{self, LoadGen, Oha};
-use benches::load::procs::{self, Child};
-use benches::load::report::{self, ClosedSample, Meta, OpenSample, Row, Target, TargetResults};
-use benches::load::{configs, conns, setup};
+use balancer_load::loadgen::{self, LoadGen, Oha};
+use balancer_load::procs::{self, Child};
+use balancer_load::report::{self, ClosedSample, Meta, OpenSample, Row, Target, TargetResults};
+use balancer_load::{configs, conns, setup};
 use clap::Parser;
 
 /// Open files wanted for the harness and, inherited, the proxies: 10k idle client connections
