@@ -2,7 +2,7 @@
 # User-space instructions per proxied request, counted by callgrind: the balancer's own cost,
 # free of the noise that timing a shared machine has (a count repeats to within ~1%).
 #
-# Usage: benches/load/instructions.sh [TOP]
+# Usage: load/instructions.sh [TOP]
 #   TOP: how many functions to list, by instructions per request inclusive (default 40).
 #
 # Starts 4 demo backends (`balancer demo-backend`) on 127.0.0.1:19401-19404 and the release
@@ -13,7 +13,7 @@
 # target/instructions/ for callgrind_annotate.
 set -euo pipefail
 top=${1:-40}
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/.."
 for tool in valgrind callgrind_annotate wrk gawk; do
     command -v "$tool" >/dev/null || {
         echo "instructions.sh: $tool is missing (Debian: apt-get install -y valgrind wrk gawk)" >&2

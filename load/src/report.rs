@@ -9,7 +9,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use serde::Serialize;
 
-/// What is measured: no proxy, or one of the three proxies.
+/// What is measured: no proxy, or one of the proxies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Target {
@@ -17,6 +17,11 @@ pub enum Target {
     Direct,
     /// The balancer of this workspace.
     Balancer,
+    /// A second balancer binary (`--baseline`, e.g. built from an older commit), measured under
+    /// the same rules so that before and after share one run's noise.
+    #[value(name = "balancer-baseline")]
+    #[serde(rename = "balancer-baseline")]
+    Baseline,
     /// HAProxy from Debian.
     Haproxy,
     /// nginx from Debian.
@@ -24,7 +29,7 @@ pub enum Target {
 }
 
 impl Target {
-    /// All targets, in the interleaving order.
+    /// The default targets, in the interleaving order (the baseline joins with `--baseline`).
     pub const ALL: [Target; 4] = [
         Target::Direct,
         Target::Balancer,
@@ -37,6 +42,7 @@ impl Target {
         match self {
             Target::Direct => "direct",
             Target::Balancer => "balancer",
+            Target::Baseline => "balancer-baseline",
             Target::Haproxy => "haproxy",
             Target::Nginx => "nginx",
         }
@@ -46,6 +52,7 @@ impl Target {
         match self {
             Target::Direct => RGBColor(150, 150, 150),
             Target::Balancer => RGBColor(214, 96, 33),
+            Target::Baseline => RGBColor(240, 170, 120),
             Target::Haproxy => RGBColor(31, 119, 180),
             Target::Nginx => RGBColor(44, 160, 44),
         }
@@ -151,10 +158,15 @@ pub fn median(values: impl IntoIterator<Item = f64>) -> Option<f64> {
     })
 }
 
+/// Requests per proxy CPU-second of one closed-loop run; None without a CPU reading.
+fn per_cpu_s(s: &ClosedSample) -> Option<f64> {
+    Some(s.requests as f64 / s.cpu_s.filter(|&c| c > 0.0)?)
+}
+
 /// One line of results.json: medians over the repeats.
 #[derive(Clone, Debug, Serialize)]
 pub struct Row {
-    /// direct | balancer | haproxy | nginx.
+    /// direct | balancer | balancer-baseline | haproxy | nginx.
     pub proxy: String,
     /// "ok", or why it was not (fully) measured.
     pub status: String,
@@ -233,11 +245,7 @@ impl Row {
             p50_ms: median(closed.iter().map(|s| s.p50_ms)),
             p99_ms: median(closed.iter().map(|s| s.p99_ms)),
             cpu_s: median(closed.iter().filter_map(|s| s.cpu_s)),
-            req_per_cpu_s: median(
-                closed
-                    .iter()
-                    .filter_map(|s| Some(s.requests as f64 / s.cpu_s.filter(|&c| c > 0.0)?)),
-            ),
+            req_per_cpu_s: median(closed.iter().filter_map(per_cpu_s)),
             errors: closed.iter().map(|s| s.errors).sum(),
             other_on_proxy_cpu_pct: median(closed.iter().filter_map(|s| s.other_on_proxy_cpu_pct)),
             load_cpu_busy_pct: median(closed.iter().filter_map(|s| s.load_cpu_busy_pct)),
@@ -383,14 +391,25 @@ pub fn markdown(meta: &Meta, rows: &[Row]) -> String {
         );
     }
 
-    let _ = writeln!(
-        md,
-        "\n## Ratios (balancer ÷ other)\n\n\
-         | metric | better when | ÷ HAProxy | ÷ nginx | goal |\n|---|---|---:|---:|---|"
-    );
     let b = find(rows, "balancer");
+    let old = find(rows, Target::Baseline.name());
     let h = find(rows, "haproxy");
     let n = find(rows, "nginx");
+    if old.is_some() {
+        let _ = writeln!(
+            md,
+            "\n## Ratios (balancer ÷ other; the baseline's own ratios beside them)\n\n\
+             | metric | better when | ÷ HAProxy | ÷ nginx | ÷ balancer-baseline \
+             | baseline ÷ HAProxy | baseline ÷ nginx | goal |\n\
+             |---|---|---:|---:|---:|---:|---:|---|"
+        );
+    } else {
+        let _ = writeln!(
+            md,
+            "\n## Ratios (balancer ÷ other)\n\n\
+             | metric | better when | ÷ HAProxy | ÷ nginx | goal |\n|---|---|---:|---:|---|"
+        );
+    }
     type Pick = fn(&Row) -> Option<f64>;
     let metrics: [(&str, &str, Pick, &str); 7] = [
         (
@@ -417,8 +436,46 @@ pub fn markdown(meta: &Meta, rows: &[Row]) -> String {
         ),
     ];
     for (name, better, pick, goal) in metrics {
-        let vs = |other: Option<&Row>| fmt_opt(ratio(b.and_then(pick), other.and_then(pick)), 3);
-        let _ = writeln!(md, "| {name} | {better} | {} | {} | {goal} |", vs(h), vs(n));
+        let vs = |of: Option<&Row>, other: Option<&Row>| {
+            fmt_opt(ratio(of.and_then(pick), other.and_then(pick)), 3)
+        };
+        if old.is_some() {
+            let _ = writeln!(
+                md,
+                "| {name} | {better} | {} | {} | {} | {} | {} | {goal} |",
+                vs(b, h),
+                vs(b, n),
+                vs(b, old),
+                vs(old, h),
+                vs(old, n)
+            );
+        } else {
+            let _ = writeln!(
+                md,
+                "| {name} | {better} | {} | {} | {goal} |",
+                vs(b, h),
+                vs(b, n)
+            );
+        }
+    }
+    if let (Some(b), Some(old)) = (b, old) {
+        // Repeats are interleaved, so repeat i of both saw nearly the same machine: the spread
+        // of these paired ratios is the noise a difference in the medians has to exceed.
+        let paired: Vec<String> = b
+            .samples_closed
+            .iter()
+            .zip(&old.samples_closed)
+            .map(|(new, old)| fmt_opt(ratio(per_cpu_s(new), per_cpu_s(old)), 3))
+            .collect();
+        let _ = writeln!(
+            md,
+            "\nbalancer ÷ balancer-baseline in req per proxy CPU-s (closed), repeat by repeat: {}",
+            if paired.is_empty() {
+                "–".to_owned()
+            } else {
+                paired.join(", ")
+            }
+        );
     }
 
     let _ = writeln!(md, "\n## The team's goals\n");
@@ -536,7 +593,10 @@ fn bar_panel(
     let values: Vec<(Target, Option<f64>)> = rows
         .iter()
         .filter_map(|r| {
-            let target = Target::ALL.into_iter().find(|t| t.name() == r.proxy)?;
+            let target = <Target as clap::ValueEnum>::value_variants()
+                .iter()
+                .copied()
+                .find(|t| t.name() == r.proxy)?;
             Some((target, pick(r)))
         })
         .collect();
@@ -683,5 +743,71 @@ mod tests {
         assert_eq!(median([3.0, 1.0, 2.0]), Some(2.0));
         assert_eq!(median([4.0, 1.0, 2.0, 3.0]), Some(2.5));
         assert_eq!(median(std::iter::empty()), None);
+    }
+
+    fn measured(target: Target, requests: &[u64]) -> Row {
+        let mut r = TargetResults::new(target);
+        for &n in requests {
+            r.closed.push(ClosedSample {
+                rps: n as f64,
+                p50_ms: 1.0,
+                p99_ms: 2.0,
+                requests: n,
+                errors: 0,
+                cpu_s: Some(1.0),
+                other_on_proxy_cpu_pct: None,
+                load_cpu_busy_pct: None,
+            });
+        }
+        Row::from_results(&r)
+    }
+
+    fn meta() -> Meta {
+        Meta {
+            command: String::new(),
+            started_utc: String::new(),
+            finished_utc: String::new(),
+            uptime_before: String::new(),
+            uptime_after: String::new(),
+            git_rev: String::new(),
+            versions: Vec::new(),
+            settings: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    fn line<'a>(md: &'a str, start: &str) -> &'a str {
+        md.lines().find(|l| l.starts_with(start)).unwrap()
+    }
+
+    #[test]
+    fn baseline_ratios_sit_beside_the_others() {
+        let rows = [
+            measured(Target::Balancer, &[110, 120]),
+            measured(Target::Baseline, &[100, 100]),
+            measured(Target::Haproxy, &[100, 100]),
+            measured(Target::Nginx, &[50, 50]),
+        ];
+        let md = markdown(&meta(), &rows);
+        assert!(md.contains("| ÷ balancer-baseline | baseline ÷ HAProxy | baseline ÷ nginx |"));
+        assert_eq!(
+            line(&md, "| req per proxy CPU-s (closed) |"),
+            "| req per proxy CPU-s (closed) | higher | 1.150 | 2.300 | 1.150 | 1.000 | 2.000 \
+             | ≥ 1.10 vs HAProxy, ≥ 1.0 vs nginx |"
+        );
+        assert!(md.contains("repeat by repeat: 1.100, 1.200\n"));
+        assert!(md.contains("| balancer-baseline | 2 | 100 |"));
+    }
+
+    #[test]
+    fn without_a_baseline_the_ratios_table_is_unchanged() {
+        let rows = [
+            measured(Target::Balancer, &[110]),
+            measured(Target::Haproxy, &[100]),
+            measured(Target::Nginx, &[100]),
+        ];
+        let md = markdown(&meta(), &rows);
+        assert!(md.contains("| metric | better when | ÷ HAProxy | ÷ nginx | goal |\n"));
+        assert!(!md.contains("baseline"));
     }
 }

@@ -9,10 +9,10 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use benches::load::loadgen::{self, LoadGen, Oha};
-use benches::load::procs::{self, Child};
-use benches::load::report::{self, ClosedSample, Meta, OpenSample, Row, Target, TargetResults};
-use benches::load::{configs, conns, setup};
+use balancer_load::loadgen::{self, LoadGen, Oha};
+use balancer_load::procs::{self, Child};
+use balancer_load::report::{self, ClosedSample, Meta, OpenSample, Row, Target, TargetResults};
+use balancer_load::{configs, conns, setup};
 use clap::Parser;
 
 /// Open files wanted for the harness and, inherited, the proxies: 10k idle client connections
@@ -62,10 +62,11 @@ struct Cli {
     /// Short runs for development: 1 repeat of 3 s, fewer connections in the memory phases.
     #[arg(long)]
     quick: bool,
-    /// Which targets to run, in interleaving order.
+    /// Which targets to run, in interleaving order (balancer-baseline joins after balancer when
+    /// --baseline is given and it is not listed).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = Target::ALL)]
     targets: Vec<Target>,
-    /// First port of the range used on 127.0.0.1 (base+1 .. base+43).
+    /// First port of the range used on 127.0.0.1 (base+1 .. base+44).
     #[arg(long, default_value_t = 18_100)]
     base_port: u16,
     /// CPU list the proxies are pinned to (taskset -c).
@@ -77,6 +78,10 @@ struct Cli {
     /// Use this balancer binary instead of building it with cargo.
     #[arg(long)]
     balancer_bin: Option<PathBuf>,
+    /// A second balancer binary (e.g. built from an older commit), measured as
+    /// `balancer-baseline` with the same config, pinning and interleaved repeats.
+    #[arg(long, value_name = "PATH")]
+    baseline: Option<PathBuf>,
     /// Never install anything (apt-get, cargo install); fail or skip instead.
     #[arg(long)]
     no_install: bool,
@@ -104,6 +109,25 @@ struct Settings {
 }
 
 impl Cli {
+    /// The targets in interleaving order: the baseline right after the balancer, so that the two
+    /// binaries run closest together in time.
+    fn targets(&self) -> anyhow::Result<Vec<Target>> {
+        let mut targets = self.targets.clone();
+        let listed = targets.contains(&Target::Baseline);
+        match (&self.baseline, listed) {
+            (None, true) => bail!("--targets names balancer-baseline but --baseline is not given"),
+            (Some(_), false) => {
+                let at = targets
+                    .iter()
+                    .position(|&t| t == Target::Balancer)
+                    .map_or(targets.len(), |i| i + 1);
+                targets.insert(at, Target::Baseline);
+            }
+            _ => {}
+        }
+        Ok(targets)
+    }
+
     fn settings(&self) -> Settings {
         let (d, w, r, i, f) = if self.quick {
             (3, 1, 1, 2_000, 200)
@@ -148,7 +172,7 @@ impl Phase {
 impl Ports {
     fn new(base: u16) -> anyhow::Result<Ports> {
         if base.checked_add(50).is_none() {
-            bail!("--base-port {base} is too high: the harness uses base+1 .. base+43");
+            bail!("--base-port {base} is too high: the harness uses base+1 .. base+44");
         }
         Ok(Ports {
             backends: [base + 1, base + 2, base + 3, base + 4],
@@ -168,6 +192,7 @@ impl Ports {
             Target::Balancer => 1,
             Target::Haproxy => 2,
             Target::Nginx => 3,
+            Target::Baseline => 4,
         };
         self.base + phase_offset + target_offset
     }
@@ -176,7 +201,12 @@ impl Ports {
         let mut all: Vec<u16> = self.backends.to_vec();
         all.extend(self.slow_backends);
         for phase in [Phase::Load, Phase::IdleMemory, Phase::InFlight] {
-            for target in [Target::Balancer, Target::Haproxy, Target::Nginx] {
+            for target in [
+                Target::Balancer,
+                Target::Haproxy,
+                Target::Nginx,
+                Target::Baseline,
+            ] {
                 all.push(self.proxy(target, phase));
             }
         }
@@ -190,6 +220,7 @@ struct Ctx {
     haproxy: PathBuf,
     nginx: PathBuf,
     balancer: Result<PathBuf, String>,
+    baseline: Option<PathBuf>,
     haproxy_maxconn: usize,
     nofile: u64,
     proxy_cpus: String,
@@ -255,6 +286,13 @@ fn raise_nofile() -> u64 {
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
     let settings = cli.settings();
+    let targets = cli.targets()?;
+    // Asked for by name, so a wrong path stops the run rather than leaving the comparison out.
+    if let Some(path) = &cli.baseline {
+        if !path.is_file() {
+            bail!("--baseline {} does not exist", path.display());
+        }
+    }
     let started_utc = shell_line("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]);
     let ws = setup::workspace()?;
     let out = cli
@@ -349,6 +387,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         haproxy: tool("haproxy")?,
         nginx: tool("nginx")?,
         balancer,
+        baseline: cli.baseline.clone(),
         haproxy_maxconn,
         nofile,
         proxy_cpus: cli.proxy_cpus.clone(),
@@ -380,9 +419,18 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     if let Ok(bin) = &ctx.balancer {
         versions.push(("balancer".into(), setup::version_line(bin, &["--version"])));
     }
+    if let Some(bin) = &ctx.baseline {
+        versions.push((
+            Target::Baseline.name().into(),
+            format!(
+                "{} ({})",
+                setup::version_line(bin, &["--version"]),
+                bin.display()
+            ),
+        ));
+    }
 
-    let mut results: Vec<TargetResults> =
-        cli.targets.iter().map(|&t| TargetResults::new(t)).collect();
+    let mut results: Vec<TargetResults> = targets.iter().map(|&t| TargetResults::new(t)).collect();
     if let Err(why) = &ctx.balancer {
         for r in results.iter_mut().filter(|r| r.target == Target::Balancer) {
             r.failure = Some(format!("not measured: {why}"));
@@ -460,7 +508,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 format!(
                     "{} (interleaved: {})",
                     settings.repeats,
-                    cli.targets
+                    targets
                         .iter()
                         .map(|t| t.name())
                         .collect::<Vec<_>>()
@@ -588,11 +636,17 @@ fn start_proxy(
     let name = format!("{}-{}", phase.tag(), target.name());
     let mut command = match target {
         Target::Direct => bail!("direct has no proxy"),
-        Target::Balancer => {
-            let bin = ctx.balancer.as_ref().map_err(|why| anyhow!("{why}"))?;
+        Target::Balancer | Target::Baseline => {
+            let bin = match target {
+                Target::Baseline => ctx
+                    .baseline
+                    .as_ref()
+                    .ok_or_else(|| anyhow!("no --baseline given"))?,
+                _ => ctx.balancer.as_ref().map_err(|why| anyhow!("{why}"))?,
+            };
             let conf = ctx.configs_dir.join(format!("{name}.toml"));
             fs::write(&conf, configs::balancer(port, backends))?;
-            check_command("balancer", Command::new(bin).arg("check").arg(&conf))?;
+            check_command(target.name(), Command::new(bin).arg("check").arg(&conf))?;
             let mut command = pinned(ctx, &ctx.proxy_cpus, bin);
             // Diagnostics at warn only: nothing per request is logged.
             command.arg("--config").arg(&conf).env("RUST_LOG", "warn");
@@ -981,5 +1035,33 @@ fn load_phase(
     }
     for child in children.iter_mut().flatten() {
         child.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn targets(args: &[&str]) -> anyhow::Result<Vec<Target>> {
+        Cli::try_parse_from(["compare-proxies"].iter().chain(args))?.targets()
+    }
+
+    #[test]
+    fn the_baseline_runs_right_after_the_balancer() {
+        use Target::*;
+        assert_eq!(targets(&[]).unwrap(), Target::ALL);
+        assert_eq!(
+            targets(&["--baseline", "/old/balancer"]).unwrap(),
+            [Direct, Balancer, Baseline, Haproxy, Nginx]
+        );
+        assert_eq!(
+            targets(&["--baseline", "b", "--targets", "haproxy,balancer"]).unwrap(),
+            [Haproxy, Balancer, Baseline]
+        );
+        assert_eq!(
+            targets(&["--baseline", "b", "--targets", "balancer-baseline,nginx"]).unwrap(),
+            [Baseline, Nginx]
+        );
+        assert!(targets(&["--targets", "balancer,balancer-baseline"]).is_err());
     }
 }

@@ -1,5 +1,5 @@
 //! The load harness behind `compare-proxies`: the balancer measured beside HAProxy and nginx on
-//! one machine, in one run (see benches/load/README.md).
+//! one machine, in one run (see load/README.md).
 
 pub mod configs;
 pub mod conns;
