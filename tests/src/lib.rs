@@ -42,6 +42,58 @@ pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
     }
 }
 
+/// Waits for, then holds until dropped, the one turn shared by the tests that load both cores or
+/// measure latency: all the tests share one process, and two such tests at once would measure
+/// each other (a p99 against its baseline, a replay against live latency) or starve each other.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    TURN.lock().await
+}
+
+/// Set on a process started by [`rerun_alone`], to the one test it runs.
+const ALONE_VARIABLE: &str = "BALANCER_E2E_ALONE";
+
+/// For a test that counts what belongs to the whole process (threads, descriptors, memory),
+/// which the other tests sharing it would change: runs the test `name` of `module` (pass
+/// `module_path!()`) again, alone, in a fresh process of this test binary, and returns true once
+/// it passed there, when the caller should return. In that fresh process it returns false, and
+/// the caller goes on with its body.
+pub fn rerun_alone(module: &str, name: &str) -> bool {
+    // libtest names a test by its path without the crate's name.
+    let test = match module.split_once("::") {
+        Some((_, path)) => format!("{path}::{name}"),
+        None => name.to_owned(),
+    };
+    if std::env::var(ALONE_VARIABLE).is_ok_and(|running| running == test) {
+        return false;
+    }
+    let binary = std::env::current_exe().expect("the test binary's path");
+    let output = std::process::Command::new(binary)
+        .args([
+            test.as_str(),
+            "--exact",
+            "--include-ignored",
+            "--test-threads=1",
+            "--nocapture",
+        ])
+        .env(ALONE_VARIABLE, &test)
+        .output()
+        .expect("the test binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprint!("{stderr}");
+    assert!(
+        output.status.success(),
+        "{test}, run alone, failed:\n{stdout}\n{stderr}"
+    );
+    // A wrong name would match no test, and an empty run passes.
+    assert!(
+        stdout.contains("1 passed"),
+        "{test} did not run alone:\n{stdout}"
+    );
+    true
+}
+
 /// Starts one demo backend per entry of `latencies_ms` (ids 1, 2, …) on free loopback ports.
 pub async fn start_backends(latencies_ms: &[u64]) -> Vec<DemoBackend> {
     let mut backends = Vec::new();

@@ -1,4 +1,4 @@
-//! Issue 8: `GET /explain/{request-id}` on the admin listener returns the core's decision
+//! `GET /explain/{request-id}` on the admin listener returns the core's decision
 //! records for every try of a request; unknown or evicted ids are 404, malformed ones 400.
 
 use http::Request;

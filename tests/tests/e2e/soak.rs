@@ -1,19 +1,20 @@
-//! Soak (issue 7): ten minutes at half of the measured capacity; the process's resident memory
+//! Soak: ten minutes at half of the measured capacity; the process's resident memory
 //! must grow by at most 10 % from the end of the warm-up to the end, and no file descriptor
 //! may leak (the count after the load stops and idle backend connections expire is back where
 //! it was before the load).
 //!
-//! The balancer runs in-process (`tests::Proxy`), so `/proc/self/status` `VmRSS` and the
-//! entries of `/proc/self/fd` are those of the whole test process: balancer, four demo
-//! backends and the load clients together. Every part of it is steady-state by design, so a
+//! The balancer runs in-process (`tests::Proxy`), and the test reruns itself alone in a fresh
+//! process of the test binary (`tests::rerun_alone`), so `/proc/self/status` `VmRSS` and the
+//! entries of `/proc/self/fd` are those of this test only: balancer, four demo backends and the
+//! load clients together. Every part of it is steady-state by design, so a
 //! leak anywhere shows; the clients reconnect every 100 requests so that connection setup and
 //! teardown are exercised, not only keep-alive.
 //!
 //! An ignored test, run on demand (Linux only: it reads `/proc`); `BALANCER_SOAK_SECS` shortens it:
 //!
 //! ```sh
-//! cargo test --release -p tests --test soak -- --ignored --nocapture
-//! BALANCER_SOAK_SECS=60 cargo test --release -p tests --test soak -- --ignored --nocapture
+//! cargo test --release -p tests --test e2e soak:: -- --ignored --nocapture
+//! BALANCER_SOAK_SECS=60 cargo test --release -p tests --test e2e soak:: -- --ignored --nocapture
 //! ```
 
 use std::net::SocketAddr;
@@ -173,8 +174,16 @@ impl Clients {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "long run: cargo test --release -p tests --test soak -- --ignored --nocapture"]
+#[ignore = "long run: cargo test --release -p tests --test e2e soak:: -- --ignored --nocapture"]
 async fn ten_minutes_at_half_capacity_leak_neither_memory_nor_descriptors() {
+    // Memory and descriptors are counted for the whole process.
+    if tests::rerun_alone(
+        module_path!(),
+        "ten_minutes_at_half_capacity_leak_neither_memory_nor_descriptors",
+    ) {
+        return;
+    }
+    let _turn = tests::serial().await;
     let soak = Duration::from_secs(
         std::env::var("BALANCER_SOAK_SECS")
             .ok()

@@ -1,4 +1,4 @@
-//! Issue 8: `[trace]` records one line per request in `balancer_core::trace`'s format, and
+//! `[trace]` records one line per request in `balancer_core::trace`'s format, and
 //! rotation keeps the files within `max_files` × `max_bytes`.
 
 use std::path::PathBuf;

@@ -1,4 +1,4 @@
-//! Chaos (issue 7): a config reload every second, and a graceful shutdown, both under load.
+//! Chaos: a config reload every second, and a graceful shutdown, both under load.
 //!
 //! - Reloads alternate between the library API (`RunningBalancer::reload`, what `SIGHUP`
 //!   does) and the admin `POST /reload`, cycling through files that remove a backend, add
@@ -15,7 +15,7 @@
 //! reloads over a minute, 30 shutdowns) are ignored tests, run on demand:
 //!
 //! ```sh
-//! cargo test --release -p tests --test chaos_reload -- --ignored --nocapture
+//! cargo test --release -p tests --test e2e chaos_reload:: -- --ignored --nocapture
 //! ```
 
 use std::net::SocketAddr;
@@ -66,6 +66,8 @@ fn config_number(n: usize, all: &[SocketAddr]) -> String {
 }
 
 async fn reload_every_second(reloads: usize) {
+    // The load keeps both cores busy for seconds.
+    let _turn = tests::serial().await;
     let backends = start_backends(&[1, 1, 1]).await;
     let addresses: Vec<SocketAddr> = backends.iter().map(|b| b.local_addr()).collect();
     let file = ConfigFile::new(
@@ -143,7 +145,7 @@ async fn a_reload_every_second_under_load_fails_no_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "long run: cargo test --release -p tests --test chaos_reload -- --ignored --nocapture"]
+#[ignore = "long run: cargo test --release -p tests --test e2e chaos_reload:: -- --ignored --nocapture"]
 async fn a_reload_every_second_for_a_minute_fails_no_request() {
     reload_every_second(60).await;
 }
@@ -315,6 +317,7 @@ async fn graceful_shutdown_under_load_drops_nothing_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_under_load_drops_no_request_in_flight() {
+    let _turn = tests::serial().await;
     // A few rounds: where shutdown falls in the clients' cycle differs each time.
     for _ in 0..3 {
         graceful_shutdown_under_load_drops_nothing_once().await;
@@ -322,8 +325,9 @@ async fn graceful_shutdown_under_load_drops_no_request_in_flight() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "long run: cargo test --release -p tests --test chaos_reload -- --ignored --nocapture"]
+#[ignore = "long run: cargo test --release -p tests --test e2e chaos_reload:: -- --ignored --nocapture"]
 async fn graceful_shutdown_under_load_30_times() {
+    let _turn = tests::serial().await;
     for _ in 0..30 {
         graceful_shutdown_under_load_drops_nothing_once().await;
     }

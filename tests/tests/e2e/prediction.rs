@@ -1,4 +1,4 @@
-//! Issue 8: the simulator's replay of a recorded trace predicts the live proxy's latency.
+//! The simulator's replay of a recorded trace predicts the live proxy's latency.
 //!
 //! Three demo backends with known latency (5, 10 and 20 ms, each plus a uniform 0–5 ms
 //! jitter) behind a least-pending proxy recording a trace; an open-loop client sends 300
@@ -32,6 +32,8 @@ const INTERVAL: Duration = Duration::from_micros(6_667); // 150 per second
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_predicts_mean_and_p99_latency_of_the_live_proxy() {
+    // Measured latency against the replay's: a heavy test alongside would widen the gap.
+    let _turn = tests::serial().await;
     let mut backends = Vec::new();
     for (id, latency_ms) in [(1, 5), (2, 10), (3, 20)] {
         backends.push(

@@ -39,6 +39,8 @@ async fn restart(address: std::net::SocketAddr, id: u32) -> DemoBackend {
 
 #[tokio::test]
 async fn a_backend_killed_under_load_fails_no_request_is_ejected_and_comes_back() {
+    // The load keeps both cores busy for seconds.
+    let _turn = tests::serial().await;
     let mut backends = start_backends(&[1, 1, 1]).await;
     let proxy = Proxy::start(&format!(
         "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n\
