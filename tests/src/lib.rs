@@ -3,13 +3,9 @@
 //!
 //! ```no_run
 //! # async fn session() {
-//! use tests::{Proxy, start_backends};
+//! use tests::{ConfigBuilder, Proxy, start_backends};
 //! let backends = start_backends(&[0, 0]).await;
-//! let proxy = Proxy::start(&format!(
-//!     "listen = \"127.0.0.1:0\"\nbackends = {}\n",
-//!     tests::toml_list(&backends)
-//! ))
-//! .await;
+//! let proxy = Proxy::start(ConfigBuilder::new().listen_any().backends(&backends)).await;
 //! let reply = proxy.get("/").await;
 //! assert_eq!(reply.status, 200);
 //! proxy.stop().await;
@@ -17,6 +13,13 @@
 //! ```
 #![deny(unsafe_code)]
 
+mod config;
+
+pub use config::{
+    AsBackend, Backend, ConfigBuilder, HealthCheck, Outlier, Pool, RateLimit, Retry, Route, Trace,
+};
+
+use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -111,15 +114,6 @@ pub async fn start_backends(latencies_ms: &[u64]) -> Vec<DemoBackend> {
     backends
 }
 
-/// `["127.0.0.1:p1", "127.0.0.1:p2"]` for a TOML `backends = …` line.
-pub fn toml_list(backends: &[DemoBackend]) -> String {
-    let quoted: Vec<String> = backends
-        .iter()
-        .map(|b| format!("\"{}\"", b.local_addr()))
-        .collect();
-    format!("[{}]", quoted.join(", "))
-}
-
 /// A loopback port that was free a moment ago (for configs that route by listener port).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -155,11 +149,11 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Starts the balancer from `toml` (listeners should use port 0 or `free_port()`). Unless
-    /// `toml` names an `admin` address, the admin listener gets a free port (the default 9901
-    /// would clash between tests running in parallel).
-    pub async fn start(toml: &str) -> Proxy {
-        let toml = with_admin_on_a_free_port(toml);
+    /// Starts the balancer from `config`, a [`ConfigBuilder`] or TOML text (listeners should
+    /// use port 0 or `free_port()`). Unless it names an `admin` address, the admin listener
+    /// gets a free port (the default 9901 would clash between tests running in parallel).
+    pub async fn start(config: impl fmt::Display) -> Proxy {
+        let toml = with_admin_on_a_free_port(&config.to_string());
         let config = Config::from_toml_str(&toml, "test.toml")
             .unwrap_or_else(|err| panic!("test config is invalid: {err}\n{toml}"));
         let running = balancer_tokio::start(config)
@@ -288,9 +282,9 @@ pub struct ConfigFile {
 }
 
 impl ConfigFile {
-    /// Writes `toml` (with the admin listener on a free port, as [`Proxy::start`] does) to a
-    /// fresh file named after `tag`.
-    pub fn new(tag: &str, toml: &str) -> ConfigFile {
+    /// Writes `toml` (a [`ConfigBuilder`] or TOML text, with the admin listener on a free
+    /// port as [`Proxy::start`] does) to a fresh file named after `tag`.
+    pub fn new(tag: &str, toml: impl fmt::Display) -> ConfigFile {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!(
@@ -303,8 +297,9 @@ impl ConfigFile {
     }
 
     /// Replaces the file's text.
-    pub fn write(&self, toml: &str) {
-        std::fs::write(&self.path, with_admin_on_a_free_port(toml)).expect("write the config file");
+    pub fn write(&self, toml: impl fmt::Display) {
+        let toml = with_admin_on_a_free_port(&toml.to_string());
+        std::fs::write(&self.path, toml).expect("write the config file");
     }
 }
 

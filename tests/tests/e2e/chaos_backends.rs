@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use balancer_tokio::{DemoBackend, DemoBackendConfig};
-use tests::{Load, Proxy, start_backends, toml_list};
+use tests::{ConfigBuilder, Load, Proxy, start_backends};
 
 /// Clients of the load: requests are in flight at every kill.
 const LOAD_CLIENTS: usize = 6;
@@ -46,14 +46,16 @@ async fn kill_and_restart_under_load(duration: Duration, period: Duration, down_
     // The load and the kills keep both cores busy.
     let _turn = tests::serial().await;
     let backends = start_backends(&[1, 1, 1]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n\
-         [pools.default]\nbackends = {}\n\
-         outlier = {{ consecutive_failures = 2, base_ejection_ms = 200, max_ejection_ms = 1000 }}\n\
-         health_check = {{ path = \"/\", interval_ms = 100, timeout_ms = 500, rise = 2, fall = 1 }}\n\
-         retry = {{ max_retries = 2, backoff_base_ms = 1, backoff_max_ms = 5 }}\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(ConfigBuilder::new().listen_any().pool("default", |p| {
+        p.backends(&backends)
+            .outlier(|o| {
+                o.consecutive_failures(2)
+                    .base_ejection_ms(200)
+                    .max_ejection_ms(1000)
+            })
+            .health_check(|h| h.path("/").interval_ms(100).timeout_ms(500).rise(2).fall(1))
+            .retry(|r| r.max_retries(2).backoff_base_ms(1).backoff_max_ms(5))
+    }))
     .await;
     let mut backends: Vec<Option<DemoBackend>> = backends.into_iter().map(Some).collect();
     let addresses: Vec<SocketAddr> = backends

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tests::{Proxy, start_backends, toml_list, within};
+use tests::{ConfigBuilder, Proxy, start_backends, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -303,13 +303,14 @@ async fn run_inputs(total: usize) {
     // 64 connections at once keep both cores busy.
     let _turn = tests::serial().await;
     let backends = start_backends(&[0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n\
-         header_read_timeout_ms = {HEADER_READ_TIMEOUT_MS}\n\
-         max_header_bytes = {MAX_HEADER_BYTES}\nmax_body_bytes = {MAX_BODY_BYTES}\n\
-         backends = {}\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .header_read_timeout_ms(HEADER_READ_TIMEOUT_MS)
+            .max_header_bytes(MAX_HEADER_BYTES)
+            .max_body_bytes(MAX_BODY_BYTES)
+            .backends(&backends),
+    )
     .await;
     let address = proxy.addr();
     let next = Arc::new(AtomicUsize::new(0));
@@ -411,11 +412,7 @@ async fn chaos_input_100k() {
 #[tokio::test]
 async fn a_complete_request_then_a_half_close_is_answered() {
     let backends = start_backends(&[0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nbackends = {}\n",
-        toml_list(&backends)
-    ))
-    .await;
+    let proxy = Proxy::start(ConfigBuilder::new().listen_any().backends(&backends)).await;
     for request in [
         &b"GET / HTTP/1.1\r\nhost: chaos.test\r\n\r\n"[..],
         &b"GET / HTTP/1.1\r\nhost: chaos.test\r\nconnection: close\r\n\r\n"[..],
@@ -441,10 +438,12 @@ async fn a_complete_request_then_a_half_close_is_answered() {
 #[tokio::test]
 async fn an_absurd_content_length_is_not_called_a_header_too_large() {
     let backends = start_backends(&[0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nmax_body_bytes = {MAX_BODY_BYTES}\nbackends = {}\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .max_body_bytes(MAX_BODY_BYTES)
+            .backends(&backends),
+    )
     .await;
     let request = format!(
         "POST /sink HTTP/1.1\r\nhost: chaos.test\r\ncontent-length: {}\r\n\r\nhello",

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tests::{Proxy, get, start_backends, toml_list};
+use tests::{ConfigBuilder, Proxy, get, start_backends};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -244,11 +244,12 @@ async fn slowloris(per_client: usize, window: Duration) {
     // A p99 against a baseline: another heavy test in either window would decide it.
     let _turn = tests::serial().await;
     let backends = start_backends(&[0, 0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n\
-         header_read_timeout_ms = {HEADER_READ_TIMEOUT_MS}\nbackends = {}\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .header_read_timeout_ms(HEADER_READ_TIMEOUT_MS)
+            .backends(&backends),
+    )
     .await;
     let address = proxy.addr();
     // Warm-up (backend keep-alive connections, allocator), then the baseline.

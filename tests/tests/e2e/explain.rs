@@ -3,7 +3,7 @@
 
 use http::Request;
 use http_body_util::Empty;
-use tests::{Proxy, start_backends, toml_list};
+use tests::{ConfigBuilder, Proxy, start_backends};
 
 fn with_id(path: &str, id: &str) -> Request<Empty<bytes::Bytes>> {
     let mut request = tests::get(path, "test.local");
@@ -16,11 +16,7 @@ fn with_id(path: &str, id: &str) -> Request<Empty<bytes::Bytes>> {
 #[tokio::test]
 async fn a_known_id_is_explained_with_candidates_and_the_rule() {
     let backends = start_backends(&[0, 0, 0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nbackends = {}\n",
-        toml_list(&backends)
-    ))
-    .await;
+    let proxy = Proxy::start(ConfigBuilder::new().listen_any().backends(&backends)).await;
     let reply = proxy.send(proxy.addr(), with_id("/", "explain-me-1")).await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.header("x-request-id"), "explain-me-1");
@@ -76,10 +72,12 @@ async fn a_retry_is_a_second_try_under_the_same_id_naming_the_skipped_backend() 
     let backends = start_backends(&[0]).await;
     // A port nothing listens on: connecting fails, the GET is retried on the live backend.
     let dead = tests::free_port();
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n[pools.p]\npolicy = \"round-robin\"\nbackends = [\"127.0.0.1:{dead}\", \"{}\"]\n",
-        backends[0].local_addr()
-    ))
+    let proxy = Proxy::start(ConfigBuilder::new().listen_any().pool("p", |p| {
+        p.policy("round-robin").backends([
+            format!("127.0.0.1:{dead}"),
+            backends[0].local_addr().to_string(),
+        ])
+    }))
     .await;
     // Round-robin starts at the first backend: the dead one, then the retry.
     let reply = proxy.send(proxy.addr(), with_id("/", "retried")).await;
@@ -106,10 +104,12 @@ async fn a_retry_is_a_second_try_under_the_same_id_naming_the_skipped_backend() 
 #[tokio::test]
 async fn an_evicted_id_is_404_naming_the_ring_size_and_a_malformed_one_400() {
     let backends = start_backends(&[0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nexplain_ring_size = 2\nbackends = {}\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .explain_ring_size(2)
+            .backends(&backends),
+    )
     .await;
     for id in ["old-1", "new-2", "new-3"] {
         assert_eq!(proxy.send(proxy.addr(), with_id("/", id)).await.status, 200);
@@ -139,10 +139,12 @@ async fn an_evicted_id_is_404_naming_the_ring_size_and_a_malformed_one_400() {
 #[tokio::test]
 async fn explanations_off_answers_404_saying_so() {
     let backends = start_backends(&[0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nexplain_ring_size = 0\nbackends = {}\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .explain_ring_size(0)
+            .backends(&backends),
+    )
     .await;
     assert_eq!(
         proxy.send(proxy.addr(), with_id("/", "x1")).await.status,

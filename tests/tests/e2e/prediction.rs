@@ -25,7 +25,7 @@ use balancer_core::PolicyKind;
 use balancer_core::trace::parse_trace;
 use balancer_sim::replay::{ReplayConfig, replay};
 use balancer_tokio::{DemoBackend, DemoBackendConfig};
-use tests::{Proxy, get, send_http1, within};
+use tests::{ConfigBuilder, Proxy, get, send_http1, within};
 
 const REQUESTS: usize = 300;
 const INTERVAL: Duration = Duration::from_micros(6_667); // 150 per second
@@ -51,12 +51,13 @@ async fn replay_predicts_mean_and_p99_latency_of_the_live_proxy() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("live.trace");
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\npolicy = \"least-pending\"\nbackends = {}\n\
-         [trace]\npath = \"{}\"\n",
-        tests::toml_list(&backends),
-        path.display()
-    ))
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .policy("least-pending")
+            .backends(&backends)
+            .trace(&path, |t| t),
+    )
     .await;
 
     let address = proxy.addr();

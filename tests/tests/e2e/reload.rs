@@ -2,14 +2,19 @@
 //! across keep their state, gone ones drain; a bad file is refused and the old config serves.
 
 use balancer_tokio::Config;
-use tests::{ConfigFile, Load, Proxy, eventually, start_backends, within};
+use tests::{
+    AsBackend, Backend, ConfigBuilder, ConfigFile, Load, Pool, Proxy, eventually, start_backends,
+    within,
+};
 
-fn pool_toml(addresses: &[std::net::SocketAddr], extra: &str) -> String {
-    let list: Vec<String> = addresses.iter().map(|a| format!("\"{a}\"")).collect();
-    format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n[pools.default]\nbackends = [{}]\n{extra}",
-        list.join(", ")
-    )
+/// A config with one pool, "default", of `backends` and the rest from `pool`.
+fn with_pool<B: AsBackend>(
+    backends: impl IntoIterator<Item = B>,
+    pool: impl FnOnce(Pool) -> Pool,
+) -> ConfigBuilder {
+    ConfigBuilder::new()
+        .listen_any()
+        .pool("default", |p| pool(p.backends(backends)))
 }
 
 fn dispatched(proxy: &Proxy, address: std::net::SocketAddr) -> Option<u64> {
@@ -26,7 +31,7 @@ async fn reload_under_load_fails_no_request_and_keeps_backend_state() {
     let _turn = tests::serial().await;
     let backends = start_backends(&[1, 1, 1]).await;
     let [a, b, c] = [0, 1, 2].map(|i| backends[i].local_addr());
-    let file = ConfigFile::new("reload-load", &pool_toml(&[a, b], ""));
+    let file = ConfigFile::new("reload-load", with_pool([a, b], |p| p));
     let proxy = Proxy::start_file(&file).await;
     let load = Load::start(proxy.addr(), 4, "/");
     load.wait_for(100).await;
@@ -38,10 +43,7 @@ async fn reload_under_load_fails_no_request_and_keeps_backend_state() {
     let b_before = dispatched(&proxy, b).expect("b is in the pool");
 
     // A goes, C comes, B stays (with a new weight).
-    file.write(&pool_toml(&[b, c], "").replace(
-        &format!("\"{b}\""),
-        &format!("{{ address = \"{b}\", weight = 2 }}"),
-    ));
+    file.write(with_pool([Backend::at(b).weight(2), Backend::at(c)], |p| p));
     let reply = proxy.admin_post("/reload").await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert!(
@@ -64,7 +66,7 @@ async fn reload_under_load_fails_no_request_and_keeps_backend_state() {
 
     // A reload that changes the scheduler settings reconfigures the scheduler in place; still
     // no failure.
-    file.write(&pool_toml(&[a, b, c], "policy = \"round-robin\"\n"));
+    file.write(with_pool([a, b, c], |p| p.policy("round-robin")));
     let reply = proxy.admin_post("/reload").await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     load.wait_for(200).await;
@@ -93,11 +95,12 @@ async fn reload_under_load_fails_no_request_and_keeps_backend_state() {
 #[tokio::test]
 async fn a_bad_file_is_refused_with_checks_message_and_the_old_config_keeps_serving() {
     let backends = start_backends(&[0]).await;
-    let good = pool_toml(&[backends[0].local_addr()], "");
+    let good = with_pool(&backends, |p| p).to_string();
     let file = ConfigFile::new("reload-bad", &good);
     let proxy = Proxy::start_file(&file).await;
     let config_before = proxy.admin_get("/config").await.body;
 
+    // Deliberately bad files, as a hand edit of the good one makes them: literal TOML.
     let bad_files = [
         good.replace("[pools.default]", "[pools.default]\ntimeout = 3"),
         format!("{good}[[routes]]\npool = \"missing\"\n"),
@@ -105,6 +108,7 @@ async fn a_bad_file_is_refused_with_checks_message_and_the_old_config_keeps_serv
         good.replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.2:0\""),
     ];
     for bad in &bad_files {
+        assert_ne!(bad, &good, "the edit found nothing to change");
         file.write(bad);
         let reply = proxy.admin_post("/reload").await;
         assert_eq!(reply.status, 400, "{bad}\n{}", reply.body);
@@ -144,7 +148,7 @@ async fn a_bad_file_is_refused_with_checks_message_and_the_old_config_keeps_serv
 async fn changed_scheduler_settings_apply_in_place_and_backends_keep_their_state() {
     let backends = start_backends(&[0, 0, 0]).await;
     let [a, b, c] = [0, 1, 2].map(|i| backends[i].local_addr());
-    let file = ConfigFile::new("reload-reconfigure", &pool_toml(&[a, b, c], ""));
+    let file = ConfigFile::new("reload-reconfigure", with_pool([a, b, c], |p| p));
     let proxy = Proxy::start_file(&file).await;
     for _ in 0..9 {
         assert_eq!(proxy.get("/").await.status, 200);
@@ -163,10 +167,11 @@ async fn changed_scheduler_settings_apply_in_place_and_backends_keep_their_state
     });
     proxy.wait_for_in_flight(1).await;
 
-    file.write(&pool_toml(
-        &[a, b, c],
-        "policy = \"round-robin\"\nmax_pending_per_backend = 50\noutlier = { consecutive_failures = 3 }\n",
-    ));
+    file.write(with_pool([a, b, c], |p| {
+        p.policy("round-robin")
+            .max_pending_per_backend(50)
+            .outlier(|o| o.consecutive_failures(3))
+    }));
     let reply = proxy.admin_post("/reload").await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let after = proxy.running().proxy().pools()[0].clone();

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use balancer_tokio::{DemoBackend, DemoBackendConfig};
-use tests::{Load, Proxy, eventually, start_backends, toml_list, within};
+use tests::{ConfigBuilder, Load, Proxy, eventually, start_backends, within};
 
 /// The state (`up`, `down`, `ejected`, `drained`, …) of the backend at `address` in the first pool.
 fn state_of(proxy: &Proxy, address: std::net::SocketAddr) -> String {
@@ -42,13 +42,15 @@ async fn a_backend_killed_under_load_fails_no_request_is_ejected_and_comes_back(
     // The load keeps both cores busy for seconds.
     let _turn = tests::serial().await;
     let mut backends = start_backends(&[1, 1, 1]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n\
-         [pools.default]\nbackends = {}\n\
-         outlier = {{ consecutive_failures = 2, base_ejection_ms = 300, max_ejection_ms = 1000 }}\n\
-         retry = {{ max_retries = 2, backoff_base_ms = 1, backoff_max_ms = 5 }}\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(ConfigBuilder::new().listen_any().pool("default", |p| {
+        p.backends(&backends)
+            .outlier(|o| {
+                o.consecutive_failures(2)
+                    .base_ejection_ms(300)
+                    .max_ejection_ms(1000)
+            })
+            .retry(|r| r.max_retries(2).backoff_base_ms(1).backoff_max_ms(5))
+    }))
     .await;
     let load = Load::start(proxy.addr(), 4, "/");
     load.wait_for(100).await;
@@ -111,12 +113,16 @@ async fn a_backend_killed_under_load_fails_no_request_is_ejected_and_comes_back(
 #[tokio::test]
 async fn active_health_checks_take_a_dead_backend_down_and_bring_it_back_up() {
     let mut backends = start_backends(&[0, 0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n\
-         [pools.default]\nbackends = {}\n\
-         health_check = {{ path = \"/status/204\", interval_ms = 50, timeout_ms = 500, rise = 2, fall = 2, expected_status = \"200-299\" }}\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(ConfigBuilder::new().listen_any().pool("default", |p| {
+        p.backends(&backends).health_check(|h| {
+            h.path("/status/204")
+                .interval_ms(50)
+                .timeout_ms(500)
+                .rise(2)
+                .fall(2)
+                .expected_status("200-299")
+        })
+    }))
     .await;
     let second = backends.remove(1);
     let address = second.local_addr();
@@ -163,12 +169,10 @@ async fn active_health_checks_take_a_dead_backend_down_and_bring_it_back_up() {
 #[tokio::test]
 async fn a_probe_with_an_unexpected_status_fails() {
     let backends = start_backends(&[0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n\
-         [pools.default]\nbackends = {}\n\
-         health_check = {{ path = \"/status/500\", interval_ms = 50, fall = 1 }}\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(ConfigBuilder::new().listen_any().pool("default", |p| {
+        p.backends(&backends)
+            .health_check(|h| h.path("/status/500").interval_ms(50).fall(1))
+    }))
     .await;
     let address = backends[0].local_addr();
     eventually("a 500 from the health path to mark it down", || async {
@@ -184,11 +188,9 @@ async fn a_probe_with_an_unexpected_status_fails() {
 #[tokio::test]
 async fn past_the_per_backend_cap_the_answer_is_503_at_once() {
     let backends = start_backends(&[0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n\
-         [pools.default]\nbackends = {}\nmax_pending_per_backend = 1\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(ConfigBuilder::new().listen_any().pool("default", |p| {
+        p.backends(&backends).max_pending_per_backend(1)
+    }))
     .await;
     let address = proxy.addr();
     let slow =
@@ -210,14 +212,17 @@ async fn past_the_per_backend_cap_the_answer_is_503_at_once() {
 #[tokio::test]
 async fn below_the_panic_threshold_traffic_spreads_over_unhealthy_backends() {
     let backends = start_backends(&[0, 0]).await;
-    for (panic, expected) in [("", 503), ("panic_threshold_percent = 50\n", 200)] {
+    for (panic, expected) in [(None, 503), (Some(50), 200)] {
         // Every probe fails (the health path answers 500), so both backends go down.
-        let proxy = Proxy::start(&format!(
-            "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n\
-             [pools.default]\nbackends = {}\n{panic}\
-             health_check = {{ path = \"/status/500\", interval_ms = 50, fall = 1 }}\n",
-            toml_list(&backends)
-        ))
+        let proxy = Proxy::start(ConfigBuilder::new().listen_any().pool("default", |p| {
+            let p = p
+                .backends(&backends)
+                .health_check(|h| h.path("/status/500").interval_ms(50).fall(1));
+            match panic {
+                Some(percent) => p.panic_threshold_percent(percent),
+                None => p,
+            }
+        }))
         .await;
         for backend in &backends {
             let address = backend.local_addr();
@@ -226,7 +231,11 @@ async fn below_the_panic_threshold_traffic_spreads_over_unhealthy_backends() {
             })
             .await;
         }
-        assert_eq!(proxy.get("/").await.status, expected, "with {panic:?}");
+        assert_eq!(
+            proxy.get("/").await.status,
+            expected,
+            "with panic_threshold_percent {panic:?}"
+        );
         proxy.stop().await;
     }
 }
@@ -234,12 +243,10 @@ async fn below_the_panic_threshold_traffic_spreads_over_unhealthy_backends() {
 #[tokio::test]
 async fn an_ejection_ends_while_the_pool_is_idle() {
     let mut backends = start_backends(&[0, 0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n\
-         [pools.default]\nbackends = {}\n\
-         outlier = {{ consecutive_failures = 1, base_ejection_ms = 1000 }}\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(ConfigBuilder::new().listen_any().pool("default", |p| {
+        p.backends(&backends)
+            .outlier(|o| o.consecutive_failures(1).base_ejection_ms(1000))
+    }))
     .await;
     let victim = backends.remove(1);
     let address = victim.local_addr();

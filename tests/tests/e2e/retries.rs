@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
-use tests::{Proxy, free_port, start_backends};
+use tests::{ConfigBuilder, Proxy, Retry, free_port, start_backends};
 
 /// A backend address with nothing listening: connecting is refused at once.
 fn dead_address() -> String {
@@ -29,14 +29,13 @@ fn retries(metrics: &str) -> u64 {
 #[tokio::test]
 async fn gets_are_retried_posts_only_when_allowed_and_small() {
     let backends = start_backends(&[0]).await;
-    let pool = |extra: &str| {
-        format!(
-            "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n[pools.default]\nbackends = [\"{}\", \"{}\"]\nretry = {{ backoff_base_ms = 1 {extra} }}\n",
-            dead_address(),
-            backends[0].local_addr()
-        )
+    let pool = |retry: fn(Retry) -> Retry| {
+        ConfigBuilder::new().listen_any().pool("default", |p| {
+            p.backends([dead_address(), backends[0].local_addr().to_string()])
+                .retry(|r| retry(r.backoff_base_ms(1)))
+        })
     };
-    let proxy = Proxy::start(&pool("")).await;
+    let proxy = Proxy::start(pool(|r| r)).await;
     // Least-pending alternates between the two idle backends, so half the first tries fail.
     for _ in 0..10 {
         let reply = proxy.get("/").await;
@@ -63,7 +62,7 @@ async fn gets_are_retried_posts_only_when_allowed_and_small() {
     assert!(retries(&proxy.admin_get("/metrics").await.body) >= 3);
     proxy.stop().await;
 
-    let proxy = Proxy::start(&pool(", retry_non_idempotent = true")).await;
+    let proxy = Proxy::start(pool(|r| r.retry_non_idempotent(true))).await;
     for _ in 0..10 {
         let reply = proxy
             .send(proxy.addr(), post("/echo", b"small body".to_vec()))
@@ -93,11 +92,10 @@ async fn gets_are_retried_posts_only_when_allowed_and_small() {
 async fn a_503_is_retried_only_with_retry_on_503() {
     let backends = start_backends(&[0, 0]).await;
     for (retry_on_503, expected_retries) in [(false, 0), (true, 4)] {
-        let proxy = Proxy::start(&format!(
-            "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n[pools.default]\nbackends = [\"{}\", \"{}\"]\nretry = {{ retry_on_503 = {retry_on_503}, backoff_base_ms = 1 }}\n",
-            backends[0].local_addr(),
-            backends[1].local_addr()
-        ))
+        let proxy = Proxy::start(ConfigBuilder::new().listen_any().pool("default", |p| {
+            p.backends(&backends)
+                .retry(|r| r.retry_on_503(retry_on_503).backoff_base_ms(1))
+        }))
         .await;
         for _ in 0..4 {
             let reply = proxy.get("/status/503").await;
@@ -121,12 +119,12 @@ async fn a_503_is_retried_only_with_retry_on_503() {
 #[tokio::test]
 async fn per_try_and_overall_timeouts_bound_a_request() {
     let backends = start_backends(&[0, 0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n[pools.default]\nbackends = [\"{}\", \"{}\"]\n\
-         response_header_timeout_ms = 200\nrequest_timeout_ms = 300\nretry = {{ backoff_base_ms = 1 }}\n",
-        backends[0].local_addr(),
-        backends[1].local_addr()
-    ))
+    let proxy = Proxy::start(ConfigBuilder::new().listen_any().pool("default", |p| {
+        p.backends(&backends)
+            .response_header_timeout_ms(200)
+            .request_timeout_ms(300)
+            .retry(|r| r.backoff_base_ms(1))
+    }))
     .await;
     let reply = proxy.get("/sleep/5000").await;
     assert_eq!(reply.status, 504);

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
-use tests::{Proxy, get, start_backends, toml_list};
+use tests::{ConfigBuilder, Proxy, get, start_backends};
 use tokio::net::TcpStream;
 
 /// Closed-loop clients that measure capacity.
@@ -192,11 +192,9 @@ async fn ten_minutes_at_half_capacity_leak_neither_memory_nor_descriptors() {
     );
     let warm_up = soak / 10;
     let backends = start_backends(&[0, 0, 0, 0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n\
-         [pools.default]\nbackends = {}\nidle_timeout_ms = {IDLE_TIMEOUT_MS}\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(ConfigBuilder::new().listen_any().pool("default", |p| {
+        p.backends(&backends).idle_timeout_ms(IDLE_TIMEOUT_MS)
+    }))
     .await;
     let address = proxy.addr();
     let fds_before = open_fds();

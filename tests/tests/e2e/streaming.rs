@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use tests::{CountingBackend, CountingBody, Proxy, within};
+use tests::{ConfigBuilder, CountingBackend, CountingBody, Proxy, within};
 use tokio::net::TcpStream;
 
 const BODY_BYTES: u64 = 50 * 1024 * 1024;
@@ -19,10 +19,12 @@ const MAX_IN_TRANSIT_BYTES: u64 = 32 * 1024 * 1024;
 const STALL: Duration = Duration::from_millis(700);
 
 async fn proxy_to(backend: &CountingBackend) -> Proxy {
-    Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nmax_body_bytes = 104857600\nbackends = [\"{}\"]\n",
-        backend.local_addr()
-    ))
+    Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .max_body_bytes(104857600)
+            .backends([backend]),
+    )
     .await
 }
 

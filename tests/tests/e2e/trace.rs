@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use balancer_core::trace::{TraceOutcome, parse_trace};
-use tests::{Proxy, start_backends};
+use tests::{ConfigBuilder, Proxy, start_backends};
 
 fn scratch_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("balancer-trace-{tag}-{}", std::process::id()));
@@ -19,15 +19,14 @@ async fn requests_are_recorded_with_pool_route_backend_service_time_and_outcome(
     let dir = scratch_dir("fields");
     let path = dir.join("traffic.trace");
     let backends = start_backends(&[20]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n\
-         [trace]\npath = \"{}\"\n\
-         [pools.web]\nbackends = [\"{}\"]\n\
-         [[routes]]\nname = \"api\"\npath_prefix = \"/api\"\npool = \"web\"\n\
-         [[routes]]\nname = \"status\"\npath_prefix = \"/status\"\npool = \"web\"\n",
-        path.display(),
-        backends[0].local_addr()
-    ))
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .trace(&path, |t| t)
+            .pool("web", |p| p.backends(&backends))
+            .route(|r| r.name("api").path_prefix("/api").pool("web"))
+            .route(|r| r.name("status").path_prefix("/status").pool("web")),
+    )
     .await;
     assert_eq!(proxy.get("/api/x").await.status, 200);
     assert_eq!(proxy.get("/status/500").await.status, 500);
@@ -76,12 +75,12 @@ async fn rotation_bounds_the_files_and_each_parses() {
     let dir = scratch_dir("rotation");
     let path = dir.join("t.trace");
     let backends = start_backends(&[0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nbackends = [\"{}\"]\n\
-         [trace]\npath = \"{}\"\nmax_bytes = 1024\nmax_files = 2\n",
-        backends[0].local_addr(),
-        path.display()
-    ))
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .backends(&backends)
+            .trace(&path, |t| t.max_bytes(1024).max_files(2)),
+    )
     .await;
     for _ in 0..60 {
         assert_eq!(proxy.get("/").await.status, 200);
