@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use balancer_core::BackendSnapshot;
 use balancer_tokio::{Config, DemoBackend, DemoBackendConfig, RunningBalancer, ShutdownReport};
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
@@ -114,6 +115,110 @@ pub async fn start_backends(latencies_ms: &[u64]) -> Vec<DemoBackend> {
     backends
 }
 
+/// Starts demo backend `id` again on `address`, where an earlier one was stopped (a kill and a
+/// restart), with a 1 ms latency.
+pub async fn restart_backend(address: SocketAddr, id: u32) -> DemoBackend {
+    // The old listener's port is free at once (SO_REUSEADDR), but a slow close is tolerated.
+    const ATTEMPTS: u32 = 50;
+    for _ in 0..ATTEMPTS {
+        let started = DemoBackend::start(DemoBackendConfig {
+            listen: address,
+            id,
+            latency_ms: 1,
+            jitter_ms: 0,
+        })
+        .await;
+        if let Ok(backend) = started {
+            return backend;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("backend #{id} could not restart on {address}");
+}
+
+/// Stops every backend of `backends`.
+pub async fn stop_backends(backends: impl IntoIterator<Item = DemoBackend>) {
+    for backend in backends {
+        backend.stop().await;
+    }
+}
+
+/// A loopback address where nothing listens, so that connecting is refused at once, and where
+/// nothing will while this lives: its port stays bound (without listening, and without
+/// SO_REUSEADDR, so that no other socket of the tests running alongside can take it).
+pub struct DeadPort {
+    _socket: tokio::net::TcpSocket,
+    address: SocketAddr,
+}
+
+impl DeadPort {
+    /// Binds a free loopback port.
+    pub fn new() -> DeadPort {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket
+            .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("a free loopback port");
+        let address = socket.local_addr().expect("the bound address");
+        DeadPort {
+            _socket: socket,
+            address,
+        }
+    }
+
+    /// `127.0.0.1:port`.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+}
+
+impl Default for DeadPort {
+    fn default() -> Self {
+        DeadPort::new()
+    }
+}
+
+impl AsBackend for DeadPort {
+    fn backend(&self) -> Backend {
+        Backend::at(self.address)
+    }
+}
+
+/// A fresh directory in the system's temporary one, removed with what it holds when dropped.
+pub struct TempDir {
+    path: std::path::PathBuf,
+}
+
+impl TempDir {
+    /// A new, empty directory whose name has `tag` (unique in this process and among processes).
+    pub fn new(tag: &str) -> TempDir {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("balancer-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create a temporary directory");
+        TempDir { path }
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Between 1 and `max_len - 1` bytes from `rng`, each any value.
+pub fn random_bytes(rng: &mut impl rand::Rng, max_len: usize) -> Vec<u8> {
+    (0..rng.random_range(1..max_len))
+        .map(|_| rng.random())
+        .collect()
+}
+
 /// A loopback port that was free a moment ago (for configs that route by listener port).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -140,6 +245,12 @@ impl Reply {
             .get(name)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
+    }
+
+    /// The body as JSON (the admin API's answers); panics, showing it, if it is not.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|err| panic!("not JSON ({err}): {}", self.body))
     }
 }
 
@@ -217,6 +328,29 @@ impl Proxy {
             .sum()
     }
 
+    /// The core's snapshot of the backend at `address` in the first pool, if it is there.
+    pub fn backend(&self, address: SocketAddr) -> Option<BackendSnapshot> {
+        let address = address.to_string();
+        self.running.proxy().pools()[0]
+            .views()
+            .into_iter()
+            .find(|v| v.backend.address == address)
+            .map(|v| v.snapshot)
+    }
+
+    /// The state of the backend at `address` in the first pool as the admin API names it (`up`,
+    /// `down`, `ejected`, `drained`, …), or `absent`.
+    pub fn backend_state(&self, address: SocketAddr) -> String {
+        let current = self.running.proxy();
+        let pool = &current.pools()[0];
+        let now = pool.clock.now();
+        let address = address.to_string();
+        pool.views()
+            .iter()
+            .find(|v| v.backend.address == address)
+            .map_or_else(|| "absent".into(), |v| v.state_name(now).to_owned())
+    }
+
     /// Waits (bounded) until the core has exactly `count` requests in flight.
     pub async fn wait_for_in_flight(&self, count: u32) {
         within("the in-flight count", async {
@@ -279,19 +413,18 @@ fn with_admin_on_a_free_port(toml: &str) -> String {
 pub struct ConfigFile {
     /// Where it is.
     pub path: std::path::PathBuf,
+    _dir: TempDir,
 }
 
 impl ConfigFile {
     /// Writes `toml` (a [`ConfigBuilder`] or TOML text, with the admin listener on a free
     /// port as [`Proxy::start`] does) to a fresh file named after `tag`.
     pub fn new(tag: &str, toml: impl fmt::Display) -> ConfigFile {
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "balancer-test-{tag}-{}-{n}.toml",
-            std::process::id()
-        ));
-        let file = ConfigFile { path };
+        let dir = TempDir::new(tag);
+        let file = ConfigFile {
+            path: dir.path().join("balancer.toml"),
+            _dir: dir,
+        };
         file.write(toml);
         file
     }
@@ -300,12 +433,6 @@ impl ConfigFile {
     pub fn write(&self, toml: impl fmt::Display) {
         let toml = with_admin_on_a_free_port(&toml.to_string());
         std::fs::write(&self.path, toml).expect("write the config file");
-    }
-}
-
-impl Drop for ConfigFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -428,7 +555,9 @@ impl Load {
     }
 }
 
-async fn connect(
+/// A fresh HTTP/1.1 client connection to `address` (TCP_NODELAY, as a real client would), its
+/// connection task spawned.
+pub async fn connect(
     address: SocketAddr,
 ) -> Result<
     hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
@@ -461,6 +590,16 @@ pub fn get(path: &str, host: &str) -> Request<Empty<Bytes>> {
         .header(http::header::HOST, host)
         .body(Empty::new())
         .expect("valid request")
+}
+
+/// A `GET path` with `Host: test.local` and `x-request-id: id`, to look up in `/explain/{id}`.
+pub fn get_with_id(path: &str, id: &str) -> Request<Empty<Bytes>> {
+    let mut request = get(path, "test.local");
+    request.headers_mut().insert(
+        "x-request-id",
+        id.parse().expect("a request id is a header value"),
+    );
+    request
 }
 
 /// One request over a fresh HTTP/1.1 connection; the body is read to the end.

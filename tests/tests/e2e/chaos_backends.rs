@@ -14,32 +14,11 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use balancer_tokio::{DemoBackend, DemoBackendConfig};
+use balancer_tokio::DemoBackend;
 use tests::{ConfigBuilder, Load, Proxy, start_backends};
 
 /// Clients of the load: requests are in flight at every kill.
 const LOAD_CLIENTS: usize = 6;
-/// Restarts get this many tries: the old listener's port is free at once (SO_REUSEADDR), but
-/// be tolerant of a slow close.
-const RESTART_ATTEMPTS: u32 = 50;
-
-async fn restart(address: SocketAddr, id: u32) -> DemoBackend {
-    for _ in 0..RESTART_ATTEMPTS {
-        let started = DemoBackend::start(DemoBackendConfig {
-            listen: address,
-            id,
-            latency_ms: 1,
-            jitter_ms: 0,
-        })
-        .await;
-        if let Ok(backend) = started {
-            return backend;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("backend #{id} could not restart on {address}");
-}
-
 /// Kills backend `kills % 3` every `period`, keeps it dead for `down_for`, restarts it, for
 /// `duration`, then checks that no GET failed.
 async fn kill_and_restart_under_load(duration: Duration, period: Duration, down_for: Duration) {
@@ -74,7 +53,7 @@ async fn kill_and_restart_under_load(duration: Duration, period: Duration, down_
         backend.stop().await;
         kills += 1;
         tokio::time::sleep(down_for).await;
-        backends[victim] = Some(restart(addresses[victim], victim as u32 + 1).await);
+        backends[victim] = Some(tests::restart_backend(addresses[victim], victim as u32 + 1).await);
         tokio::time::sleep(period.saturating_sub(down_for)).await;
     }
     // Every backend serves again at the end.
@@ -107,9 +86,7 @@ async fn kill_and_restart_under_load(duration: Duration, period: Duration, down_
     assert!(kills >= 2, "only {kills} kills");
     proxy.wait_for_in_flight(0).await;
     proxy.stop().await;
-    for backend in backends.into_iter().flatten() {
-        backend.stop().await;
-    }
+    tests::stop_backends(backends.into_iter().flatten()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tests::{ConfigBuilder, Proxy, start_backends, within};
+use tests::{ConfigBuilder, Proxy, random_bytes, start_backends, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -66,12 +66,6 @@ fn valid_request(rng: &mut ChaCha8Rng) -> Vec<u8> {
         )
         .into_bytes()
     }
-}
-
-fn random_bytes(rng: &mut ChaCha8Rng, max_len: usize) -> Vec<u8> {
-    (0..rng.random_range(1..max_len))
-        .map(|_| rng.random())
-        .collect()
 }
 
 /// One generated input and the name of its kind.
@@ -389,9 +383,7 @@ async fn run_inputs(total: usize) {
     assert_eq!(reply.status, 200);
     proxy.wait_for_in_flight(0).await;
     proxy.stop().await;
-    for backend in backends {
-        backend.stop().await;
-    }
+    tests::stop_backends(backends).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -427,9 +419,7 @@ async fn a_complete_request_then_a_half_close_is_answered() {
         );
     }
     proxy.stop().await;
-    for backend in backends {
-        backend.stop().await;
-    }
+    tests::stop_backends(backends).await;
 }
 
 /// `content-length: 18446744073709551615` (u64::MAX) on an 80-byte head must be 413 (declared
@@ -457,7 +447,5 @@ async fn an_absurd_content_length_is_not_called_a_header_too_large() {
         "content-length u64::MAX answered {codes:?}"
     );
     proxy.stop().await;
-    for backend in backends {
-        backend.stop().await;
-    }
+    tests::stop_backends(backends).await;
 }

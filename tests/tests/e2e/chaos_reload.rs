@@ -25,9 +25,7 @@ use std::time::{Duration, Instant};
 
 use balancer_tokio::ShutdownReport;
 use http_body_util::BodyExt;
-use hyper_util::rt::TokioIo;
 use tests::{Backend, ConfigBuilder, ConfigFile, Load, Pool, Proxy, get, start_backends};
-use tokio::net::TcpStream;
 
 const LOAD_CLIENTS: usize = 4;
 /// Clients of the shutdown test's own loop.
@@ -131,9 +129,7 @@ async fn reload_every_second(reloads: usize) {
     );
     proxy.wait_for_in_flight(0).await;
     proxy.stop().await;
-    for backend in backends {
-        backend.stop().await;
-    }
+    tests::stop_backends(backends).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,14 +161,7 @@ async fn shutdown_client(address: SocketAddr, shutting_down: Arc<AtomicBool>, ta
     let mut sender = None;
     for _ in 0..100_000 {
         if sender.is_none() {
-            let connected = async {
-                let stream = TcpStream::connect(address).await?;
-                let (sender, connection) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-                tokio::spawn(connection);
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(sender)
-            };
-            match connected.await {
+            match tests::connect(address).await {
                 Ok(s) => sender = Some(s),
                 Err(err) => {
                     if shutting_down.load(Ordering::SeqCst) {
@@ -308,9 +297,7 @@ async fn graceful_shutdown_under_load_drops_nothing_once() {
         served, ok,
         "backends served {served} requests but clients got {ok}: some were dropped in flight"
     );
-    for backend in backends {
-        backend.stop().await;
-    }
+    tests::stop_backends(backends).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

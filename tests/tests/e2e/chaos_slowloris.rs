@@ -318,9 +318,7 @@ async fn slowloris(per_client: usize, window: Duration) {
     );
     proxy.wait_for_in_flight(0).await;
     proxy.stop().await;
-    for backend in backends {
-        backend.stop().await;
-    }
+    tests::stop_backends(backends).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

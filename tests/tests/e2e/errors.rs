@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use tests::{
-    ConfigBuilder, Proxy, free_port, get, raw_exchange, raw_status, start_backends, within,
+    ConfigBuilder, DeadPort, Proxy, get, raw_exchange, raw_status, start_backends, within,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -14,8 +14,9 @@ async fn proxy_with(config: impl FnOnce(ConfigBuilder) -> ConfigBuilder) -> Prox
 
 #[tokio::test]
 async fn refused_backend_is_502() {
-    let closed = free_port();
-    let proxy = proxy_with(|c| c.backends([format!("127.0.0.1:{closed}")])).await;
+    let dead = DeadPort::new();
+    let closed = dead.address().port();
+    let proxy = proxy_with(|c| c.backends([&dead])).await;
     let reply = proxy.get("/").await;
     assert_eq!(reply.status, 502);
     assert_eq!(

@@ -24,9 +24,7 @@ fn mangled_request(rng: &mut ChaCha8Rng) -> Vec<u8> {
         1 => request.truncate(rng.random_range(0..request.len())),
         // Pure noise.
         _ => {
-            request = (0..rng.random_range(1..512))
-                .map(|_| rng.random())
-                .collect();
+            request = tests::random_bytes(rng, 512);
         }
     }
     request

@@ -47,10 +47,8 @@ async fn replay_predicts_mean_and_p99_latency_of_the_live_proxy() {
             .unwrap(),
         );
     }
-    let dir = std::env::temp_dir().join(format!("balancer-prediction-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("live.trace");
+    let dir = tests::TempDir::new("prediction");
+    let path = dir.path().join("live.trace");
     let proxy = Proxy::start(
         ConfigBuilder::new()
             .listen_any()
@@ -124,5 +122,4 @@ async fn replay_predicts_mean_and_p99_latency_of_the_live_proxy() {
         "p99: predicted {:.3} ms, measured {p99:.3} ms",
         predicted.latency_ms.p99
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -17,14 +17,6 @@ fn with_pool<B: AsBackend>(
         .pool("default", |p| pool(p.backends(backends)))
 }
 
-fn dispatched(proxy: &Proxy, address: std::net::SocketAddr) -> Option<u64> {
-    proxy.running().proxy().pools()[0]
-        .views()
-        .iter()
-        .find(|v| v.backend.address == address.to_string())
-        .map(|v| v.snapshot.dispatched)
-}
-
 #[tokio::test]
 async fn reload_under_load_fails_no_request_and_keeps_backend_state() {
     // The load keeps both cores busy for seconds.
@@ -40,7 +32,10 @@ async fn reload_under_load_fails_no_request_and_keeps_backend_state() {
     let slow = tokio::spawn(async move {
         tests::send_http1(address, tests::get("/sleep/400", "slow.test")).await
     });
-    let b_before = dispatched(&proxy, b).expect("b is in the pool");
+    let b_before = proxy
+        .backend(b)
+        .map(|b| b.dispatched)
+        .expect("b is in the pool");
 
     // A goes, C comes, B stays (with a new weight).
     file.write(with_pool([Backend::at(b).weight(2), Backend::at(c)], |p| p));
@@ -53,13 +48,16 @@ async fn reload_under_load_fails_no_request_and_keeps_backend_state() {
     );
     load.wait_for(200).await;
     assert!(backends[2].served() > 0, "the new backend got no traffic");
-    let b_after = dispatched(&proxy, b).expect("b is still in the pool");
+    let b_after = proxy
+        .backend(b)
+        .map(|b| b.dispatched)
+        .expect("b is still in the pool");
     assert!(
         b_after > b_before,
         "b's counters restarted: {b_before} -> {b_after}"
     );
     eventually("the removed backend to drain and leave", || async {
-        dispatched(&proxy, a).is_none()
+        proxy.backend(a).map(|b| b.dispatched).is_none()
     })
     .await;
     let a_served = backends[0].served();
@@ -154,7 +152,7 @@ async fn changed_scheduler_settings_apply_in_place_and_backends_keep_their_state
         assert_eq!(proxy.get("/").await.status, 200);
     }
     let before = proxy.running().proxy().pools()[0].clone();
-    let a_before = dispatched(&proxy, a).unwrap();
+    let a_before = proxy.backend(a).map(|b| b.dispatched).unwrap();
     assert!(a_before > 0);
     // Operator state: c drained by hand. A slow request is in flight across the reload.
     let reply = proxy
@@ -181,7 +179,7 @@ async fn changed_scheduler_settings_apply_in_place_and_backends_keep_their_state
     );
     // The request in flight is still counted, and its done is accepted (`stop` checks).
     assert_eq!(after.in_flight(), 1);
-    let a_after = dispatched(&proxy, a).unwrap();
+    let a_after = proxy.backend(a).map(|b| b.dispatched).unwrap();
     // (The slow request may have gone to a: at least as many, never restarted from 0.)
     assert!(
         a_after >= a_before,
@@ -195,13 +193,9 @@ async fn changed_scheduler_settings_apply_in_place_and_backends_keep_their_state
     assert_eq!(states, ["up", "up", "drained"]);
 
     // The new policy decides from now on, as the decision records show.
-    let mut request = tests::get("/", "test.local");
-    request
-        .headers_mut()
-        .insert("x-request-id", "after-reload".parse().unwrap());
+    let request = tests::get_with_id("/", "after-reload");
     assert_eq!(proxy.send(proxy.addr(), request).await.status, 200);
-    let explained: serde_json::Value =
-        serde_json::from_str(&proxy.admin_get("/explain/after-reload").await.body).unwrap();
+    let explained = proxy.admin_get("/explain/after-reload").await.json();
     assert_eq!(explained["tries"][0]["policy"], "round-robin");
     assert_eq!(explained["tries"][0]["eligible"], 2);
     assert_eq!(within("the slow request", slow).await.unwrap().status, 200);

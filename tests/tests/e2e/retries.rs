@@ -5,12 +5,7 @@
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
-use tests::{ConfigBuilder, Proxy, Retry, free_port, start_backends};
-
-/// A backend address with nothing listening: connecting is refused at once.
-fn dead_address() -> String {
-    format!("127.0.0.1:{}", free_port())
-}
+use tests::{AsBackend, ConfigBuilder, DeadPort, Proxy, Retry, start_backends};
 
 fn post(path: &str, body: Vec<u8>) -> Request<Full<Bytes>> {
     Request::post(path)
@@ -29,9 +24,11 @@ fn retries(metrics: &str) -> u64 {
 #[tokio::test]
 async fn gets_are_retried_posts_only_when_allowed_and_small() {
     let backends = start_backends(&[0]).await;
+    // Nothing listens there: connecting is refused at once.
+    let dead = DeadPort::new();
     let pool = |retry: fn(Retry) -> Retry| {
         ConfigBuilder::new().listen_any().pool("default", |p| {
-            p.backends([dead_address(), backends[0].local_addr().to_string()])
+            p.backends([dead.backend(), backends[0].backend()])
                 .retry(|r| retry(r.backoff_base_ms(1)))
         })
     };

@@ -23,9 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
-use hyper_util::rt::TokioIo;
 use tests::{ConfigBuilder, Proxy, get, start_backends};
-use tokio::net::TcpStream;
 
 /// Closed-loop clients that measure capacity.
 const CAPACITY_CLIENTS: usize = 8;
@@ -81,15 +79,7 @@ async fn client(
             ticker.tick().await;
         }
         if sender.is_none() || on_this_connection >= REQUESTS_PER_CONNECTION {
-            let connected = async {
-                let stream = TcpStream::connect(address).await?;
-                let _ = stream.set_nodelay(true);
-                let (sender, connection) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-                tokio::spawn(connection);
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(sender)
-            };
-            match connected.await {
+            match tests::connect(address).await {
                 Ok(s) => {
                     sender = Some(s);
                     on_this_connection = 0;
@@ -263,7 +253,5 @@ async fn ten_minutes_at_half_capacity_leak_neither_memory_nor_descriptors() {
     );
     proxy.wait_for_in_flight(0).await;
     proxy.stop().await;
-    for backend in backends {
-        backend.stop().await;
-    }
+    tests::stop_backends(backends).await;
 }

@@ -5,9 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::Request;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use tests::{ConfigBuilder, CountingBackend, CountingBody, Proxy, within};
 use tokio::net::TcpStream;
@@ -32,15 +31,8 @@ async fn proxy_to(backend: &CountingBackend) -> Proxy {
 async fn a_50_mb_download_streams_while_the_client_stalls() {
     let backend = CountingBackend::start(Duration::ZERO).await;
     let proxy = proxy_to(&backend).await;
-    let stream = TcpStream::connect(proxy.addr()).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let request = Request::get(format!("/download?bytes={BODY_BYTES}"))
-        .header("host", "a")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
+    let mut sender = tests::connect(proxy.addr()).await.unwrap();
+    let request = tests::get(&format!("/download?bytes={BODY_BYTES}"), "a");
     let response = within("response head", sender.send_request(request))
         .await
         .unwrap();
@@ -105,10 +97,7 @@ async fn a_client_leaving_mid_download_is_reported_as_done() {
         .await
         .unwrap();
     let connection = tokio::spawn(connection);
-    let request = Request::get(format!("/download?bytes={BODY_BYTES}"))
-        .header("host", "a")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
+    let request = tests::get(&format!("/download?bytes={BODY_BYTES}"), "a");
     let response = within("response head", sender.send_request(request))
         .await
         .unwrap();

@@ -1,23 +1,15 @@
 //! `[trace]` records one line per request in `balancer_core::trace`'s format, and
 //! rotation keeps the files within `max_files` × `max_bytes`.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use balancer_core::trace::{TraceOutcome, parse_trace};
-use tests::{ConfigBuilder, Proxy, start_backends};
-
-fn scratch_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("balancer-trace-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use tests::{ConfigBuilder, Proxy, TempDir, start_backends};
 
 #[tokio::test]
 async fn requests_are_recorded_with_pool_route_backend_service_time_and_outcome() {
-    let dir = scratch_dir("fields");
-    let path = dir.join("traffic.trace");
+    let dir = TempDir::new("trace-fields");
+    let path = dir.path().join("traffic.trace");
     let backends = start_backends(&[20]).await;
     let proxy = Proxy::start(
         ConfigBuilder::new()
@@ -67,13 +59,12 @@ async fn requests_are_recorded_with_pool_route_backend_service_time_and_outcome(
     );
     assert_eq!(sink.dropped(), 0);
     proxy.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
 async fn rotation_bounds_the_files_and_each_parses() {
-    let dir = scratch_dir("rotation");
-    let path = dir.join("t.trace");
+    let dir = TempDir::new("trace-rotation");
+    let path = dir.path().join("t.trace");
     let backends = start_backends(&[0]).await;
     let proxy = Proxy::start(
         ConfigBuilder::new()
@@ -87,7 +78,7 @@ async fn rotation_bounds_the_files_and_each_parses() {
     }
     let sink = proxy.running().proxy().trace().cloned().unwrap();
     assert!(sink.flush(Duration::from_secs(5)));
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
@@ -95,12 +86,11 @@ async fn rotation_bounds_the_files_and_each_parses() {
     assert_eq!(names, ["t.trace", "t.trace.1"]);
     let mut total = 0;
     for name in &names {
-        let text = std::fs::read_to_string(dir.join(name)).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(name)).unwrap();
         assert!(text.len() <= 1024, "{name} has {} bytes", text.len());
         total += parse_trace(&text).unwrap().len();
     }
     // 60 lines of ~70 bytes do not fit in two 1 KiB files: the oldest were rotated away.
     assert!(total > 0 && total < 60, "{total}");
     proxy.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
