@@ -4,49 +4,22 @@
 
 use std::time::Duration;
 
-use balancer_tokio::{DemoBackend, DemoBackendConfig};
-use tests::{Load, Proxy, eventually, start_backends, toml_list, within};
-
-/// The state (`up`, `down`, `ejected`, `drained`, …) of the backend at `address` in the first pool.
-fn state_of(proxy: &Proxy, address: std::net::SocketAddr) -> String {
-    let current = proxy.running().proxy();
-    let pool = &current.pools()[0];
-    let now = pool.clock.now();
-    pool.views()
-        .iter()
-        .find(|v| v.backend.address == address.to_string())
-        .map_or_else(|| "absent".into(), |v| v.state_name(now).to_owned())
-}
-
-fn served_by(proxy: &Proxy, address: std::net::SocketAddr) -> u64 {
-    proxy.running().proxy().pools()[0]
-        .views()
-        .iter()
-        .find(|v| v.backend.address == address.to_string())
-        .map_or(0, |v| v.snapshot.succeeded)
-}
-
-async fn restart(address: std::net::SocketAddr, id: u32) -> DemoBackend {
-    DemoBackend::start(DemoBackendConfig {
-        listen: address,
-        id,
-        latency_ms: 1,
-        jitter_ms: 0,
-    })
-    .await
-    .expect("the backend restarts on its old port")
-}
+use tests::{ConfigBuilder, Load, Proxy, eventually, start_backends, within};
 
 #[tokio::test]
 async fn a_backend_killed_under_load_fails_no_request_is_ejected_and_comes_back() {
+    // The load keeps both cores busy for seconds.
+    let _turn = tests::serial().await;
     let mut backends = start_backends(&[1, 1, 1]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n\
-         [pools.default]\nbackends = {}\n\
-         outlier = {{ consecutive_failures = 2, base_ejection_ms = 300, max_ejection_ms = 1000 }}\n\
-         retry = {{ max_retries = 2, backoff_base_ms = 1, backoff_max_ms = 5 }}\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(ConfigBuilder::new().listen_any().pool("default", |p| {
+        p.backends(&backends)
+            .outlier(|o| {
+                o.consecutive_failures(2)
+                    .base_ejection_ms(300)
+                    .max_ejection_ms(1000)
+            })
+            .retry(|r| r.max_retries(2).backoff_base_ms(1).backoff_max_ms(5))
+    }))
     .await;
     let load = Load::start(proxy.addr(), 4, "/");
     load.wait_for(100).await;
@@ -55,19 +28,20 @@ async fn a_backend_killed_under_load_fails_no_request_is_ejected_and_comes_back(
     let victim_address = victim.local_addr();
     victim.stop().await;
     eventually("the killed backend to be ejected", || async {
-        state_of(&proxy, victim_address) == "ejected"
+        proxy.backend_state(victim_address) == "ejected"
     })
     .await;
     load.wait_for(200).await;
 
     // Recovery: the same address answers again; once its ejection ends it gets traffic.
-    let revived = restart(victim_address, 2).await;
-    let served_before = served_by(&proxy, victim_address);
+    let revived = tests::restart_backend(victim_address, 2).await;
+    let served_by = |address| proxy.backend(address).map_or(0, |b| b.succeeded);
+    let served_before = served_by(victim_address);
     eventually("the revived backend to serve again", || async {
-        served_by(&proxy, victim_address) > served_before + 10
+        served_by(victim_address) > served_before + 10
     })
     .await;
-    assert_eq!(state_of(&proxy, victim_address), "up");
+    assert_eq!(proxy.backend_state(victim_address), "up");
 
     let report = load.finish().await;
     let metrics = proxy.admin_get("/metrics").await.body;
@@ -100,37 +74,34 @@ async fn a_backend_killed_under_load_fails_no_request_is_ejected_and_comes_back(
     );
     proxy.wait_for_in_flight(0).await;
     proxy.stop().await;
-    revived.stop().await;
-    for backend in backends {
-        backend.stop().await;
-    }
+    tests::stop_backends(backends.into_iter().chain([revived])).await;
 }
 
 #[tokio::test]
 async fn active_health_checks_take_a_dead_backend_down_and_bring_it_back_up() {
     let mut backends = start_backends(&[0, 0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n\
-         [pools.default]\nbackends = {}\n\
-         health_check = {{ path = \"/status/204\", interval_ms = 50, timeout_ms = 500, rise = 2, fall = 2, expected_status = \"200-299\" }}\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(ConfigBuilder::new().listen_any().pool("default", |p| {
+        p.backends(&backends).health_check(|h| {
+            h.path("/status/204")
+                .interval_ms(50)
+                .timeout_ms(500)
+                .rise(2)
+                .fall(2)
+                .expected_status("200-299")
+        })
+    }))
     .await;
     let second = backends.remove(1);
     let address = second.local_addr();
-    assert_eq!(state_of(&proxy, address), "up");
+    assert_eq!(proxy.backend_state(address), "up");
     second.stop().await;
     eventually("the probes to mark the stopped backend down", || async {
-        state_of(&proxy, address) == "down"
+        proxy.backend_state(address) == "down"
     })
     .await;
-    let current = proxy.running().proxy();
-    let snapshot = current.pools()[0]
-        .views()
-        .into_iter()
-        .find(|v| v.backend.address == address.to_string())
-        .expect("the stopped backend is still in the pool")
-        .snapshot;
+    let snapshot = proxy
+        .backend(address)
+        .expect("the stopped backend is still in the pool");
     assert_eq!(snapshot.state, balancer_core::BackendState::Down);
     assert!(!snapshot.eligible);
     // While it is down, every request goes to the other backend, without a retry.
@@ -139,9 +110,9 @@ async fn active_health_checks_take_a_dead_backend_down_and_bring_it_back_up() {
         assert_eq!(reply.status, 200);
         assert_eq!(reply.body, "Hello from #1\n");
     }
-    let revived = restart(address, 2).await;
+    let revived = tests::restart_backend(address, 2).await;
     eventually("the probes to mark the revived backend up", || async {
-        state_of(&proxy, address) == "up"
+        proxy.backend_state(address) == "up"
     })
     .await;
     let metrics = proxy.admin_get("/metrics").await.body;
@@ -152,25 +123,20 @@ async fn active_health_checks_take_a_dead_backend_down_and_bring_it_back_up() {
         assert!(metrics.contains(&series), "no {series} in\n{metrics}");
     }
     proxy.stop().await;
-    revived.stop().await;
-    for backend in backends {
-        backend.stop().await;
-    }
+    tests::stop_backends(backends.into_iter().chain([revived])).await;
 }
 
 #[tokio::test]
 async fn a_probe_with_an_unexpected_status_fails() {
     let backends = start_backends(&[0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n\
-         [pools.default]\nbackends = {}\n\
-         health_check = {{ path = \"/status/500\", interval_ms = 50, fall = 1 }}\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(ConfigBuilder::new().listen_any().pool("default", |p| {
+        p.backends(&backends)
+            .health_check(|h| h.path("/status/500").interval_ms(50).fall(1))
+    }))
     .await;
     let address = backends[0].local_addr();
     eventually("a 500 from the health path to mark it down", || async {
-        state_of(&proxy, address) == "down"
+        proxy.backend_state(address) == "down"
     })
     .await;
     let reply = proxy.get("/").await;
@@ -182,11 +148,9 @@ async fn a_probe_with_an_unexpected_status_fails() {
 #[tokio::test]
 async fn past_the_per_backend_cap_the_answer_is_503_at_once() {
     let backends = start_backends(&[0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n\
-         [pools.default]\nbackends = {}\nmax_pending_per_backend = 1\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(ConfigBuilder::new().listen_any().pool("default", |p| {
+        p.backends(&backends).max_pending_per_backend(1)
+    }))
     .await;
     let address = proxy.addr();
     let slow =
@@ -208,23 +172,30 @@ async fn past_the_per_backend_cap_the_answer_is_503_at_once() {
 #[tokio::test]
 async fn below_the_panic_threshold_traffic_spreads_over_unhealthy_backends() {
     let backends = start_backends(&[0, 0]).await;
-    for (panic, expected) in [("", 503), ("panic_threshold_percent = 50\n", 200)] {
+    for (panic, expected) in [(None, 503), (Some(50), 200)] {
         // Every probe fails (the health path answers 500), so both backends go down.
-        let proxy = Proxy::start(&format!(
-            "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n\
-             [pools.default]\nbackends = {}\n{panic}\
-             health_check = {{ path = \"/status/500\", interval_ms = 50, fall = 1 }}\n",
-            toml_list(&backends)
-        ))
+        let proxy = Proxy::start(ConfigBuilder::new().listen_any().pool("default", |p| {
+            let p = p
+                .backends(&backends)
+                .health_check(|h| h.path("/status/500").interval_ms(50).fall(1));
+            match panic {
+                Some(percent) => p.panic_threshold_percent(percent),
+                None => p,
+            }
+        }))
         .await;
         for backend in &backends {
             let address = backend.local_addr();
             eventually("the probes to mark both backends down", || async {
-                state_of(&proxy, address) == "down"
+                proxy.backend_state(address) == "down"
             })
             .await;
         }
-        assert_eq!(proxy.get("/").await.status, expected, "with {panic:?}");
+        assert_eq!(
+            proxy.get("/").await.status,
+            expected,
+            "with panic_threshold_percent {panic:?}"
+        );
         proxy.stop().await;
     }
 }
@@ -232,23 +203,15 @@ async fn below_the_panic_threshold_traffic_spreads_over_unhealthy_backends() {
 #[tokio::test]
 async fn an_ejection_ends_while_the_pool_is_idle() {
     let mut backends = start_backends(&[0, 0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n\
-         [pools.default]\nbackends = {}\n\
-         outlier = {{ consecutive_failures = 1, base_ejection_ms = 1000 }}\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(ConfigBuilder::new().listen_any().pool("default", |p| {
+        p.backends(&backends)
+            .outlier(|o| o.consecutive_failures(1).base_ejection_ms(1000))
+    }))
     .await;
     let victim = backends.remove(1);
     let address = victim.local_addr();
     victim.stop().await;
-    let eligible = |proxy: &Proxy| {
-        proxy.running().proxy().pools()[0]
-            .views()
-            .iter()
-            .find(|v| v.backend.address == address.to_string())
-            .is_some_and(|v| v.snapshot.eligible)
-    };
+    let eligible = |proxy: &Proxy| proxy.backend(address).is_some_and(|b| b.eligible);
     // Least-pending alternates, so the second request hits the dead backend (and is retried).
     for _ in 0..2 {
         assert_eq!(proxy.get("/").await.status, 200);

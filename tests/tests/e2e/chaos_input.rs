@@ -1,4 +1,4 @@
-//! Chaos (issue 7): malformed and oversized input over real sockets. A seeded ChaCha8 generator
+//! Chaos: malformed and oversized input over real sockets. A seeded ChaCha8 generator
 //! makes raw requests of eight kinds (bad request lines, bad header bytes, huge heads, bad
 //! chunked bodies, early closes, bad `content-length`, pipelined garbage, random bytes, plus a
 //! control kind of valid requests); each is written on its own connection, the write side is
@@ -17,7 +17,7 @@
 //! CI runs 10,000 inputs (`chaos_input_10k`); the full 100,000 run is an ignored test:
 //!
 //! ```sh
-//! cargo test --release -p tests --test chaos_input -- --ignored --nocapture
+//! cargo test --release -p tests --test e2e chaos_input:: -- --ignored --nocapture
 //! ```
 //!
 //! A failure prints the case number and its bytes; `CASE_SEED` plus the number regenerates it.
@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tests::{Proxy, start_backends, toml_list, within};
+use tests::{ConfigBuilder, Proxy, random_bytes, start_backends, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -66,12 +66,6 @@ fn valid_request(rng: &mut ChaCha8Rng) -> Vec<u8> {
         )
         .into_bytes()
     }
-}
-
-fn random_bytes(rng: &mut ChaCha8Rng, max_len: usize) -> Vec<u8> {
-    (0..rng.random_range(1..max_len))
-        .map(|_| rng.random())
-        .collect()
 }
 
 /// One generated input and the name of its kind.
@@ -300,14 +294,17 @@ fn allowed(kind: &str, status: u16) -> bool {
 }
 
 async fn run_inputs(total: usize) {
+    // 64 connections at once keep both cores busy.
+    let _turn = tests::serial().await;
     let backends = start_backends(&[0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n\
-         header_read_timeout_ms = {HEADER_READ_TIMEOUT_MS}\n\
-         max_header_bytes = {MAX_HEADER_BYTES}\nmax_body_bytes = {MAX_BODY_BYTES}\n\
-         backends = {}\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .header_read_timeout_ms(HEADER_READ_TIMEOUT_MS)
+            .max_header_bytes(MAX_HEADER_BYTES)
+            .max_body_bytes(MAX_BODY_BYTES)
+            .backends(&backends),
+    )
     .await;
     let address = proxy.addr();
     let next = Arc::new(AtomicUsize::new(0));
@@ -386,9 +383,7 @@ async fn run_inputs(total: usize) {
     assert_eq!(reply.status, 200);
     proxy.wait_for_in_flight(0).await;
     proxy.stop().await;
-    for backend in backends {
-        backend.stop().await;
-    }
+    tests::stop_backends(backends).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -397,7 +392,7 @@ async fn chaos_input_10k() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "long run: cargo test --release -p tests --test chaos_input -- --ignored --nocapture"]
+#[ignore = "long run: cargo test --release -p tests --test e2e chaos_input:: -- --ignored --nocapture"]
 async fn chaos_input_100k() {
     run_inputs(LONG_INPUTS).await;
 }
@@ -409,11 +404,7 @@ async fn chaos_input_100k() {
 #[tokio::test]
 async fn a_complete_request_then_a_half_close_is_answered() {
     let backends = start_backends(&[0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nbackends = {}\n",
-        toml_list(&backends)
-    ))
-    .await;
+    let proxy = Proxy::start(ConfigBuilder::new().listen_any().backends(&backends)).await;
     for request in [
         &b"GET / HTTP/1.1\r\nhost: chaos.test\r\n\r\n"[..],
         &b"GET / HTTP/1.1\r\nhost: chaos.test\r\nconnection: close\r\n\r\n"[..],
@@ -428,9 +419,7 @@ async fn a_complete_request_then_a_half_close_is_answered() {
         );
     }
     proxy.stop().await;
-    for backend in backends {
-        backend.stop().await;
-    }
+    tests::stop_backends(backends).await;
 }
 
 /// `content-length: 18446744073709551615` (u64::MAX) on an 80-byte head must be 413 (declared
@@ -439,10 +428,12 @@ async fn a_complete_request_then_a_half_close_is_answered() {
 #[tokio::test]
 async fn an_absurd_content_length_is_not_called_a_header_too_large() {
     let backends = start_backends(&[0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nmax_body_bytes = {MAX_BODY_BYTES}\nbackends = {}\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .max_body_bytes(MAX_BODY_BYTES)
+            .backends(&backends),
+    )
     .await;
     let request = format!(
         "POST /sink HTTP/1.1\r\nhost: chaos.test\r\ncontent-length: {}\r\n\r\nhello",
@@ -456,7 +447,5 @@ async fn an_absurd_content_length_is_not_called_a_header_too_large() {
         "content-length u64::MAX answered {codes:?}"
     );
     proxy.stop().await;
-    for backend in backends {
-        backend.stop().await;
-    }
+    tests::stop_backends(backends).await;
 }

@@ -3,13 +3,15 @@
 //! response may be framed, against raw backends over loopback that answer exactly the bytes a
 //! test gives them.
 
-use tests::{Act, Proxy, RawBackend, raw_status};
+use tests::{Act, ConfigBuilder, Proxy, RawBackend, raw_status};
 
 async fn proxy_to(backend: &RawBackend) -> Proxy {
-    Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nworkers = 1\nbackends = [\"{}\"]\n",
-        backend.address()
-    ))
+    Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .workers(1)
+            .backends([backend]),
+    )
     .await
 }
 

@@ -2,29 +2,28 @@
 //! across keep their state, gone ones drain; a bad file is refused and the old config serves.
 
 use balancer_tokio::Config;
-use tests::{ConfigFile, Load, Proxy, eventually, start_backends, within};
+use tests::{
+    AsBackend, Backend, ConfigBuilder, ConfigFile, Load, Pool, Proxy, eventually, start_backends,
+    within,
+};
 
-fn pool_toml(addresses: &[std::net::SocketAddr], extra: &str) -> String {
-    let list: Vec<String> = addresses.iter().map(|a| format!("\"{a}\"")).collect();
-    format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n[pools.default]\nbackends = [{}]\n{extra}",
-        list.join(", ")
-    )
-}
-
-fn dispatched(proxy: &Proxy, address: std::net::SocketAddr) -> Option<u64> {
-    proxy.running().proxy().pools()[0]
-        .views()
-        .iter()
-        .find(|v| v.backend.address == address.to_string())
-        .map(|v| v.snapshot.dispatched)
+/// A config with one pool, "default", of `backends` and the rest from `pool`.
+fn with_pool<B: AsBackend>(
+    backends: impl IntoIterator<Item = B>,
+    pool: impl FnOnce(Pool) -> Pool,
+) -> ConfigBuilder {
+    ConfigBuilder::new()
+        .listen_any()
+        .pool("default", |p| pool(p.backends(backends)))
 }
 
 #[tokio::test]
 async fn reload_under_load_fails_no_request_and_keeps_backend_state() {
+    // The load keeps both cores busy for seconds.
+    let _turn = tests::serial().await;
     let backends = start_backends(&[1, 1, 1]).await;
     let [a, b, c] = [0, 1, 2].map(|i| backends[i].local_addr());
-    let file = ConfigFile::new("reload-load", &pool_toml(&[a, b], ""));
+    let file = ConfigFile::new("reload-load", with_pool([a, b], |p| p));
     let proxy = Proxy::start_file(&file).await;
     let load = Load::start(proxy.addr(), 4, "/");
     load.wait_for(100).await;
@@ -33,13 +32,13 @@ async fn reload_under_load_fails_no_request_and_keeps_backend_state() {
     let slow = tokio::spawn(async move {
         tests::send_http1(address, tests::get("/sleep/400", "slow.test")).await
     });
-    let b_before = dispatched(&proxy, b).expect("b is in the pool");
+    let b_before = proxy
+        .backend(b)
+        .map(|b| b.dispatched)
+        .expect("b is in the pool");
 
     // A goes, C comes, B stays (with a new weight).
-    file.write(&pool_toml(&[b, c], "").replace(
-        &format!("\"{b}\""),
-        &format!("{{ address = \"{b}\", weight = 2 }}"),
-    ));
+    file.write(with_pool([Backend::at(b).weight(2), Backend::at(c)], |p| p));
     let reply = proxy.admin_post("/reload").await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert!(
@@ -49,20 +48,23 @@ async fn reload_under_load_fails_no_request_and_keeps_backend_state() {
     );
     load.wait_for(200).await;
     assert!(backends[2].served() > 0, "the new backend got no traffic");
-    let b_after = dispatched(&proxy, b).expect("b is still in the pool");
+    let b_after = proxy
+        .backend(b)
+        .map(|b| b.dispatched)
+        .expect("b is still in the pool");
     assert!(
         b_after > b_before,
         "b's counters restarted: {b_before} -> {b_after}"
     );
     eventually("the removed backend to drain and leave", || async {
-        dispatched(&proxy, a).is_none()
+        proxy.backend(a).map(|b| b.dispatched).is_none()
     })
     .await;
     let a_served = backends[0].served();
 
     // A reload that changes the scheduler settings reconfigures the scheduler in place; still
     // no failure.
-    file.write(&pool_toml(&[a, b, c], "policy = \"round-robin\"\n"));
+    file.write(with_pool([a, b, c], |p| p.policy("round-robin")));
     let reply = proxy.admin_post("/reload").await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     load.wait_for(200).await;
@@ -91,11 +93,12 @@ async fn reload_under_load_fails_no_request_and_keeps_backend_state() {
 #[tokio::test]
 async fn a_bad_file_is_refused_with_checks_message_and_the_old_config_keeps_serving() {
     let backends = start_backends(&[0]).await;
-    let good = pool_toml(&[backends[0].local_addr()], "");
+    let good = with_pool(&backends, |p| p).to_string();
     let file = ConfigFile::new("reload-bad", &good);
     let proxy = Proxy::start_file(&file).await;
     let config_before = proxy.admin_get("/config").await.body;
 
+    // Deliberately bad files, as a hand edit of the good one makes them: literal TOML.
     let bad_files = [
         good.replace("[pools.default]", "[pools.default]\ntimeout = 3"),
         format!("{good}[[routes]]\npool = \"missing\"\n"),
@@ -103,6 +106,7 @@ async fn a_bad_file_is_refused_with_checks_message_and_the_old_config_keeps_serv
         good.replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.2:0\""),
     ];
     for bad in &bad_files {
+        assert_ne!(bad, &good, "the edit found nothing to change");
         file.write(bad);
         let reply = proxy.admin_post("/reload").await;
         assert_eq!(reply.status, 400, "{bad}\n{}", reply.body);
@@ -142,13 +146,13 @@ async fn a_bad_file_is_refused_with_checks_message_and_the_old_config_keeps_serv
 async fn changed_scheduler_settings_apply_in_place_and_backends_keep_their_state() {
     let backends = start_backends(&[0, 0, 0]).await;
     let [a, b, c] = [0, 1, 2].map(|i| backends[i].local_addr());
-    let file = ConfigFile::new("reload-reconfigure", &pool_toml(&[a, b, c], ""));
+    let file = ConfigFile::new("reload-reconfigure", with_pool([a, b, c], |p| p));
     let proxy = Proxy::start_file(&file).await;
     for _ in 0..9 {
         assert_eq!(proxy.get("/").await.status, 200);
     }
     let before = proxy.running().proxy().pools()[0].clone();
-    let a_before = dispatched(&proxy, a).unwrap();
+    let a_before = proxy.backend(a).map(|b| b.dispatched).unwrap();
     assert!(a_before > 0);
     // Operator state: c drained by hand. A slow request is in flight across the reload.
     let reply = proxy
@@ -161,10 +165,11 @@ async fn changed_scheduler_settings_apply_in_place_and_backends_keep_their_state
     });
     proxy.wait_for_in_flight(1).await;
 
-    file.write(&pool_toml(
-        &[a, b, c],
-        "policy = \"round-robin\"\nmax_pending_per_backend = 50\noutlier = { consecutive_failures = 3 }\n",
-    ));
+    file.write(with_pool([a, b, c], |p| {
+        p.policy("round-robin")
+            .max_pending_per_backend(50)
+            .outlier(|o| o.consecutive_failures(3))
+    }));
     let reply = proxy.admin_post("/reload").await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let after = proxy.running().proxy().pools()[0].clone();
@@ -174,7 +179,7 @@ async fn changed_scheduler_settings_apply_in_place_and_backends_keep_their_state
     );
     // The request in flight is still counted, and its done is accepted (`stop` checks).
     assert_eq!(after.in_flight(), 1);
-    let a_after = dispatched(&proxy, a).unwrap();
+    let a_after = proxy.backend(a).map(|b| b.dispatched).unwrap();
     // (The slow request may have gone to a: at least as many, never restarted from 0.)
     assert!(
         a_after >= a_before,
@@ -188,13 +193,9 @@ async fn changed_scheduler_settings_apply_in_place_and_backends_keep_their_state
     assert_eq!(states, ["up", "up", "drained"]);
 
     // The new policy decides from now on, as the decision records show.
-    let mut request = tests::get("/", "test.local");
-    request
-        .headers_mut()
-        .insert("x-request-id", "after-reload".parse().unwrap());
+    let request = tests::get_with_id("/", "after-reload");
     assert_eq!(proxy.send(proxy.addr(), request).await.status, 200);
-    let explained: serde_json::Value =
-        serde_json::from_str(&proxy.admin_get("/explain/after-reload").await.body).unwrap();
+    let explained = proxy.admin_get("/explain/after-reload").await.json();
     assert_eq!(explained["tries"][0]["policy"], "round-robin");
     assert_eq!(explained["tries"][0]["eligible"], 2);
     assert_eq!(within("the slow request", slow).await.unwrap().status, 200);

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use balancer_tokio::ShutdownReport;
-use tests::{Proxy, get, start_backends, toml_list};
+use tests::{ConfigBuilder, Proxy, get, start_backends};
 
 const WORKERS: usize = 3;
 
@@ -29,15 +29,23 @@ fn worker_threads() -> usize {
         .count()
 }
 
-// One test in this file: the thread count is per process.
 #[tokio::test]
 async fn every_worker_serves_and_all_drain_on_shutdown() {
+    // Threads are counted for the whole process, where other tests start workers of their own.
+    if tests::rerun_alone(
+        module_path!(),
+        "every_worker_serves_and_all_drain_on_shutdown",
+    ) {
+        return;
+    }
     let backends = start_backends(&[0, 0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nshutdown_grace_ms = 5000\n\
-         workers = {WORKERS}\nbackends = {}\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .shutdown_grace_ms(5000)
+            .workers(WORKERS)
+            .backends(&backends),
+    )
     .await;
     // Worker 0 is the test's runtime; workers 1 and 2 are threads of their own.
     assert_eq!(worker_threads_become(WORKERS - 1).await, WORKERS - 1);
@@ -46,10 +54,12 @@ async fn every_worker_serves_and_all_drain_on_shutdown() {
     // joining the first one's SO_REUSEPORT group and taking part of its traffic.
     let address = proxy.addr();
     let second = balancer_tokio::Config::from_toml_str(
-        &format!(
-            "listen = \"{address}\"\nadmin = \"off\"\nworkers = {WORKERS}\nbackends = {}\n",
-            toml_list(&backends)
-        ),
+        &ConfigBuilder::new()
+            .listen(address)
+            .admin("off")
+            .workers(WORKERS)
+            .backends(&backends)
+            .to_string(),
         "second.toml",
     )
     .unwrap();

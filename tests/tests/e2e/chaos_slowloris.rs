@@ -1,4 +1,4 @@
-//! Chaos (issue 7): slowloris. 1,000 clients each open a connection and send a request head a
+//! Chaos: slowloris. 1,000 clients each open a connection and send a request head a
 //! byte at a time, never finishing it. Normal clients must still be served with their p99
 //! latency within 2× of the baseline measured just before with the same loop, and every slow
 //! client must get 408 on its (first) request (`header_read_timeout_ms`, README "Error
@@ -19,7 +19,7 @@
 //! baseline, then 30 s of attack at least) is an ignored test, run on demand:
 //!
 //! ```sh
-//! cargo test --release -p tests --test chaos_slowloris -- --ignored --nocapture
+//! cargo test --release -p tests --test e2e chaos_slowloris:: -- --ignored --nocapture
 //! ```
 
 use std::collections::BTreeMap;
@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tests::{Proxy, get, start_backends, toml_list};
+use tests::{ConfigBuilder, Proxy, get, start_backends};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -241,12 +241,15 @@ fn start_slowloris(
 
 /// Baseline for `window`, then the attack with the same loop measured for `window` at least.
 async fn slowloris(per_client: usize, window: Duration) {
+    // A p99 against a baseline: another heavy test in either window would decide it.
+    let _turn = tests::serial().await;
     let backends = start_backends(&[0, 0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n\
-         header_read_timeout_ms = {HEADER_READ_TIMEOUT_MS}\nbackends = {}\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .header_read_timeout_ms(HEADER_READ_TIMEOUT_MS)
+            .backends(&backends),
+    )
     .await;
     let address = proxy.addr();
     // Warm-up (backend keep-alive connections, allocator), then the baseline.
@@ -315,9 +318,7 @@ async fn slowloris(per_client: usize, window: Duration) {
     );
     proxy.wait_for_in_flight(0).await;
     proxy.stop().await;
-    for backend in backends {
-        backend.stop().await;
-    }
+    tests::stop_backends(backends).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,7 +327,7 @@ async fn normal_clients_are_served_while_1000_slow_clients_trickle_headers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "long run: cargo test --release -p tests --test chaos_slowloris -- --ignored --nocapture"]
+#[ignore = "long run: cargo test --release -p tests --test e2e chaos_slowloris:: -- --ignored --nocapture"]
 async fn a_30_second_slowloris_attack() {
     slowloris(1250, Duration::from_secs(30)).await;
 }

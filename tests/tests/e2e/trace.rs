@@ -1,33 +1,24 @@
-//! Issue 8: `[trace]` records one line per request in `balancer_core::trace`'s format, and
+//! `[trace]` records one line per request in `balancer_core::trace`'s format, and
 //! rotation keeps the files within `max_files` × `max_bytes`.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use balancer_core::trace::{TraceOutcome, parse_trace};
-use tests::{Proxy, start_backends};
-
-fn scratch_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("balancer-trace-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use tests::{ConfigBuilder, Proxy, TempDir, start_backends};
 
 #[tokio::test]
 async fn requests_are_recorded_with_pool_route_backend_service_time_and_outcome() {
-    let dir = scratch_dir("fields");
-    let path = dir.join("traffic.trace");
+    let dir = TempDir::new("trace-fields");
+    let path = dir.path().join("traffic.trace");
     let backends = start_backends(&[20]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n\
-         [trace]\npath = \"{}\"\n\
-         [pools.web]\nbackends = [\"{}\"]\n\
-         [[routes]]\nname = \"api\"\npath_prefix = \"/api\"\npool = \"web\"\n\
-         [[routes]]\nname = \"status\"\npath_prefix = \"/status\"\npool = \"web\"\n",
-        path.display(),
-        backends[0].local_addr()
-    ))
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .trace(&path, |t| t)
+            .pool("web", |p| p.backends(&backends))
+            .route(|r| r.name("api").path_prefix("/api").pool("web"))
+            .route(|r| r.name("status").path_prefix("/status").pool("web")),
+    )
     .await;
     assert_eq!(proxy.get("/api/x").await.status, 200);
     assert_eq!(proxy.get("/status/500").await.status, 500);
@@ -68,27 +59,26 @@ async fn requests_are_recorded_with_pool_route_backend_service_time_and_outcome(
     );
     assert_eq!(sink.dropped(), 0);
     proxy.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
 async fn rotation_bounds_the_files_and_each_parses() {
-    let dir = scratch_dir("rotation");
-    let path = dir.join("t.trace");
+    let dir = TempDir::new("trace-rotation");
+    let path = dir.path().join("t.trace");
     let backends = start_backends(&[0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nbackends = [\"{}\"]\n\
-         [trace]\npath = \"{}\"\nmax_bytes = 1024\nmax_files = 2\n",
-        backends[0].local_addr(),
-        path.display()
-    ))
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .backends(&backends)
+            .trace(&path, |t| t.max_bytes(1024).max_files(2)),
+    )
     .await;
     for _ in 0..60 {
         assert_eq!(proxy.get("/").await.status, 200);
     }
     let sink = proxy.running().proxy().trace().cloned().unwrap();
     assert!(sink.flush(Duration::from_secs(5)));
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
@@ -96,12 +86,11 @@ async fn rotation_bounds_the_files_and_each_parses() {
     assert_eq!(names, ["t.trace", "t.trace.1"]);
     let mut total = 0;
     for name in &names {
-        let text = std::fs::read_to_string(dir.join(name)).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(name)).unwrap();
         assert!(text.len() <= 1024, "{name} has {} bytes", text.len());
         total += parse_trace(&text).unwrap().len();
     }
     // 60 lines of ~70 bytes do not fit in two 1 KiB files: the oldest were rotated away.
     assert!(total > 0 && total < 60, "{total}");
     proxy.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,4 +1,4 @@
-//! Chaos (issue 7): backends killed and restarted on their own ports, one after another, while
+//! Chaos: backends killed and restarted on their own ports, one after another, while
 //! GET load runs through the proxy. Retries (on by default), passive outlier ejection and
 //! active health checks must together cost zero failed requests.
 //!
@@ -8,50 +8,33 @@
 //! every 2 s) is an ignored test, run on demand:
 //!
 //! ```sh
-//! cargo test --release -p tests --test chaos_backends -- --ignored --nocapture
+//! cargo test --release -p tests --test e2e chaos_backends:: -- --ignored --nocapture
 //! ```
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use balancer_tokio::{DemoBackend, DemoBackendConfig};
-use tests::{Load, Proxy, start_backends, toml_list};
+use balancer_tokio::DemoBackend;
+use tests::{ConfigBuilder, Load, Proxy, start_backends};
 
 /// Clients of the load: requests are in flight at every kill.
 const LOAD_CLIENTS: usize = 6;
-/// Restarts get this many tries: the old listener's port is free at once (SO_REUSEADDR), but
-/// be tolerant of a slow close.
-const RESTART_ATTEMPTS: u32 = 50;
-
-async fn restart(address: SocketAddr, id: u32) -> DemoBackend {
-    for _ in 0..RESTART_ATTEMPTS {
-        let started = DemoBackend::start(DemoBackendConfig {
-            listen: address,
-            id,
-            latency_ms: 1,
-            jitter_ms: 0,
-        })
-        .await;
-        if let Ok(backend) = started {
-            return backend;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("backend #{id} could not restart on {address}");
-}
-
 /// Kills backend `kills % 3` every `period`, keeps it dead for `down_for`, restarts it, for
 /// `duration`, then checks that no GET failed.
 async fn kill_and_restart_under_load(duration: Duration, period: Duration, down_for: Duration) {
+    // The load and the kills keep both cores busy.
+    let _turn = tests::serial().await;
     let backends = start_backends(&[1, 1, 1]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n\
-         [pools.default]\nbackends = {}\n\
-         outlier = {{ consecutive_failures = 2, base_ejection_ms = 200, max_ejection_ms = 1000 }}\n\
-         health_check = {{ path = \"/\", interval_ms = 100, timeout_ms = 500, rise = 2, fall = 1 }}\n\
-         retry = {{ max_retries = 2, backoff_base_ms = 1, backoff_max_ms = 5 }}\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(ConfigBuilder::new().listen_any().pool("default", |p| {
+        p.backends(&backends)
+            .outlier(|o| {
+                o.consecutive_failures(2)
+                    .base_ejection_ms(200)
+                    .max_ejection_ms(1000)
+            })
+            .health_check(|h| h.path("/").interval_ms(100).timeout_ms(500).rise(2).fall(1))
+            .retry(|r| r.max_retries(2).backoff_base_ms(1).backoff_max_ms(5))
+    }))
     .await;
     let mut backends: Vec<Option<DemoBackend>> = backends.into_iter().map(Some).collect();
     let addresses: Vec<SocketAddr> = backends
@@ -70,7 +53,7 @@ async fn kill_and_restart_under_load(duration: Duration, period: Duration, down_
         backend.stop().await;
         kills += 1;
         tokio::time::sleep(down_for).await;
-        backends[victim] = Some(restart(addresses[victim], victim as u32 + 1).await);
+        backends[victim] = Some(tests::restart_backend(addresses[victim], victim as u32 + 1).await);
         tokio::time::sleep(period.saturating_sub(down_for)).await;
     }
     // Every backend serves again at the end.
@@ -103,9 +86,7 @@ async fn kill_and_restart_under_load(duration: Duration, period: Duration, down_
     assert!(kills >= 2, "only {kills} kills");
     proxy.wait_for_in_flight(0).await;
     proxy.stop().await;
-    for backend in backends.into_iter().flatten() {
-        backend.stop().await;
-    }
+    tests::stop_backends(backends.into_iter().flatten()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,7 +100,7 @@ async fn killing_and_restarting_backends_under_load_fails_no_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "long run: cargo test --release -p tests --test chaos_backends -- --ignored --nocapture"]
+#[ignore = "long run: cargo test --release -p tests --test e2e chaos_backends:: -- --ignored --nocapture"]
 async fn killing_and_restarting_backends_for_a_minute_fails_no_request() {
     kill_and_restart_under_load(
         Duration::from_secs(60),

@@ -1,19 +1,20 @@
-//! Soak (issue 7): ten minutes at half of the measured capacity; the process's resident memory
+//! Soak: ten minutes at half of the measured capacity; the process's resident memory
 //! must grow by at most 10 % from the end of the warm-up to the end, and no file descriptor
 //! may leak (the count after the load stops and idle backend connections expire is back where
 //! it was before the load).
 //!
-//! The balancer runs in-process (`tests::Proxy`), so `/proc/self/status` `VmRSS` and the
-//! entries of `/proc/self/fd` are those of the whole test process: balancer, four demo
-//! backends and the load clients together. Every part of it is steady-state by design, so a
+//! The balancer runs in-process (`tests::Proxy`), and the test reruns itself alone in a fresh
+//! process of the test binary (`tests::rerun_alone`), so `/proc/self/status` `VmRSS` and the
+//! entries of `/proc/self/fd` are those of this test only: balancer, four demo backends and the
+//! load clients together. Every part of it is steady-state by design, so a
 //! leak anywhere shows; the clients reconnect every 100 requests so that connection setup and
 //! teardown are exercised, not only keep-alive.
 //!
 //! An ignored test, run on demand (Linux only: it reads `/proc`); `BALANCER_SOAK_SECS` shortens it:
 //!
 //! ```sh
-//! cargo test --release -p tests --test soak -- --ignored --nocapture
-//! BALANCER_SOAK_SECS=60 cargo test --release -p tests --test soak -- --ignored --nocapture
+//! cargo test --release -p tests --test e2e soak:: -- --ignored --nocapture
+//! BALANCER_SOAK_SECS=60 cargo test --release -p tests --test e2e soak:: -- --ignored --nocapture
 //! ```
 
 use std::net::SocketAddr;
@@ -22,9 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
-use hyper_util::rt::TokioIo;
-use tests::{Proxy, get, start_backends, toml_list};
-use tokio::net::TcpStream;
+use tests::{ConfigBuilder, Proxy, get, start_backends};
 
 /// Closed-loop clients that measure capacity.
 const CAPACITY_CLIENTS: usize = 8;
@@ -80,15 +79,7 @@ async fn client(
             ticker.tick().await;
         }
         if sender.is_none() || on_this_connection >= REQUESTS_PER_CONNECTION {
-            let connected = async {
-                let stream = TcpStream::connect(address).await?;
-                let _ = stream.set_nodelay(true);
-                let (sender, connection) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-                tokio::spawn(connection);
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(sender)
-            };
-            match connected.await {
+            match tests::connect(address).await {
                 Ok(s) => {
                     sender = Some(s);
                     on_this_connection = 0;
@@ -173,8 +164,16 @@ impl Clients {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "long run: cargo test --release -p tests --test soak -- --ignored --nocapture"]
+#[ignore = "long run: cargo test --release -p tests --test e2e soak:: -- --ignored --nocapture"]
 async fn ten_minutes_at_half_capacity_leak_neither_memory_nor_descriptors() {
+    // Memory and descriptors are counted for the whole process.
+    if tests::rerun_alone(
+        module_path!(),
+        "ten_minutes_at_half_capacity_leak_neither_memory_nor_descriptors",
+    ) {
+        return;
+    }
+    let _turn = tests::serial().await;
     let soak = Duration::from_secs(
         std::env::var("BALANCER_SOAK_SECS")
             .ok()
@@ -183,11 +182,9 @@ async fn ten_minutes_at_half_capacity_leak_neither_memory_nor_descriptors() {
     );
     let warm_up = soak / 10;
     let backends = start_backends(&[0, 0, 0, 0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n\
-         [pools.default]\nbackends = {}\nidle_timeout_ms = {IDLE_TIMEOUT_MS}\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(ConfigBuilder::new().listen_any().pool("default", |p| {
+        p.backends(&backends).idle_timeout_ms(IDLE_TIMEOUT_MS)
+    }))
     .await;
     let address = proxy.addr();
     let fds_before = open_fds();
@@ -256,7 +253,5 @@ async fn ten_minutes_at_half_capacity_leak_neither_memory_nor_descriptors() {
     );
     proxy.wait_for_in_flight(0).await;
     proxy.stop().await;
-    for backend in backends {
-        backend.stop().await;
-    }
+    tests::stop_backends(backends).await;
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use tests::{Proxy, start_backends, toml_list, within};
+use tests::{ConfigBuilder, Proxy, start_backends, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -19,10 +19,12 @@ async fn ask(stream: &mut TcpStream) -> String {
 #[tokio::test]
 async fn a_listener_serves_at_most_max_connections_at_once() {
     let backends = start_backends(&[0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nmax_connections = 1\nbackends = {}\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .max_connections(1)
+            .backends(&backends),
+    )
     .await;
     let mut first = TcpStream::connect(proxy.addr()).await.unwrap();
     assert!(
@@ -53,11 +55,13 @@ async fn a_listener_serves_at_most_max_connections_at_once() {
 #[tokio::test]
 async fn the_limit_is_shared_by_all_workers() {
     let backends = start_backends(&[0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nworkers = 3\nmax_connections = 2\n\
-         backends = {}\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .workers(3)
+            .max_connections(2)
+            .backends(&backends),
+    )
     .await;
     let mut served = Vec::new();
     for _ in 0..2 {

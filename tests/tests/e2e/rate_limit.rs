@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
-use tests::{Proxy, get, start_backends, toml_list, within};
+use tests::{ConfigBuilder, Proxy, get, start_backends, within};
 
 /// `GET /` from the loopback address `source` (any of 127.0.0.0/8 works on Linux).
 async fn get_from(source: Ipv4Addr, proxy: SocketAddr) -> (u16, String) {
@@ -30,11 +30,12 @@ async fn get_from(source: Ipv4Addr, proxy: SocketAddr) -> (u16, String) {
 #[tokio::test]
 async fn a_client_over_its_rate_gets_429_with_retry_after() {
     let backends = start_backends(&[0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nbackends = {}\n\
-         [rate_limit]\nper_client = {{ rate_per_s = 1, burst = 2 }}\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .backends(&backends)
+            .rate_limit(|l| l.per_client(1, 2)),
+    )
     .await;
     assert_eq!(proxy.get("/").await.status, 200);
     assert_eq!(proxy.get("/").await.status, 200);
@@ -67,14 +68,19 @@ async fn a_client_over_its_rate_gets_429_with_retry_after() {
 #[tokio::test]
 async fn route_and_global_limits() {
     let backends = start_backends(&[0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n\
-         [rate_limit]\nglobal = {{ rate_per_s = 1, burst = 4 }}\n\
-         [pools.web]\nbackends = {}\n\
-         [[routes]]\nname = \"tight\"\npath_prefix = \"/tight\"\npool = \"web\"\nrate_limit = {{ rate_per_s = 1, burst = 1 }}\n\
-         [[routes]]\nname = \"rest\"\npool = \"web\"\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .rate_limit(|l| l.global(1, 4))
+            .pool("web", |p| p.backends(&backends))
+            .route(|r| {
+                r.name("tight")
+                    .path_prefix("/tight")
+                    .pool("web")
+                    .rate_limit(1, 1)
+            })
+            .route(|r| r.name("rest").pool("web")),
+    )
     .await;
     assert_eq!(proxy.get("/tight").await.status, 200);
     let refused = proxy.get("/tight").await;
@@ -94,11 +100,12 @@ async fn route_and_global_limits() {
 #[tokio::test]
 async fn per_client_state_stays_within_max_tracked_clients() {
     let backends = start_backends(&[0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nbackends = {}\n\
-         [rate_limit]\nper_client = {{ rate_per_s = 1, burst = 1 }}\nmax_tracked_clients = 10\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .backends(&backends)
+            .rate_limit(|l| l.per_client(1, 1).max_tracked_clients(10)),
+    )
     .await;
     let tracked = || proxy.running().proxy().rate_limits().tracked_clients();
     for n in 2..=61u8 {

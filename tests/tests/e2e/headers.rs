@@ -5,18 +5,14 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Empty;
-use tests::{Proxy, start_backends, toml_list};
+use tests::{ConfigBuilder, Proxy, start_backends};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 #[tokio::test]
 async fn forwarding_headers_are_added_and_hop_by_hop_ones_stripped() {
     let backends = start_backends(&[0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nbackends = {}\n",
-        toml_list(&backends)
-    ))
-    .await;
+    let proxy = Proxy::start(ConfigBuilder::new().listen_any().backends(&backends)).await;
     let request = Request::get("/headers")
         .header("host", "shop.example.com")
         .header("x-forwarded-for", "203.0.113.7")
@@ -98,10 +94,7 @@ async fn rude_backend() -> SocketAddr {
 #[tokio::test]
 async fn hop_by_hop_response_headers_are_stripped() {
     let backend = rude_backend().await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nbackends = [\"{backend}\"]\n"
-    ))
-    .await;
+    let proxy = Proxy::start(ConfigBuilder::new().listen_any().backends([backend])).await;
     let reply = proxy.get("/").await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.body, "ok");

@@ -1,14 +1,16 @@
 //! Least-pending sends fewer requests to a slow backend, because its requests stay pending.
 
-use tests::{Proxy, get, start_backends, toml_list, within};
+use tests::{ConfigBuilder, Proxy, get, start_backends, within};
 
 #[tokio::test]
 async fn least_pending_avoids_the_slow_backend() {
     let backends = start_backends(&[0, 100]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\npolicy = \"least-pending\"\nbackends = {}\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .policy("least-pending")
+            .backends(&backends),
+    )
     .await;
     let address = proxy.addr();
     // 4 concurrent clients, 40 requests each: bounded in count, and in time by `within`.

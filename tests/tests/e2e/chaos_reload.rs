@@ -1,4 +1,4 @@
-//! Chaos (issue 7): a config reload every second, and a graceful shutdown, both under load.
+//! Chaos: a config reload every second, and a graceful shutdown, both under load.
 //!
 //! - Reloads alternate between the library API (`RunningBalancer::reload`, what `SIGHUP`
 //!   does) and the admin `POST /reload`, cycling through files that remove a backend, add
@@ -15,7 +15,7 @@
 //! reloads over a minute, 30 shutdowns) are ignored tests, run on demand:
 //!
 //! ```sh
-//! cargo test --release -p tests --test chaos_reload -- --ignored --nocapture
+//! cargo test --release -p tests --test e2e chaos_reload:: -- --ignored --nocapture
 //! ```
 
 use std::net::SocketAddr;
@@ -25,9 +25,7 @@ use std::time::{Duration, Instant};
 
 use balancer_tokio::ShutdownReport;
 use http_body_util::BodyExt;
-use hyper_util::rt::TokioIo;
-use tests::{ConfigFile, Load, Proxy, get, start_backends};
-use tokio::net::TcpStream;
+use tests::{Backend, ConfigBuilder, ConfigFile, Load, Pool, Proxy, get, start_backends};
 
 const LOAD_CLIENTS: usize = 4;
 /// Clients of the shutdown test's own loop.
@@ -35,45 +33,44 @@ const SHUTDOWN_CLIENTS: usize = 6;
 /// Slow requests in flight when shutdown starts.
 const SLOW_AT_SHUTDOWN: usize = 4;
 
-fn backend_list(addresses: &[SocketAddr], weights: &[u32]) -> String {
-    let items: Vec<String> = addresses
+fn weighted(addresses: &[SocketAddr], weights: &[u32]) -> Vec<Backend> {
+    addresses
         .iter()
         .zip(weights)
-        .map(|(a, w)| format!("{{ address = \"{a}\", weight = {w} }}"))
-        .collect();
-    format!("[{}]", items.join(", "))
+        .map(|(a, w)| Backend::at(a).weight(*w))
+        .collect()
+}
+
+/// A config with one pool, "default", built by `pool`.
+fn with_pool(pool: impl FnOnce(Pool) -> Pool) -> ConfigBuilder {
+    ConfigBuilder::new().listen_any().pool("default", pool)
 }
 
 /// The n-th config of the reload cycle.
-fn config_number(n: usize, all: &[SocketAddr]) -> String {
-    let head = "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n[pools.default]\n";
+fn config_number(n: usize, all: &[SocketAddr]) -> ConfigBuilder {
     match n % 4 {
         // Backend 0 goes.
-        0 => format!("{head}backends = {}\n", backend_list(&all[1..], &[1, 1])),
+        0 => with_pool(|p| p.backends(weighted(&all[1..], &[1, 1]))),
         // It comes back; weights change.
-        1 => format!("{head}backends = {}\n", backend_list(all, &[1, 2, 3])),
+        1 => with_pool(|p| p.backends(weighted(all, &[1, 2, 3]))),
         // Scheduler settings change: reconfigured in place.
-        2 => format!(
-            "{head}policy = \"round-robin\"\nbackends = {}\n",
-            backend_list(all, &[1, 1, 1])
-        ),
+        2 => with_pool(|p| p.policy("round-robin").backends(weighted(all, &[1, 1, 1]))),
         // Back to least-pending with outlier ejection, backend 2 gone.
-        _ => format!(
-            "{head}backends = {}\noutlier = {{ consecutive_failures = 3 }}\n",
-            backend_list(&all[..2], &[1, 1])
-        ),
+        _ => with_pool(|p| {
+            p.backends(weighted(&all[..2], &[1, 1]))
+                .outlier(|o| o.consecutive_failures(3))
+        }),
     }
 }
 
 async fn reload_every_second(reloads: usize) {
+    // The load keeps both cores busy for seconds.
+    let _turn = tests::serial().await;
     let backends = start_backends(&[1, 1, 1]).await;
     let addresses: Vec<SocketAddr> = backends.iter().map(|b| b.local_addr()).collect();
     let file = ConfigFile::new(
         "chaos-reload",
-        &format!(
-            "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n[pools.default]\nbackends = {}\n",
-            backend_list(&addresses, &[1, 1, 1])
-        ),
+        with_pool(|p| p.backends(weighted(&addresses, &[1, 1, 1]))),
     );
     let proxy = Proxy::start_file(&file).await;
     let address = proxy.addr();
@@ -88,7 +85,7 @@ async fn reload_every_second(reloads: usize) {
         )));
         let tick = started + Duration::from_secs(n as u64 + 1);
         tokio::time::sleep_until(tick.into()).await;
-        file.write(&config_number(n, &addresses));
+        file.write(config_number(n, &addresses));
         if n % 2 == 0 {
             let summary = proxy
                 .running()
@@ -132,9 +129,7 @@ async fn reload_every_second(reloads: usize) {
     );
     proxy.wait_for_in_flight(0).await;
     proxy.stop().await;
-    for backend in backends {
-        backend.stop().await;
-    }
+    tests::stop_backends(backends).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,7 +138,7 @@ async fn a_reload_every_second_under_load_fails_no_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "long run: cargo test --release -p tests --test chaos_reload -- --ignored --nocapture"]
+#[ignore = "long run: cargo test --release -p tests --test e2e chaos_reload:: -- --ignored --nocapture"]
 async fn a_reload_every_second_for_a_minute_fails_no_request() {
     reload_every_second(60).await;
 }
@@ -166,14 +161,7 @@ async fn shutdown_client(address: SocketAddr, shutting_down: Arc<AtomicBool>, ta
     let mut sender = None;
     for _ in 0..100_000 {
         if sender.is_none() {
-            let connected = async {
-                let stream = TcpStream::connect(address).await?;
-                let (sender, connection) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-                tokio::spawn(connection);
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(sender)
-            };
-            match connected.await {
+            match tests::connect(address).await {
                 Ok(s) => sender = Some(s),
                 Err(err) => {
                     if shutting_down.load(Ordering::SeqCst) {
@@ -240,14 +228,15 @@ async fn graceful_shutdown_under_load_drops_nothing_once() {
     // The last backend has a pool of its own for the slow requests, so that the test can
     // wait until exactly those are in flight.
     let backends = start_backends(&[0, 0, 0, 0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nshutdown_grace_ms = 5000\n\
-         [pools.fast]\nbackends = {}\n[pools.slow]\nbackends = {}\n\
-         [[routes]]\npath_prefix = \"/sleep/500\"\npool = \"slow\"\n\
-         [[routes]]\npath_prefix = \"/\"\npool = \"fast\"\n",
-        tests::toml_list(&backends[..3]),
-        tests::toml_list(&backends[3..]),
-    ))
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .shutdown_grace_ms(5000)
+            .pool("fast", |p| p.backends(&backends[..3]))
+            .pool("slow", |p| p.backends(&backends[3..]))
+            .route(|r| r.path_prefix("/sleep/500").pool("slow"))
+            .route(|r| r.path_prefix("/").pool("fast")),
+    )
     .await;
     let address = proxy.addr();
     let shutting_down = Arc::new(AtomicBool::new(false));
@@ -308,13 +297,12 @@ async fn graceful_shutdown_under_load_drops_nothing_once() {
         served, ok,
         "backends served {served} requests but clients got {ok}: some were dropped in flight"
     );
-    for backend in backends {
-        backend.stop().await;
-    }
+    tests::stop_backends(backends).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_under_load_drops_no_request_in_flight() {
+    let _turn = tests::serial().await;
     // A few rounds: where shutdown falls in the clients' cycle differs each time.
     for _ in 0..3 {
         graceful_shutdown_under_load_drops_nothing_once().await;
@@ -322,8 +310,9 @@ async fn graceful_shutdown_under_load_drops_no_request_in_flight() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "long run: cargo test --release -p tests --test chaos_reload -- --ignored --nocapture"]
+#[ignore = "long run: cargo test --release -p tests --test e2e chaos_reload:: -- --ignored --nocapture"]
 async fn graceful_shutdown_under_load_30_times() {
+    let _turn = tests::serial().await;
     for _ in 0..30 {
         graceful_shutdown_under_load_drops_nothing_once().await;
     }

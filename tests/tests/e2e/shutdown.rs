@@ -4,16 +4,18 @@
 use std::time::Duration;
 
 use balancer_tokio::ShutdownReport;
-use tests::{Proxy, get, start_backends, toml_list};
+use tests::{ConfigBuilder, Proxy, get, start_backends};
 use tokio::net::TcpStream;
 
 #[tokio::test]
 async fn shutdown_lets_the_request_in_flight_finish() {
     let backends = start_backends(&[0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nshutdown_grace_ms = 5000\nbackends = {}\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .shutdown_grace_ms(5000)
+            .backends(&backends),
+    )
     .await;
     let address = proxy.addr();
     let in_flight = tokio::spawn(tests::send_http1(address, get("/sleep/800", "a")));
@@ -35,10 +37,12 @@ async fn shutdown_lets_the_request_in_flight_finish() {
 #[tokio::test]
 async fn shutdown_gives_up_after_the_grace_period() {
     let backends = start_backends(&[0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nshutdown_grace_ms = 200\nbackends = {}\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .shutdown_grace_ms(200)
+            .backends(&backends),
+    )
     .await;
     let address = proxy.addr();
     let _stuck = tokio::spawn(tests::send_http1(address, get("/sleep/10000", "a")));
@@ -54,10 +58,13 @@ async fn a_request_sent_on_an_idle_connection_as_draining_begins_is_answered() {
     let backends = start_backends(&[0]).await;
     // One worker: the connection's task runs on this test's runtime, so the order below is
     // the order in which the proxy sees things.
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nworkers = 1\nshutdown_grace_ms = 5000\nbackends = {}\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .workers(1)
+            .shutdown_grace_ms(5000)
+            .backends(&backends),
+    )
     .await;
     let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
     stream

@@ -5,18 +5,14 @@ use futures_util::{SinkExt, StreamExt};
 use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tests::{Proxy, start_backends, toml_list, within};
+use tests::{ConfigBuilder, Proxy, start_backends, within};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn h2c_clients_are_served_by_http1_backends() {
     let backends = start_backends(&[0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nbackends = {}\n",
-        toml_list(&backends)
-    ))
-    .await;
+    let proxy = Proxy::start(ConfigBuilder::new().listen_any().backends(&backends)).await;
     let stream = TcpStream::connect(proxy.addr()).await.unwrap();
     let (mut sender, connection) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
@@ -42,11 +38,7 @@ async fn h2c_clients_are_served_by_http1_backends() {
 #[tokio::test]
 async fn websocket_echo_passes_through() {
     let backends = start_backends(&[0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nbackends = {}\n",
-        toml_list(&backends)
-    ))
-    .await;
+    let proxy = Proxy::start(ConfigBuilder::new().listen_any().backends(&backends)).await;
     let stream = TcpStream::connect(proxy.addr()).await.unwrap();
     let url = format!("ws://{}/ws", proxy.addr());
     let (mut socket, response) = within(

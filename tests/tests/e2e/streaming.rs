@@ -5,11 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::Request;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
-use tests::{CountingBackend, CountingBody, Proxy, within};
+use tests::{ConfigBuilder, CountingBackend, CountingBody, Proxy, within};
 use tokio::net::TcpStream;
 
 const BODY_BYTES: u64 = 50 * 1024 * 1024;
@@ -19,10 +18,12 @@ const MAX_IN_TRANSIT_BYTES: u64 = 32 * 1024 * 1024;
 const STALL: Duration = Duration::from_millis(700);
 
 async fn proxy_to(backend: &CountingBackend) -> Proxy {
-    Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nmax_body_bytes = 104857600\nbackends = [\"{}\"]\n",
-        backend.local_addr()
-    ))
+    Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .max_body_bytes(104857600)
+            .backends([backend]),
+    )
     .await
 }
 
@@ -30,15 +31,8 @@ async fn proxy_to(backend: &CountingBackend) -> Proxy {
 async fn a_50_mb_download_streams_while_the_client_stalls() {
     let backend = CountingBackend::start(Duration::ZERO).await;
     let proxy = proxy_to(&backend).await;
-    let stream = TcpStream::connect(proxy.addr()).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let request = Request::get(format!("/download?bytes={BODY_BYTES}"))
-        .header("host", "a")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
+    let mut sender = tests::connect(proxy.addr()).await.unwrap();
+    let request = tests::get(&format!("/download?bytes={BODY_BYTES}"), "a");
     let response = within("response head", sender.send_request(request))
         .await
         .unwrap();
@@ -103,10 +97,7 @@ async fn a_client_leaving_mid_download_is_reported_as_done() {
         .await
         .unwrap();
     let connection = tokio::spawn(connection);
-    let request = Request::get(format!("/download?bytes={BODY_BYTES}"))
-        .header("host", "a")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
+    let request = tests::get(&format!("/download?bytes={BODY_BYTES}"), "a");
     let response = within("response head", sender.send_request(request))
         .await
         .unwrap();

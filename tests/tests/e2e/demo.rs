@@ -37,7 +37,5 @@ async fn demo_mode_answers_from_all_four_backends() {
 
     assert_eq!(proxy.in_flight(), 0, "every dispatch got its done");
     proxy.stop().await;
-    for backend in backends {
-        backend.stop().await;
-    }
+    tests::stop_backends(backends).await;
 }

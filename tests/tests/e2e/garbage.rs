@@ -3,7 +3,7 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tests::{Proxy, raw_status, start_backends, toml_list, within};
+use tests::{ConfigBuilder, Proxy, raw_status, start_backends, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -24,9 +24,7 @@ fn mangled_request(rng: &mut ChaCha8Rng) -> Vec<u8> {
         1 => request.truncate(rng.random_range(0..request.len())),
         // Pure noise.
         _ => {
-            request = (0..rng.random_range(1..512))
-                .map(|_| rng.random())
-                .collect();
+            request = tests::random_bytes(rng, 512);
         }
     }
     request
@@ -35,10 +33,12 @@ fn mangled_request(rng: &mut ChaCha8Rng) -> Vec<u8> {
 #[tokio::test]
 async fn random_and_mangled_input_never_takes_the_proxy_down() {
     let backends = start_backends(&[0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nheader_read_timeout_ms = 300\nbackends = {}\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .header_read_timeout_ms(300)
+            .backends(&backends),
+    )
     .await;
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let mut statuses = std::collections::BTreeMap::new();

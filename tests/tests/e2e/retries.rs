@@ -5,12 +5,7 @@
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
-use tests::{Proxy, free_port, start_backends};
-
-/// A backend address with nothing listening: connecting is refused at once.
-fn dead_address() -> String {
-    format!("127.0.0.1:{}", free_port())
-}
+use tests::{AsBackend, ConfigBuilder, DeadPort, Proxy, Retry, start_backends};
 
 fn post(path: &str, body: Vec<u8>) -> Request<Full<Bytes>> {
     Request::post(path)
@@ -29,14 +24,15 @@ fn retries(metrics: &str) -> u64 {
 #[tokio::test]
 async fn gets_are_retried_posts_only_when_allowed_and_small() {
     let backends = start_backends(&[0]).await;
-    let pool = |extra: &str| {
-        format!(
-            "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n[pools.default]\nbackends = [\"{}\", \"{}\"]\nretry = {{ backoff_base_ms = 1 {extra} }}\n",
-            dead_address(),
-            backends[0].local_addr()
-        )
+    // Nothing listens there: connecting is refused at once.
+    let dead = DeadPort::new();
+    let pool = |retry: fn(Retry) -> Retry| {
+        ConfigBuilder::new().listen_any().pool("default", |p| {
+            p.backends([dead.backend(), backends[0].backend()])
+                .retry(|r| retry(r.backoff_base_ms(1)))
+        })
     };
-    let proxy = Proxy::start(&pool("")).await;
+    let proxy = Proxy::start(pool(|r| r)).await;
     // Least-pending alternates between the two idle backends, so half the first tries fail.
     for _ in 0..10 {
         let reply = proxy.get("/").await;
@@ -63,7 +59,7 @@ async fn gets_are_retried_posts_only_when_allowed_and_small() {
     assert!(retries(&proxy.admin_get("/metrics").await.body) >= 3);
     proxy.stop().await;
 
-    let proxy = Proxy::start(&pool(", retry_non_idempotent = true")).await;
+    let proxy = Proxy::start(pool(|r| r.retry_non_idempotent(true))).await;
     for _ in 0..10 {
         let reply = proxy
             .send(proxy.addr(), post("/echo", b"small body".to_vec()))
@@ -93,11 +89,10 @@ async fn gets_are_retried_posts_only_when_allowed_and_small() {
 async fn a_503_is_retried_only_with_retry_on_503() {
     let backends = start_backends(&[0, 0]).await;
     for (retry_on_503, expected_retries) in [(false, 0), (true, 4)] {
-        let proxy = Proxy::start(&format!(
-            "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n[pools.default]\nbackends = [\"{}\", \"{}\"]\nretry = {{ retry_on_503 = {retry_on_503}, backoff_base_ms = 1 }}\n",
-            backends[0].local_addr(),
-            backends[1].local_addr()
-        ))
+        let proxy = Proxy::start(ConfigBuilder::new().listen_any().pool("default", |p| {
+            p.backends(&backends)
+                .retry(|r| r.retry_on_503(retry_on_503).backoff_base_ms(1))
+        }))
         .await;
         for _ in 0..4 {
             let reply = proxy.get("/status/503").await;
@@ -121,12 +116,12 @@ async fn a_503_is_retried_only_with_retry_on_503() {
 #[tokio::test]
 async fn per_try_and_overall_timeouts_bound_a_request() {
     let backends = start_backends(&[0, 0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n[pools.default]\nbackends = [\"{}\", \"{}\"]\n\
-         response_header_timeout_ms = 200\nrequest_timeout_ms = 300\nretry = {{ backoff_base_ms = 1 }}\n",
-        backends[0].local_addr(),
-        backends[1].local_addr()
-    ))
+    let proxy = Proxy::start(ConfigBuilder::new().listen_any().pool("default", |p| {
+        p.backends(&backends)
+            .response_header_timeout_ms(200)
+            .request_timeout_ms(300)
+            .retry(|r| r.backoff_base_ms(1))
+    }))
     .await;
     let reply = proxy.get("/sleep/5000").await;
     assert_eq!(reply.status, 504);

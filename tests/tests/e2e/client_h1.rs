@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use tests::{Act, Proxy, RawBackend, raw_exchange, start_backends, toml_list};
+use tests::{Act, ConfigBuilder, Proxy, RawBackend, raw_exchange, start_backends};
 
 /// One response as read off the wire.
 #[derive(Debug)]
@@ -91,10 +91,12 @@ fn responses(mut bytes: &[u8], heads: &[bool]) -> Vec<Wire> {
 
 async fn proxy_with_backend() -> (Proxy, Vec<balancer_tokio::DemoBackend>) {
     let backends = start_backends(&[0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nworkers = 1\nbackends = {}\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .workers(1)
+            .backends(&backends),
+    )
     .await;
     (proxy, backends)
 }
@@ -142,10 +144,12 @@ async fn a_body_of_unknown_length_goes_out_chunked() {
         )
     })
     .await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nworkers = 1\nbackends = [\"{}\"]\n",
-        backend.address()
-    ))
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .workers(1)
+            .backends([&backend]),
+    )
     .await;
     let requests = "GET /a HTTP/1.1\r\nhost: a\r\n\r\n\
                     GET /b HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n";
@@ -191,7 +195,10 @@ async fn the_proxys_own_answers_and_304s_are_framed() {
 
     // No backend at all: the proxy's own 503 on the plain path, then the connection goes on.
     let proxy = Proxy::start(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nworkers = 1\nbackends = [\"127.0.0.1:1\"]\n",
+        ConfigBuilder::new()
+            .listen_any()
+            .workers(1)
+            .backends(["127.0.0.1:1"]),
     )
     .await;
     let requests =
@@ -233,10 +240,13 @@ async fn a_bad_head_after_plain_requests_gets_hyper_s_400() {
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
     let backends = start_backends(&[0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nworkers = 1\nheader_read_timeout_ms = 200\nbackends = {}\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .workers(1)
+            .header_read_timeout_ms(200)
+            .backends(&backends),
+    )
     .await;
     // One plain request, then silence: the answer, then a close without a second answer.
     let started = std::time::Instant::now();

@@ -1,4 +1,4 @@
-//! Issue 8: the simulator's replay of a recorded trace predicts the live proxy's latency.
+//! The simulator's replay of a recorded trace predicts the live proxy's latency.
 //!
 //! Three demo backends with known latency (5, 10 and 20 ms, each plus a uniform 0–5 ms
 //! jitter) behind a least-pending proxy recording a trace; an open-loop client sends 300
@@ -25,13 +25,15 @@ use balancer_core::PolicyKind;
 use balancer_core::trace::parse_trace;
 use balancer_sim::replay::{ReplayConfig, replay};
 use balancer_tokio::{DemoBackend, DemoBackendConfig};
-use tests::{Proxy, get, send_http1, within};
+use tests::{ConfigBuilder, Proxy, get, send_http1, within};
 
 const REQUESTS: usize = 300;
 const INTERVAL: Duration = Duration::from_micros(6_667); // 150 per second
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_predicts_mean_and_p99_latency_of_the_live_proxy() {
+    // Measured latency against the replay's: a heavy test alongside would widen the gap.
+    let _turn = tests::serial().await;
     let mut backends = Vec::new();
     for (id, latency_ms) in [(1, 5), (2, 10), (3, 20)] {
         backends.push(
@@ -45,16 +47,15 @@ async fn replay_predicts_mean_and_p99_latency_of_the_live_proxy() {
             .unwrap(),
         );
     }
-    let dir = std::env::temp_dir().join(format!("balancer-prediction-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("live.trace");
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\npolicy = \"least-pending\"\nbackends = {}\n\
-         [trace]\npath = \"{}\"\n",
-        tests::toml_list(&backends),
-        path.display()
-    ))
+    let dir = tests::TempDir::new("prediction");
+    let path = dir.path().join("live.trace");
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .policy("least-pending")
+            .backends(&backends)
+            .trace(&path, |t| t),
+    )
     .await;
 
     let address = proxy.addr();
@@ -121,5 +122,4 @@ async fn replay_predicts_mean_and_p99_latency_of_the_live_proxy() {
         "p99: predicted {:.3} ms, measured {p99:.3} ms",
         predicted.latency_ms.p99
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

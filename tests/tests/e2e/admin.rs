@@ -1,21 +1,12 @@
 //! The admin listener: backends as JSON, drain and undrain, health, the effective config, and
 //! metrics in strict Prometheus text format.
 
-use serde_json::Value;
-use tests::{Proxy, start_backends, toml_list};
-
-fn json(body: &str) -> Value {
-    serde_json::from_str(body).unwrap_or_else(|err| panic!("not JSON ({err}): {body}"))
-}
+use tests::{ConfigBuilder, Proxy, start_backends};
 
 #[tokio::test]
 async fn drain_via_admin_stops_traffic_to_a_backend_and_undrain_restores_it() {
     let backends = start_backends(&[0, 0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nbackends = {}\n",
-        toml_list(&backends)
-    ))
-    .await;
+    let proxy = Proxy::start(ConfigBuilder::new().listen_any().backends(&backends)).await;
     let second = backends[1].local_addr();
 
     let reply = proxy
@@ -29,7 +20,7 @@ async fn drain_via_admin_stops_traffic_to_a_backend_and_undrain_restores_it() {
     }
     assert_eq!(backends[1].served(), before, "a drained backend got work");
 
-    let listed = json(&proxy.admin_get("/backends").await.body);
+    let listed = proxy.admin_get("/backends").await.json();
     let entry = &listed["pools"][0]["backends"][1];
     assert_eq!(entry["address"], second.to_string());
     assert_eq!(entry["state"], "drained");
@@ -76,14 +67,10 @@ async fn drain_via_admin_stops_traffic_to_a_backend_and_undrain_restores_it() {
 #[tokio::test]
 async fn healthz_and_the_effective_config() {
     let backends = start_backends(&[0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nbackends = {}\n",
-        toml_list(&backends)
-    ))
-    .await;
+    let proxy = Proxy::start(ConfigBuilder::new().listen_any().backends(&backends)).await;
     let reply = proxy.admin_get("/healthz").await;
     assert_eq!((reply.status.as_u16(), reply.body.as_str()), (200, "ok\n"));
-    let config = json(&proxy.admin_get("/config").await.body);
+    let config = proxy.admin_get("/config").await.json();
     let pool = &config["pools"][0];
     assert_eq!(pool["name"], "default");
     assert_eq!(
@@ -178,11 +165,7 @@ fn parse_prometheus_text(text: &str) -> Vec<(String, f64)> {
 #[tokio::test]
 async fn metrics_are_prometheus_text_with_requests_latency_and_backend_state() {
     let backends = start_backends(&[0, 0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nbackends = {}\n",
-        toml_list(&backends)
-    ))
-    .await;
+    let proxy = Proxy::start(ConfigBuilder::new().listen_any().backends(&backends)).await;
     for _ in 0..6 {
         assert_eq!(proxy.get("/").await.status, 200);
     }

@@ -3,20 +3,20 @@
 
 use std::time::Duration;
 
-use tests::{Proxy, free_port, get, raw_exchange, raw_status, start_backends, toml_list, within};
+use tests::{
+    ConfigBuilder, DeadPort, Proxy, get, raw_exchange, raw_status, start_backends, within,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-async fn proxy_with(extra: &str, backends: &str) -> Proxy {
-    Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n{extra}\nbackends = {backends}\n"
-    ))
-    .await
+async fn proxy_with(config: impl FnOnce(ConfigBuilder) -> ConfigBuilder) -> Proxy {
+    Proxy::start(config(ConfigBuilder::new().listen_any())).await
 }
 
 #[tokio::test]
 async fn refused_backend_is_502() {
-    let closed = free_port();
-    let proxy = proxy_with("", &format!("[\"127.0.0.1:{closed}\"]")).await;
+    let dead = DeadPort::new();
+    let closed = dead.address().port();
+    let proxy = proxy_with(|c| c.backends([&dead])).await;
     let reply = proxy.get("/").await;
     assert_eq!(reply.status, 502);
     assert_eq!(
@@ -30,10 +30,11 @@ async fn refused_backend_is_502() {
 #[tokio::test]
 async fn overloaded_pool_is_503() {
     let backends = start_backends(&[0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n[pools.tiny]\nmax_in_flight = 1\nbackends = {}\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .pool("tiny", |p| p.max_in_flight(1).backends(&backends)),
+    )
     .await;
     let address = proxy.addr();
     let slow = tokio::spawn(tests::send_http1(address, get("/sleep/600", "a")));
@@ -53,10 +54,9 @@ async fn overloaded_pool_is_503() {
 #[tokio::test]
 async fn slow_backend_headers_are_504() {
     let backends = start_backends(&[0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n[pools.p]\nresponse_header_timeout_ms = 200\nbackends = {}\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(ConfigBuilder::new().listen_any().pool("p", |p| {
+        p.response_header_timeout_ms(200).backends(&backends)
+    }))
     .await;
     let reply = proxy.get("/sleep/3000").await;
     assert_eq!(reply.status, 504);
@@ -72,7 +72,7 @@ async fn slow_backend_headers_are_504() {
 #[tokio::test]
 async fn oversized_headers_are_431_on_first_and_later_requests() {
     let backends = start_backends(&[0]).await;
-    let proxy = proxy_with("max_header_bytes = 8192", &toml_list(&backends)).await;
+    let proxy = proxy_with(|c| c.max_header_bytes(8192).backends(&backends)).await;
     let big = "a".repeat(10_000);
     let first = proxy
         .raw(format!("GET / HTTP/1.1\r\nhost: a\r\nx-big: {big}\r\n\r\n").as_bytes())
@@ -124,7 +124,7 @@ async fn oversized_headers_are_431_on_first_and_later_requests() {
 #[tokio::test]
 async fn oversized_bodies_are_413_declared_or_streamed() {
     let backends = start_backends(&[0]).await;
-    let proxy = proxy_with("max_body_bytes = 1000", &toml_list(&backends)).await;
+    let proxy = proxy_with(|c| c.max_body_bytes(1000).backends(&backends)).await;
     let declared = proxy
         .raw(format!("POST /sink HTTP/1.1\r\nhost: a\r\nconnection: close\r\ncontent-length: 2000\r\n\r\n{}", "x".repeat(2000)).as_bytes())
         .await;
@@ -152,7 +152,7 @@ async fn oversized_bodies_are_413_declared_or_streamed() {
 #[tokio::test]
 async fn malformed_requests_are_400() {
     let backends = start_backends(&[0]).await;
-    let proxy = proxy_with("", &toml_list(&backends)).await;
+    let proxy = proxy_with(|c| c.backends(&backends)).await;
     for garbage in [
         &b"GET / HTTP/1.1\r\nhost: a\r\nno colon here\r\n\r\n"[..],
         b"THIS IS NOT HTTP\r\n\r\n",
@@ -172,7 +172,7 @@ async fn malformed_requests_are_400() {
 #[tokio::test]
 async fn slow_request_headers_are_408() {
     let backends = start_backends(&[0]).await;
-    let proxy = proxy_with("header_read_timeout_ms = 300", &toml_list(&backends)).await;
+    let proxy = proxy_with(|c| c.header_read_timeout_ms(300).backends(&backends)).await;
     // Half a head, then silence.
     let response = raw_exchange(
         proxy.addr(),
@@ -191,10 +191,12 @@ async fn slow_request_headers_are_408() {
 #[tokio::test]
 async fn unknown_route_is_404() {
     let backends = start_backends(&[0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n[pools.p]\nbackends = {}\n[[routes]]\nhost = \"known.example\"\npool = \"p\"\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .pool("p", |p| p.backends(&backends))
+            .route(|r| r.host("known.example").pool("p")),
+    )
     .await;
     let reply = proxy.get("/").await;
     assert_eq!(reply.status, 404);
@@ -217,7 +219,7 @@ async fn backend_closing_without_answer_is_502() {
             drop(stream);
         }
     });
-    let proxy = proxy_with("", &format!("[\"{backend}\"]")).await;
+    let proxy = proxy_with(|c| c.backends([backend])).await;
     let reply = proxy.get("/").await;
     assert_eq!(reply.status, 502);
     assert_eq!(
@@ -248,9 +250,11 @@ async fn backend_connect_timeout_is_504() {
             _ => break,
         }
     }
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n[pools.p]\nconnect_timeout_ms = 200\nbackends = [\"{backend}\"]\n"
-    ))
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .pool("p", |p| p.connect_timeout_ms(200).backends([backend])),
+    )
     .await;
     let reply = proxy.get("/").await;
     assert_eq!(reply.status, 504, "{}", reply.body);

@@ -1,6 +1,6 @@
 //! Routing: by host (exact and wildcard), by longest path prefix, by listener port; 404 otherwise.
 
-use tests::{Proxy, free_port, get, start_backends};
+use tests::{ConfigBuilder, Proxy, free_port, get, start_backends};
 
 #[tokio::test]
 async fn routes_by_host_path_and_port() {
@@ -8,50 +8,21 @@ async fn routes_by_host_path_and_port() {
     let [a, b, c, d, e] = [0, 1, 2, 3, 4].map(|i| backends[i].local_addr());
     let main_port = free_port();
     let admin_port = free_port();
-    let proxy = Proxy::start(&format!(
-        r#"
-access_log = "off"
-
-[[listeners]]
-name = "main"
-address = "127.0.0.1:{main_port}"
-
-[[listeners]]
-name = "admin"
-address = "127.0.0.1:{admin_port}"
-
-[pools.exact]
-backends = ["{a}"]
-[pools.wildcard]
-backends = ["{b}"]
-[pools.api]
-backends = ["{c}"]
-[pools.api_v2]
-backends = ["{d}"]
-[pools.admin]
-backends = ["{e}"]
-
-[[routes]]
-host = "shop.example.com"
-pool = "exact"
-
-[[routes]]
-host = "*.example.com"
-pool = "wildcard"
-
-[[routes]]
-path_prefix = "/api"
-pool = "api"
-
-[[routes]]
-path_prefix = "/api/v2"
-pool = "api_v2"
-
-[[routes]]
-port = {admin_port}
-pool = "admin"
-"#
-    ))
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listener("main", format!("127.0.0.1:{main_port}"))
+            .listener("admin", format!("127.0.0.1:{admin_port}"))
+            .pool("exact", |p| p.backends([a]))
+            .pool("wildcard", |p| p.backends([b]))
+            .pool("api", |p| p.backends([c]))
+            .pool("api_v2", |p| p.backends([d]))
+            .pool("admin", |p| p.backends([e]))
+            .route(|r| r.host("shop.example.com").pool("exact"))
+            .route(|r| r.host("*.example.com").pool("wildcard"))
+            .route(|r| r.path_prefix("/api").pool("api"))
+            .route(|r| r.path_prefix("/api/v2").pool("api_v2"))
+            .route(|r| r.port(admin_port).pool("admin")),
+    )
     .await;
     let main = proxy.running().local_addr("main").unwrap();
     let admin = proxy.running().local_addr("admin").unwrap();

@@ -1,34 +1,22 @@
-//! Issue 8: `GET /explain/{request-id}` on the admin listener returns the core's decision
+//! `GET /explain/{request-id}` on the admin listener returns the core's decision
 //! records for every try of a request; unknown or evicted ids are 404, malformed ones 400.
 
-use http::Request;
-use http_body_util::Empty;
-use tests::{Proxy, start_backends, toml_list};
-
-fn with_id(path: &str, id: &str) -> Request<Empty<bytes::Bytes>> {
-    let mut request = tests::get(path, "test.local");
-    request
-        .headers_mut()
-        .insert("x-request-id", id.parse().unwrap());
-    request
-}
+use tests::{AsBackend, ConfigBuilder, Proxy, start_backends};
 
 #[tokio::test]
 async fn a_known_id_is_explained_with_candidates_and_the_rule() {
     let backends = start_backends(&[0, 0, 0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nbackends = {}\n",
-        toml_list(&backends)
-    ))
-    .await;
-    let reply = proxy.send(proxy.addr(), with_id("/", "explain-me-1")).await;
+    let proxy = Proxy::start(ConfigBuilder::new().listen_any().backends(&backends)).await;
+    let reply = proxy
+        .send(proxy.addr(), tests::get_with_id("/", "explain-me-1"))
+        .await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.header("x-request-id"), "explain-me-1");
 
     let explained = proxy.admin_get("/explain/explain-me-1").await;
     assert_eq!(explained.status, 200, "{}", explained.body);
     assert_eq!(explained.header("content-type"), "application/json");
-    let json: serde_json::Value = serde_json::from_str(&explained.body).unwrap();
+    let json = explained.json();
     eprintln!("{}", explained.body);
     assert_eq!(json["request_id"], "explain-me-1");
     assert_eq!(json["ring_size"], 4096);
@@ -75,17 +63,19 @@ async fn a_known_id_is_explained_with_candidates_and_the_rule() {
 async fn a_retry_is_a_second_try_under_the_same_id_naming_the_skipped_backend() {
     let backends = start_backends(&[0]).await;
     // A port nothing listens on: connecting fails, the GET is retried on the live backend.
-    let dead = tests::free_port();
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\n[pools.p]\npolicy = \"round-robin\"\nbackends = [\"127.0.0.1:{dead}\", \"{}\"]\n",
-        backends[0].local_addr()
-    ))
+    let dead_port = tests::DeadPort::new();
+    let dead = dead_port.address().port();
+    let proxy = Proxy::start(ConfigBuilder::new().listen_any().pool("p", |p| {
+        p.policy("round-robin")
+            .backends([dead_port.backend(), backends[0].backend()])
+    }))
     .await;
     // Round-robin starts at the first backend: the dead one, then the retry.
-    let reply = proxy.send(proxy.addr(), with_id("/", "retried")).await;
+    let reply = proxy
+        .send(proxy.addr(), tests::get_with_id("/", "retried"))
+        .await;
     assert_eq!(reply.status, 200);
-    let json: serde_json::Value =
-        serde_json::from_str(&proxy.admin_get("/explain/retried").await.body).unwrap();
+    let json = proxy.admin_get("/explain/retried").await.json();
     let tries = json["tries"].as_array().unwrap();
     assert_eq!(tries.len(), 2, "{json}");
     assert_eq!(tries[0]["chosen"], format!("127.0.0.1:{dead}"));
@@ -106,13 +96,21 @@ async fn a_retry_is_a_second_try_under_the_same_id_naming_the_skipped_backend() 
 #[tokio::test]
 async fn an_evicted_id_is_404_naming_the_ring_size_and_a_malformed_one_400() {
     let backends = start_backends(&[0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nexplain_ring_size = 2\nbackends = {}\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .explain_ring_size(2)
+            .backends(&backends),
+    )
     .await;
     for id in ["old-1", "new-2", "new-3"] {
-        assert_eq!(proxy.send(proxy.addr(), with_id("/", id)).await.status, 200);
+        assert_eq!(
+            proxy
+                .send(proxy.addr(), tests::get_with_id("/", id))
+                .await
+                .status,
+            200
+        );
     }
     let evicted = proxy.admin_get("/explain/old-1").await;
     assert_eq!(evicted.status, 404);
@@ -139,13 +137,18 @@ async fn an_evicted_id_is_404_naming_the_ring_size_and_a_malformed_one_400() {
 #[tokio::test]
 async fn explanations_off_answers_404_saying_so() {
     let backends = start_backends(&[0]).await;
-    let proxy = Proxy::start(&format!(
-        "listen = \"127.0.0.1:0\"\naccess_log = \"off\"\nexplain_ring_size = 0\nbackends = {}\n",
-        toml_list(&backends)
-    ))
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .explain_ring_size(0)
+            .backends(&backends),
+    )
     .await;
     assert_eq!(
-        proxy.send(proxy.addr(), with_id("/", "x1")).await.status,
+        proxy
+            .send(proxy.addr(), tests::get_with_id("/", "x1"))
+            .await
+            .status,
         200
     );
     let reply = proxy.admin_get("/explain/x1").await;
