@@ -88,7 +88,7 @@ pub fn rerun_alone(module: &str, name: &str) -> bool {
     eprint!("{stderr}");
     assert!(
         output.status.success(),
-        "{test}, run alone, failed:\n{stdout}\n{stderr}"
+        "{test}, run alone, failed (its stderr is above):\n{stdout}"
     );
     // A wrong name would match no test, and an empty run passes.
     assert!(
