@@ -1003,6 +1003,8 @@ impl<'a> Sim<'a> {
                     .remove_backend(id)
                     .map_err(|e| self.core_error(e))?;
                 self.backends[b as usize].removed = true;
+                // Gone for good: a later reconcile must not bring it back.
+                self.desired[b as usize] = None;
             }
             Step::Drain(b, on) => {
                 let id = self.backends[b as usize].core_id;
