@@ -3,13 +3,9 @@
 //!
 //! ```no_run
 //! # async fn session() {
-//! use tests::{Proxy, start_backends};
+//! use tests::{ConfigBuilder, Proxy, start_backends};
 //! let backends = start_backends(&[0, 0]).await;
-//! let proxy = Proxy::start(&format!(
-//!     "listen = \"127.0.0.1:0\"\nbackends = {}\n",
-//!     tests::toml_list(&backends)
-//! ))
-//! .await;
+//! let proxy = Proxy::start(ConfigBuilder::new().listen_any().backends(&backends)).await;
 //! let reply = proxy.get("/").await;
 //! assert_eq!(reply.status, 200);
 //! proxy.stop().await;
@@ -17,12 +13,20 @@
 //! ```
 #![deny(unsafe_code)]
 
+mod config;
+
+pub use config::{
+    AsBackend, Backend, ConfigBuilder, HealthCheck, Outlier, Pool, RateLimit, Retry, Route, Trace,
+};
+
+use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use balancer_core::BackendSnapshot;
 use balancer_tokio::{Config, DemoBackend, DemoBackendConfig, RunningBalancer, ShutdownReport};
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
@@ -42,6 +46,58 @@ pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
     }
 }
 
+/// Waits for, then holds until dropped, the one turn shared by the tests that load both cores or
+/// measure latency: all the tests share one process, and two such tests at once would measure
+/// each other (a p99 against its baseline, a replay against live latency) or starve each other.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    TURN.lock().await
+}
+
+/// Set on a process started by [`rerun_alone`], to the one test it runs.
+const ALONE_VARIABLE: &str = "BALANCER_E2E_ALONE";
+
+/// For a test that counts what belongs to the whole process (threads, descriptors, memory),
+/// which the other tests sharing it would change: runs the test `name` of `module` (pass
+/// `module_path!()`) again, alone, in a fresh process of this test binary, and returns true once
+/// it passed there, when the caller should return. In that fresh process it returns false, and
+/// the caller goes on with its body.
+pub fn rerun_alone(module: &str, name: &str) -> bool {
+    // libtest names a test by its path without the crate's name.
+    let test = match module.split_once("::") {
+        Some((_, path)) => format!("{path}::{name}"),
+        None => name.to_owned(),
+    };
+    if std::env::var(ALONE_VARIABLE).is_ok_and(|running| running == test) {
+        return false;
+    }
+    let binary = std::env::current_exe().expect("the test binary's path");
+    let output = std::process::Command::new(binary)
+        .args([
+            test.as_str(),
+            "--exact",
+            "--include-ignored",
+            "--test-threads=1",
+            "--nocapture",
+        ])
+        .env(ALONE_VARIABLE, &test)
+        .output()
+        .expect("the test binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprint!("{stderr}");
+    assert!(
+        output.status.success(),
+        "{test}, run alone, failed (its stderr is above):\n{stdout}"
+    );
+    // A wrong name would match no test, and an empty run passes.
+    assert!(
+        stdout.contains("1 passed"),
+        "{test} did not run alone:\n{stdout}"
+    );
+    true
+}
+
 /// Starts one demo backend per entry of `latencies_ms` (ids 1, 2, …) on free loopback ports.
 pub async fn start_backends(latencies_ms: &[u64]) -> Vec<DemoBackend> {
     let mut backends = Vec::new();
@@ -59,13 +115,108 @@ pub async fn start_backends(latencies_ms: &[u64]) -> Vec<DemoBackend> {
     backends
 }
 
-/// `["127.0.0.1:p1", "127.0.0.1:p2"]` for a TOML `backends = …` line.
-pub fn toml_list(backends: &[DemoBackend]) -> String {
-    let quoted: Vec<String> = backends
-        .iter()
-        .map(|b| format!("\"{}\"", b.local_addr()))
-        .collect();
-    format!("[{}]", quoted.join(", "))
+/// Starts demo backend `id` again on `address`, where an earlier one was stopped (a kill and a
+/// restart), with a 1 ms latency.
+pub async fn restart_backend(address: SocketAddr, id: u32) -> DemoBackend {
+    // The old listener's port is free at once (SO_REUSEADDR), but a slow close is tolerated.
+    const ATTEMPTS: u32 = 50;
+    for _ in 0..ATTEMPTS {
+        let started = DemoBackend::start(DemoBackendConfig {
+            listen: address,
+            id,
+            latency_ms: 1,
+            jitter_ms: 0,
+        })
+        .await;
+        if let Ok(backend) = started {
+            return backend;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("backend #{id} could not restart on {address}");
+}
+
+/// Stops every backend of `backends`.
+pub async fn stop_backends(backends: impl IntoIterator<Item = DemoBackend>) {
+    for backend in backends {
+        backend.stop().await;
+    }
+}
+
+/// A loopback address where nothing listens, so that connecting is refused at once, and where
+/// nothing will while this lives: its port stays bound (without listening, and without
+/// SO_REUSEADDR, so that no other socket of the tests running alongside can take it).
+pub struct DeadPort {
+    _socket: tokio::net::TcpSocket,
+    address: SocketAddr,
+}
+
+impl DeadPort {
+    /// Binds a free loopback port.
+    pub fn new() -> DeadPort {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket
+            .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("a free loopback port");
+        let address = socket.local_addr().expect("the bound address");
+        DeadPort {
+            _socket: socket,
+            address,
+        }
+    }
+
+    /// `127.0.0.1:port`.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+}
+
+impl Default for DeadPort {
+    fn default() -> Self {
+        DeadPort::new()
+    }
+}
+
+impl AsBackend for DeadPort {
+    fn backend(&self) -> Backend {
+        Backend::at(self.address)
+    }
+}
+
+/// A fresh directory in the system's temporary one, removed with what it holds when dropped.
+pub struct TempDir {
+    path: std::path::PathBuf,
+}
+
+impl TempDir {
+    /// A new, empty directory whose name has `tag` (unique in this process and among processes).
+    pub fn new(tag: &str) -> TempDir {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("balancer-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create a temporary directory");
+        TempDir { path }
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Between 1 and `max_len - 1` bytes from `rng`, each any value.
+pub fn random_bytes(rng: &mut impl rand::Rng, max_len: usize) -> Vec<u8> {
+    (0..rng.random_range(1..max_len))
+        .map(|_| rng.random())
+        .collect()
 }
 
 /// A loopback port that was free a moment ago (for configs that route by listener port).
@@ -95,6 +246,12 @@ impl Reply {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
     }
+
+    /// The body as JSON (the admin API's answers); panics, showing it, if it is not.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|err| panic!("not JSON ({err}): {}", self.body))
+    }
 }
 
 /// The balancer under test, started in-process from a TOML config.
@@ -103,11 +260,11 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Starts the balancer from `toml` (listeners should use port 0 or `free_port()`). Unless
-    /// `toml` names an `admin` address, the admin listener gets a free port (the default 9901
-    /// would clash between tests running in parallel).
-    pub async fn start(toml: &str) -> Proxy {
-        let toml = with_admin_on_a_free_port(toml);
+    /// Starts the balancer from `config`, a [`ConfigBuilder`] or TOML text (listeners should
+    /// use port 0 or `free_port()`). Unless it names an `admin` address, the admin listener
+    /// gets a free port (the default 9901 would clash between tests running in parallel).
+    pub async fn start(config: impl fmt::Display) -> Proxy {
+        let toml = with_admin_on_a_free_port(&config.to_string());
         let config = Config::from_toml_str(&toml, "test.toml")
             .unwrap_or_else(|err| panic!("test config is invalid: {err}\n{toml}"));
         let running = balancer_tokio::start(config)
@@ -169,6 +326,29 @@ impl Proxy {
             .iter()
             .map(|p| p.in_flight())
             .sum()
+    }
+
+    /// The core's snapshot of the backend at `address` in the first pool, if it is there.
+    pub fn backend(&self, address: SocketAddr) -> Option<BackendSnapshot> {
+        let address = address.to_string();
+        self.running.proxy().pools()[0]
+            .views()
+            .into_iter()
+            .find(|v| v.backend.address == address)
+            .map(|v| v.snapshot)
+    }
+
+    /// The state of the backend at `address` in the first pool as the admin API names it (`up`,
+    /// `down`, `ejected`, `drained`, …), or `absent`.
+    pub fn backend_state(&self, address: SocketAddr) -> String {
+        let current = self.running.proxy();
+        let pool = &current.pools()[0];
+        let now = pool.clock.now();
+        let address = address.to_string();
+        pool.views()
+            .iter()
+            .find(|v| v.backend.address == address)
+            .map_or_else(|| "absent".into(), |v| v.state_name(now).to_owned())
     }
 
     /// Waits (bounded) until the core has exactly `count` requests in flight.
@@ -233,32 +413,26 @@ fn with_admin_on_a_free_port(toml: &str) -> String {
 pub struct ConfigFile {
     /// Where it is.
     pub path: std::path::PathBuf,
+    _dir: TempDir,
 }
 
 impl ConfigFile {
-    /// Writes `toml` (with the admin listener on a free port, as [`Proxy::start`] does) to a
-    /// fresh file named after `tag`.
-    pub fn new(tag: &str, toml: &str) -> ConfigFile {
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "balancer-test-{tag}-{}-{n}.toml",
-            std::process::id()
-        ));
-        let file = ConfigFile { path };
+    /// Writes `toml` (a [`ConfigBuilder`] or TOML text, with the admin listener on a free
+    /// port as [`Proxy::start`] does) to a fresh file named after `tag`.
+    pub fn new(tag: &str, toml: impl fmt::Display) -> ConfigFile {
+        let dir = TempDir::new(tag);
+        let file = ConfigFile {
+            path: dir.path().join("balancer.toml"),
+            _dir: dir,
+        };
         file.write(toml);
         file
     }
 
     /// Replaces the file's text.
-    pub fn write(&self, toml: &str) {
-        std::fs::write(&self.path, with_admin_on_a_free_port(toml)).expect("write the config file");
-    }
-}
-
-impl Drop for ConfigFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+    pub fn write(&self, toml: impl fmt::Display) {
+        let toml = with_admin_on_a_free_port(&toml.to_string());
+        std::fs::write(&self.path, toml).expect("write the config file");
     }
 }
 
@@ -381,7 +555,9 @@ impl Load {
     }
 }
 
-async fn connect(
+/// A fresh HTTP/1.1 client connection to `address` (TCP_NODELAY, as a real client would), its
+/// connection task spawned.
+pub async fn connect(
     address: SocketAddr,
 ) -> Result<
     hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
@@ -414,6 +590,16 @@ pub fn get(path: &str, host: &str) -> Request<Empty<Bytes>> {
         .header(http::header::HOST, host)
         .body(Empty::new())
         .expect("valid request")
+}
+
+/// A `GET path` with `Host: test.local` and `x-request-id: id`, to look up in `/explain/{id}`.
+pub fn get_with_id(path: &str, id: &str) -> Request<Empty<Bytes>> {
+    let mut request = get(path, "test.local");
+    request.headers_mut().insert(
+        "x-request-id",
+        id.parse().expect("a request id is a header value"),
+    );
+    request
 }
 
 /// One request over a fresh HTTP/1.1 connection; the body is read to the end.
