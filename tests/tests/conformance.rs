@@ -711,7 +711,7 @@ async fn run_live(scenario: &Scenario) -> Vec<JournalEntry> {
     let addresses: Vec<SocketAddr> = backends.iter().map(|b| b.address).collect();
     let file = ConfigFile::new(
         &format!("conformance-{}", scenario.name),
-        &proxy_toml(scenario, &addresses),
+        proxy_toml(scenario, &addresses),
     );
     let proxy = Proxy::start_file(&file).await;
     let journal = || proxy.running().journal(POOL);
@@ -739,6 +739,7 @@ async fn run_live(scenario: &Scenario) -> Vec<JournalEntry> {
                 proxy.wait_for_in_flight(1).await;
             }
             Step::Release => {
+                // Only a `Holding` backend ever takes a permit.
                 for backend in &backends {
                     backend.release.add_permits(1);
                 }
@@ -748,7 +749,7 @@ async fn run_live(scenario: &Scenario) -> Vec<JournalEntry> {
             }
             Step::ReloadWithout(backend) => {
                 listed.retain(|a| *a != addresses[backend]);
-                file.write(&proxy_toml(scenario, &listed));
+                file.write(proxy_toml(scenario, &listed));
                 let reply = proxy.admin_post("/reload").await;
                 assert_eq!(reply.status, 200, "reload: {}", reply.body);
             }
