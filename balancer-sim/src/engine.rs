@@ -774,7 +774,7 @@ impl<'a> Sim<'a> {
                     now_ns.saturating_add(timeout_ns),
                 )
             } else {
-                (TryReport::response(503), now_ns)
+                (response_report(&self.scheduler, 503), now_ns)
             };
             let failing = FailingJob {
                 job,
@@ -854,7 +854,7 @@ impl<'a> Sim<'a> {
                 ),
             });
         }
-        self.finish(job, index, TryReport::response(200))
+        self.finish(job, index, response_report(&self.scheduler, 200))
     }
 
     /// Reports the try's end to the core; schedules the retry the core may answer with, or
@@ -1034,6 +1034,15 @@ impl<'a> Sim<'a> {
         self.backends[b as usize].marked_down = !up;
         Ok(())
     }
+}
+
+/// A response reported as the proxy reports it: a status the core may retry at its head,
+/// before anything of it is passed on (so that it can still be retried); any other once it
+/// has been passed on to the client. The core's answer is the same either way (a status it
+/// does not retry is never retried), but the report is part of the call, and a journal of
+/// the simulator's calls should match the proxy's.
+fn response_report(scheduler: &Scheduler, status: u16) -> TryReport {
+    TryReport::response(status).with_response_started(!scheduler.retries_status(status))
 }
 
 fn step_backend(step: &Step) -> Option<u32> {
