@@ -12,6 +12,7 @@ mod chaos_input;
 mod chaos_reload;
 mod chaos_slowloris;
 mod client_h1;
+mod conformance;
 mod demo;
 mod errors;
 mod explain;
