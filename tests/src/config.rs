@@ -95,6 +95,8 @@ impl ConfigBuilder {
         max_connections: int usize;
         /// `explain_ring_size = N`.
         explain_ring_size: int usize;
+        /// `journal_size = N`: each pool keeps a journal of its core's calls.
+        journal_size: int usize;
         /// `policy = "name"` of the default pool (the one top-level `backends` make).
         policy: string &str;
     }
@@ -391,6 +393,14 @@ impl Retry {
         retry_on_503: bool bool;
         /// `retry_non_idempotent = true | false`.
         retry_non_idempotent: bool bool;
+    }
+
+    /// `retry_on_status = [NNN, ...]`.
+    pub fn retry_on_status(mut self, statuses: &[u16]) -> Self {
+        let list = statuses.iter().map(|&s| integer(s)).collect();
+        self.table
+            .insert("retry_on_status".into(), Value::Array(list));
+        self
     }
 }
 
