@@ -6,9 +6,9 @@
 //! Why: a connection of bodiless requests (most of what a balancer carries) then never builds
 //! hyper's connection state, which took the memory per in-flight request from 29.7 to 11.8 KiB;
 //! and the response is written from the backend's header lines (`upstream::HeadLines`) without
-//! a `HeaderMap` in between. (It was first written because the spikes in
-//! benches/spikes/h1-ceiling suggested hyper's server cost 13% of the CPU; alone it measured
-//! no faster.) What is covered here is kept narrow on purpose, so that every unusual
+//! a `HeaderMap` in between. (It was first written because two throw-away spike proxies,
+//! at commit d40a8e2, suggested hyper's server cost 13% of the CPU; alone it measured no
+//! faster.) What is covered here is kept narrow on purpose, so that every unusual
 //! request (a body, `Expect`, an upgrade, HTTP/1.0, h2c, anything malformed) keeps hyper's
 //! behaviour exactly, and this module has little to get wrong.
 //!
