@@ -105,6 +105,14 @@ pub struct DecisionRecord {
     pub panic: bool,
 }
 
+/// A blank record for a driver to hand to `handle_work` or `handle_retry_work`, which
+/// overwrite all of it.
+impl Default for DecisionRecord {
+    fn default() -> Self {
+        DecisionRecord::empty(Timestamp::ZERO, PolicyKind::LeastPending)
+    }
+}
+
 impl DecisionRecord {
     /// A blank record, for a driver to hand to `handle_work` (which fills it in).
     pub fn empty(at: Timestamp, policy: PolicyKind) -> Self {

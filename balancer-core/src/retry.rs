@@ -31,6 +31,19 @@ pub struct RetryConfig {
     pub backoff_max: Duration,
 }
 
+impl RetryConfig {
+    /// Whether a request of `method` may be retried at all (so its body is worth keeping).
+    pub fn may_retry(&self, method: MethodClass) -> bool {
+        self.max_retries > 0 && (method == MethodClass::Idempotent || self.retry_non_idempotent)
+    }
+
+    /// Whether a response with `status` is one these rules may retry, so a driver knows to
+    /// report the try when the head arrives rather than after the body.
+    pub fn retries_status(&self, status: u16) -> bool {
+        self.max_retries > 0 && self.retry_on_status.contains(status)
+    }
+}
+
 impl Default for RetryConfig {
     fn default() -> Self {
         RetryConfig {
@@ -121,17 +134,6 @@ pub(crate) struct EndedTry<'a> {
     pub method: MethodClass,
     pub report: &'a TryReport,
     pub deadline: Option<Timestamp>,
-}
-
-/// Whether a response with `status` is one the retry rules may retry, so a driver knows to
-/// report the try when the head arrives rather than after the body.
-pub(crate) fn retries_status(config: &RetryConfig, status: u16) -> bool {
-    config.max_retries > 0 && config.retry_on_status.contains(status)
-}
-
-/// Whether a request of `method` may be retried at all (so its body is worth keeping).
-pub(crate) fn may_retry(config: &RetryConfig, method: MethodClass) -> bool {
-    config.max_retries > 0 && (method == MethodClass::Idempotent || config.retry_non_idempotent)
 }
 
 /// Decides on one ended try: `Ok(backoff)` to retry, or why not. `budget` is charged only

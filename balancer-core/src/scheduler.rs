@@ -581,18 +581,14 @@ impl Scheduler {
     /// Whether a request of `method` could be retried at all: a driver keeps its body in
     /// memory only then.
     pub fn may_retry(&self, method: MethodClass) -> bool {
-        self.config
-            .retry
-            .is_some_and(|r| retry::may_retry(&r, method))
+        self.config.retry.is_some_and(|r| r.may_retry(method))
     }
 
     /// Whether a response with `status` may be retried: a driver that gets one reports the
     /// try as soon as the head arrives (before passing anything on), so that the core can
     /// answer with a retry.
     pub fn retries_status(&self, status: u16) -> bool {
-        self.config
-            .retry
-            .is_some_and(|r| retry::retries_status(&r, status))
+        self.config.retry.is_some_and(|r| r.retries_status(status))
     }
 
     /// Work: a request arrives at `now`; the policy chooses a backend for its first try, or

@@ -123,6 +123,9 @@ pub struct Pool {
     pub request_timeout: Duration,
     /// Active health checks, if configured.
     pub health_check: Option<HealthCheck>,
+    /// The retry rules this generation gave the core, to ask the core's rules about a method or
+    /// a status without taking the scheduler's lock on every request.
+    retry: Option<balancer_core::RetryConfig>,
     client_settings: (u64, u64, usize),
     /// The clock that stamps work and done.
     pub clock: Clock,
@@ -440,6 +443,7 @@ impl Pool {
             response_header_timeout: Duration::from_millis(config.response_header_timeout_ms),
             request_timeout: Duration::from_millis(config.request_timeout_ms),
             health_check: config.health_check.clone(),
+            retry: config.retry,
             client_settings: client_settings(config),
             explain_key: crate::observe::explain::pool_key(&config.name),
         }
@@ -459,11 +463,6 @@ impl Pool {
         &self.core.label
     }
 
-    /// The policy in force.
-    pub fn policy(&self) -> balancer_core::PolicyKind {
-        self.core.lock().scheduler.policy()
-    }
-
     /// Whether `other` drives the same scheduler (the reload kept it).
     pub fn shares_core_with(&self, other: &Pool) -> bool {
         Arc::ptr_eq(&self.core, &other.core)
@@ -480,16 +479,14 @@ impl Pool {
 
     /// Whether the core could retry a request of `method` (so its body is worth keeping).
     pub fn may_retry(&self, method: &http::Method) -> bool {
-        self.core
-            .lock()
-            .scheduler
-            .may_retry(MethodClass::of(method.as_str()))
+        self.retry
+            .is_some_and(|r| r.may_retry(MethodClass::of(method.as_str())))
     }
 
     /// Whether the core could retry a response with `status`: such a try is reported when its
     /// head arrives, before anything of it reaches the client.
     pub fn retries_status(&self, status: u16) -> bool {
-        self.core.lock().scheduler.retries_status(status)
+        self.retry.is_some_and(|r| r.retries_status(status))
     }
 
     /// Work: asks the core where to send a request's first try, now; with `record`, the core

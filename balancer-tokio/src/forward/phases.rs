@@ -283,7 +283,7 @@ impl Proxy {
         let dispatched = match &self.explain {
             None => pool.handle_work(info, None),
             Some(ring) => {
-                let mut record = DecisionRecord::empty(pool.clock.now(), pool.policy());
+                let mut record = DecisionRecord::default();
                 let dispatched = pool.handle_work(info, Some(&mut record));
                 ring.push(request_id.as_bytes(), pool.explain_key, record);
                 dispatched

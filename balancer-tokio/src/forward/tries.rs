@@ -245,8 +245,7 @@ impl Tries<'_> {
         let dispatched = match &self.proxy.explain {
             None => self.pool.handle_retry_work(after, None),
             Some(ring) => {
-                let mut record =
-                    balancer_core::DecisionRecord::empty(self.pool.clock.now(), self.pool.policy());
+                let mut record = balancer_core::DecisionRecord::default();
                 let dispatched = self.pool.handle_retry_work(after, Some(&mut record));
                 ring.push(self.request_id.as_bytes(), self.pool.explain_key, record);
                 dispatched
