@@ -2,7 +2,8 @@
 
 use balancer_core::{
     AfterTry, CoreError, Decision, FailureKind, HealthCheckConfig, HealthTransition, JournalEntry,
-    Outcome, RejectReason, RequestInfo, Scheduler, SchedulerConfig, Timestamp, TryReport,
+    MethodClass, Outcome, RejectReason, RequestInfo, Scheduler, SchedulerConfig, Timestamp,
+    TryReport,
 };
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
@@ -29,6 +30,8 @@ pub mod streams {
     pub const FAULTS: u64 = 3;
     /// Closed-loop think times.
     pub const CLIENTS: u64 = 4;
+    /// Which requests are non-idempotent; drawn only when some are.
+    pub const METHODS: u64 = 5;
     /// Service times of sim backend `i` come from stream `SERVICE_BASE + i`.
     pub const SERVICE_BASE: u64 = 1 << 32;
 }
@@ -207,6 +210,7 @@ struct Sim<'a> {
     arrival_rng: ChaCha8Rng,
     fault_rng: ChaCha8Rng,
     client_rng: ChaCha8Rng,
+    method_rng: ChaCha8Rng,
     open_loop: Option<OpenLoop>,
     think_ns: u64,
     global_spike: f64,
@@ -271,6 +275,7 @@ impl<'a> Sim<'a> {
             arrival_rng: stream_rng(config.seed, streams::ARRIVALS),
             fault_rng: stream_rng(config.seed, streams::FAULTS),
             client_rng: stream_rng(config.seed, streams::CLIENTS),
+            method_rng: stream_rng(config.seed, streams::METHODS),
             open_loop: None,
             think_ns: 0,
             global_spike: 1.0,
@@ -614,9 +619,19 @@ impl<'a> Sim<'a> {
     fn submit(&mut self, client: u32) -> Result<(), SimError> {
         self.submitted += 1;
         let now = Timestamp::from_nanos(self.now_ns);
-        let decision =
-            self.scheduler
-                .handle_work(now, &mut self.policy_rng, RequestInfo::default(), None);
+        let percent = self.config.non_idempotent_percent;
+        let method = if percent > 0 && self.method_rng.random_range(0..100u8) < percent {
+            MethodClass::NonIdempotent
+        } else {
+            MethodClass::Idempotent
+        };
+        let info = RequestInfo {
+            method,
+            deadline: None,
+        };
+        let decision = self
+            .scheduler
+            .handle_work(now, &mut self.policy_rng, info, None);
         let request = Pending {
             arrived_ns: self.now_ns,
             client,

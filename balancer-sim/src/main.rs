@@ -135,6 +135,10 @@ struct Common {
     /// The core's bound on requests in flight (beyond it, requests are rejected).
     #[arg(long, default_value_t = balancer_core::DEFAULT_MAX_IN_FLIGHT)]
     max_in_flight: u32,
+    /// Percent of requests whose method may not be repeated (POST, PATCH): the core retries
+    /// them only with retry_non_idempotent.
+    #[arg(long, default_value_t = 0)]
+    non_idempotent_percent: u8,
     /// Report wall time as zero, so that the whole output is deterministic.
     #[arg(long)]
     zero_wall: bool,
@@ -186,6 +190,7 @@ impl Common {
         config.arrivals = self.arrivals;
         config.check_invariants = self.check_invariants;
         config.max_in_flight = self.max_in_flight;
+        config.non_idempotent_percent = self.non_idempotent_percent;
         if let Some(path) = &self.faults {
             let scenario = Scenario::load(path, defaults)?;
             if let Some(fleet) = scenario.fleet {

@@ -44,6 +44,9 @@ pub struct SimConfig {
     pub core: CoreOptions,
     /// Recorded traffic to replay instead of `arrivals` and the fleet's service distributions.
     pub replay: Option<Replayed>,
+    /// Percent of requests whose method may not be repeated (`MethodClass::NonIdempotent`),
+    /// drawn per request from its own RNG stream; the rest are idempotent (GET).
+    pub non_idempotent_percent: u8,
     /// Keep the core's journal of calls (see `balancer_core::journal`), the latest this many
     /// entries, in [`crate::RunStats::journal`]. 0: none.
     pub journal_capacity: usize,
@@ -82,6 +85,7 @@ impl SimConfig {
             record_trace: false,
             core: CoreOptions::default(),
             replay: None,
+            non_idempotent_percent: 0,
             journal_capacity: 0,
             policy_seed: None,
         }
@@ -139,6 +143,12 @@ impl SimConfig {
         if horizon_ns.is_nan() || horizon_ns > MAX_EXPECTED_HORIZON_NS {
             return Err(SimError::Config(format!(
                 "the run would last about {horizon_ns:.3e} ns of virtual time, beyond the {MAX_EXPECTED_HORIZON_NS:e} ns horizon; raise the load or shorten the service times"
+            )));
+        }
+        if config.non_idempotent_percent > 100 {
+            return Err(SimError::Config(format!(
+                "non_idempotent_percent must be in 0..=100, got {}",
+                config.non_idempotent_percent
             )));
         }
         if config.max_in_flight == 0 {

@@ -283,6 +283,50 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(config(64))]
+
+    /// The core's idempotence rule, through the simulator: with every backend refusing
+    /// connections, a share of non-idempotent requests are never retried unless the pool says
+    /// `retry_non_idempotent`, and the idempotent rest are.
+    #[test]
+    fn non_idempotent_requests_are_retried_only_when_allowed(
+        policy in policy(),
+        percent in 10u8..=100,
+        allow in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let mut config = SimConfig::new(policy, 4, exp_1ms());
+        config.requests = 500;
+        config.seed = seed;
+        config.non_idempotent_percent = percent;
+        config.faults = (0..4)
+            .map(|backend| Fault {
+                at_ns: 0,
+                action: FaultAction::Crash { backend, detect_after_ns: None },
+            })
+            .collect();
+        // A floor far above 500 requests' retries: only the idempotence rule limits them.
+        let retry = RetryConfig {
+            max_retries: 1,
+            retry_non_idempotent: allow,
+            budget_min_per_s: 100_000,
+            ..RetryConfig::default()
+        };
+        config.core.retry = Some(retry);
+        let stats = run_ok(&config)?;
+        let retried_all = stats.retries == stats.submitted;
+        if allow {
+            prop_assert!(retried_all, "{} retries of {}; {}", stats.retries, stats.submitted, replay(&config));
+        } else {
+            prop_assert!(stats.retries < stats.submitted, "{}", replay(&config));
+            if percent == 100 {
+                prop_assert_eq!(stats.retries, 0, "{}", replay(&config));
+            }
+        }
+    }
+}
+
 /// Bins a returning backend's ramp is measured over: 4 per slow-start window.
 const RAMP_BINS: u64 = 4;
 

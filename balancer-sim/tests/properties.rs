@@ -207,6 +207,7 @@ prop_compose! {
         faults in prop::collection::vec(fault(), 0..=8),
         small_limit in any::<bool>(),
         core in prop_oneof![1 => Just(CoreOptions::default()), 2 => core_options()],
+        non_idempotent_percent in prop_oneof![2 => Just(0u8), 1 => 0u8..=100],
     ) -> SimConfig {
         let n = fleet.len();
         // A stall needs a try timeout (validation says so); without one, leave stalls out.
@@ -228,6 +229,7 @@ prop_compose! {
             record_trace: true,
             core,
             replay: None,
+            non_idempotent_percent,
             journal_capacity: 0,
             policy_seed: None,
         }

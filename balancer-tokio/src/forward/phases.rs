@@ -59,7 +59,9 @@ impl Proxy {
         self.check_body_size(ctx, &request)?;
         let (forwarding, upgrade) = self.rewrite_headers(ctx, &mut request);
         if upgrade {
-            return self.upgrade(ctx, pool, request, forwarding, drain).await;
+            // Boxed, as the other rare paths: their futures would otherwise be part of every
+            // request's (memory per request in flight).
+            return Box::pin(self.upgrade(ctx, pool, request, forwarding, drain)).await;
         }
 
         let (parts, body) = request.into_parts();
@@ -249,7 +251,7 @@ impl Proxy {
         let source = match body {
             ClientBody::Empty => Source::Replay(Bytes::new()),
             ClientBody::Hyper(body) => {
-                read_replayable(body, may_retry, pool.request_timeout).await?
+                Box::pin(read_replayable(body, may_retry, pool.request_timeout)).await?
             }
         };
         if let (Some(event), Source::Replay(bytes)) = (&mut ctx.trace, &source) {

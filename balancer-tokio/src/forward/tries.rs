@@ -157,7 +157,9 @@ impl Tries<'_> {
                     *outgoing.uri_mut() = uri;
                     *outgoing.version_mut() = Version::HTTP_11;
                     *outgoing.headers_mut() = std::mem::take(&mut parts.headers);
-                    match tokio::time::timeout(per_try, pool.client().request(outgoing)).await {
+                    // Boxed: a streamed upload is rare, and hyper's client future is large.
+                    let request = Box::pin(pool.client().request(outgoing));
+                    match tokio::time::timeout(per_try, request).await {
                         Ok(Ok(response)) => Ok(Ok(response.map(Upstreamed::Hyper))),
                         Ok(Err(err)) => Ok(Err(TryError::Hyper(err))),
                         Err(elapsed) => Err(elapsed),
@@ -176,7 +178,7 @@ impl Tries<'_> {
                             pool.handle_done(token, TryReport::response(status))
                         {
                             tracing::debug!(backend = %backend.address, status, "retrying on another backend");
-                            if let Some(next) = self.retry_after(token, backoff).await {
+                            if let Some(next) = Box::pin(self.retry_after(token, backoff)).await {
                                 drop(response);
                                 (token, backend) = next;
                                 continue;
@@ -216,7 +218,7 @@ impl Tries<'_> {
             let report = TryReport::failed(kind).with_body_replayable(replayable);
             if let AfterTry::Retry { backoff } = pool.handle_done(token, report) {
                 tracing::debug!(backend = %backend.address, %error, "retrying on another backend");
-                if let Some(next) = self.retry_after(token, backoff).await {
+                if let Some(next) = Box::pin(self.retry_after(token, backoff)).await {
                     (token, backend) = next;
                     continue;
                 }
@@ -233,7 +235,8 @@ impl Tries<'_> {
     }
 
     /// Waits out the core's backoff, then asks it for the next backend of the request whose
-    /// try `after` failed. A client that leaves meanwhile drops this future, and the core is
+    /// try `after` failed. Callers box this future: a retry is rare, and its timer would
+    /// otherwise enlarge every request's future (memory per request in flight). A client that leaves meanwhile drops this future, and the core is
     /// told the request is abandoned.
     async fn retry_after(&self, after: RequestId, backoff: Duration) -> Option<Dispatch> {
         let waiting = Waiting {

@@ -295,10 +295,12 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     }
     let started_utc = shell_line("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]);
     let ws = setup::workspace()?;
-    let out = cli
-        .out_dir
-        .clone()
-        .unwrap_or_else(|| ws.root.join("target").join("load-report"));
+    // Relative to the workspace root, as documented, and absolute from here on: nginx and
+    // HAProxy resolve their paths against their own prefix, not our working directory.
+    let out = match &cli.out_dir {
+        Some(dir) => ws.root.join(dir),
+        None => ws.root.join("target").join("load-report"),
+    };
     fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let leftovers = procs::adopt_child_record(&out.join("children.txt"));
     if leftovers > 0 {
