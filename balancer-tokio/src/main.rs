@@ -195,6 +195,7 @@ fn check(file: &Path) -> anyhow::Result<Config> {
 async fn run(file: &Path) -> anyhow::Result<()> {
     // Installed before serving: SIGHUP's default action would end the process.
     let mut hangups = Hangups::new().context("cannot listen for SIGHUP")?;
+    let mut reopens = Reopens::new().context("cannot listen for SIGUSR1")?;
     let balancer = balancer_tokio::start_file(file).await?;
     for address in balancer.local_addrs() {
         eprintln!("balancer listening on http://{address}/");
@@ -211,6 +212,7 @@ async fn run(file: &Path) -> anyhow::Result<()> {
                 // Refusals are logged by reload itself; the old config keeps serving.
                 let _ = balancer.reload();
             }
+            () = reopens.next() => balancer.reopen_logs(),
         }
     };
     tracing::info!(signal, "shutting down: draining in-flight requests");
@@ -230,6 +232,29 @@ impl Hangups {
         Ok(Hangups {
             #[cfg(unix)]
             signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?,
+        })
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if self.signal.recv().await.is_some() {
+            return;
+        }
+        std::future::pending::<()>().await
+    }
+}
+
+/// SIGUSR1 (reopen the access log's file, for logrotate) as a stream.
+struct Reopens {
+    #[cfg(unix)]
+    signal: tokio::signal::unix::Signal,
+}
+
+impl Reopens {
+    fn new() -> std::io::Result<Reopens> {
+        Ok(Reopens {
+            #[cfg(unix)]
+            signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?,
         })
     }
 

@@ -101,6 +101,17 @@ impl ConfigBuilder {
         policy: string &str;
     }
 
+    /// `trusted_proxies = ["CIDR", ...]`.
+    pub fn trusted_proxies(mut self, nets: &[&str]) -> Self {
+        let list = nets
+            .iter()
+            .map(|n| Value::String((*n).to_owned()))
+            .collect();
+        self.table
+            .insert("trusted_proxies".into(), Value::Array(list));
+        self
+    }
+
     /// Top-level `backends = [...]`: the default pool, named "default".
     pub fn backends<B: AsBackend>(mut self, backends: impl IntoIterator<Item = B>) -> Self {
         self.table.insert("backends".into(), backend_list(backends));

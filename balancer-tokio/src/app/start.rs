@@ -21,6 +21,10 @@ use crate::serve::{ReloadError, Shared};
 /// Longest shutdown waits for the trace writer to write out what it has.
 const TRACE_FLUSH_AT_SHUTDOWN: Duration = Duration::from_secs(5);
 
+/// How long shutdown waits for the access log's last lines: short, since an output nobody
+/// reads would otherwise hold up the exit.
+const ACCESS_LOG_FLUSH_AT_SHUTDOWN: Duration = Duration::from_secs(1);
+
 /// A started balancer: its bound addresses and the handle to stop it.
 pub struct RunningBalancer {
     addresses: Vec<(String, SocketAddr)>,
@@ -194,6 +198,11 @@ impl RunningBalancer {
             .unwrap_or_default()
     }
 
+    /// Reopens the access log's file (SIGUSR1, after logrotate moved it); nothing for stdout.
+    pub fn reopen_logs(&self) {
+        self.proxy().access_log().reopen();
+    }
+
     /// What connections share; reloads go through it.
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
@@ -228,6 +237,16 @@ impl RunningBalancer {
         if let Some(trace) = proxy.trace().cloned() {
             // Records of the last requests are still in the writer's buffer.
             let _ = tokio::task::spawn_blocking(move || trace.flush(TRACE_FLUSH_AT_SHUTDOWN)).await;
+        }
+        // The last lines too, within a bound: a stalled output must not hold up the exit.
+        let log = proxy.access_log().clone();
+        let flushed = tokio::task::spawn_blocking(move || log.flush(ACCESS_LOG_FLUSH_AT_SHUTDOWN))
+            .await
+            .unwrap_or(false);
+        if !flushed {
+            tracing::warn!(
+                "the access log's last lines could not be written out (its output is stalled or gone)"
+            );
         }
         for pool in proxy.pools() {
             tracing::info!(

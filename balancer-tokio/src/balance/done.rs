@@ -140,7 +140,7 @@ impl DoneGuard {
             } else {
                 outcome_name(outcome)
             };
-            log.write(&record);
+            log.write(record);
         }
         if let Some((sink, mut event)) = self.trace.take() {
             event.response_bytes = bytes;

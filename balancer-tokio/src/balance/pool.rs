@@ -154,6 +154,14 @@ pub enum PoolError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// The access log's file could not be opened (built with the pools, as the trace is).
+    #[error("cannot open the access log {path}: {source}")]
+    AccessLog {
+        /// The file.
+        path: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
     /// The address is not an URI authority.
     #[error("pool {pool:?}: backend address {address:?} is not HOST:PORT")]
     Address {

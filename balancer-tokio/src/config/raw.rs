@@ -22,6 +22,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) routes: Vec<RawRoute>,
     pub(super) access_log: Option<AccessLogFormat>,
+    pub(super) access_log_path: Option<Spanned<PathBuf>>,
+    pub(super) trusted_proxies: Option<Spanned<Vec<String>>>,
     pub(super) shutdown_grace_ms: Option<u64>,
     pub(super) header_read_timeout_ms: Option<Spanned<u64>>,
     pub(super) max_header_bytes: Option<Spanned<usize>>,

@@ -22,6 +22,11 @@ pub struct Config {
     pub limits: Limits,
     /// Access-log format.
     pub access_log: AccessLogFormat,
+    /// Where the access log goes; `None`: stdout.
+    pub access_log_path: Option<std::path::PathBuf>,
+    /// Peers whose X-Forwarded-For and Forwarded are kept (appended to); from any other peer
+    /// they are replaced. `None`: every peer's are kept.
+    pub trusted_proxies: Option<Vec<ipnet::IpNet>>,
     /// Grace period for in-flight requests on shutdown, in milliseconds.
     pub shutdown_grace_ms: u64,
     /// The admin listener's address; `None` when `admin = "off"`.

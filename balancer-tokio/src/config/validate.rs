@@ -399,6 +399,55 @@ pub(super) fn validate(raw: RawConfig, errors: &Errors<'_>) -> Result<Config, Co
         }
         Some(size) => size.into_inner(),
     };
+    let access_log_path = match raw.access_log_path {
+        None => None,
+        Some(path) => {
+            let span = path.span();
+            let path = path.into_inner();
+            if path.as_os_str().is_empty() {
+                return Err(errors.at(
+                    span,
+                    "access_log_path must name a file; leave it out to log to stdout",
+                ));
+            }
+            let parent = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            if !parent.is_dir() {
+                return Err(errors.at(
+                    span,
+                    format!(
+                        "access_log_path: the directory {} does not exist; create it or choose another",
+                        parent.display()
+                    ),
+                ));
+            }
+            Some(path)
+        }
+    };
+    let trusted_proxies = match raw.trusted_proxies {
+        None => None,
+        Some(list) => {
+            let span = list.span();
+            let mut nets = Vec::new();
+            for text in list.into_inner() {
+                let net = text
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        errors.at(
+                            span.clone(),
+                            format!(
+                                "trusted_proxies: {text:?} is not an address or a CIDR block; write e.g. \"10.0.0.0/8\" or \"192.0.2.7\""
+                            ),
+                        )
+                    })?;
+                nets.push(net);
+            }
+            Some(nets)
+        }
+    };
     let trace = match raw.trace {
         None => None,
         Some(spanned) => {
@@ -455,6 +504,8 @@ pub(super) fn validate(raw: RawConfig, errors: &Errors<'_>) -> Result<Config, Co
         routes,
         limits,
         access_log: raw.access_log.unwrap_or_default(),
+        access_log_path,
+        trusted_proxies,
         shutdown_grace_ms: raw.shutdown_grace_ms.unwrap_or(defaults::SHUTDOWN_GRACE_MS),
         admin,
         rate_limit,

@@ -53,6 +53,7 @@ impl Proxy {
         mut request: Request<ClientBody>,
         drain: DrainGuard,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        check_host(&request)?;
         let route = self.route(ctx, &request)?;
         self.rate_limit(ctx, route)?;
         let pool = &self.pools[route.pool];
@@ -177,9 +178,11 @@ impl Proxy {
         headers::strip_hop_by_hop(request.headers_mut(), upgrade);
         // An HTTP/2 client sends :authority instead of Host; HTTP/1.1 backends need Host, so
         // `Forwarding` adds it.
+        let client_ip = ctx.connection.client.ip();
         let forwarding = Forwarding::new(
             request.headers(),
-            ctx.connection.client.ip(),
+            client_ip,
+            self.trusts(client_ip),
             ctx.host_value.as_ref(),
             ctx.via,
             ctx.request_id.clone(),
@@ -206,7 +209,7 @@ impl Proxy {
         }
         let mut guard = DoneGuard::dispatched(pool.clone(), token, ctx.started);
         guard.attach(
-            record.map(|r| (self.access_log, r)),
+            record.map(|r| (self.access_log.clone(), r)),
             self.labels(ctx.route_label, Some(&backend.label)),
         );
         guard.attach_trace(
@@ -346,7 +349,11 @@ impl Proxy {
         if let Some((_, labels)) = &mut labels {
             labels.status = status.as_u16();
         }
-        let mut guard = DoneGuard::local(record.map(|r| (self.access_log, r)), labels, started);
+        let mut guard = DoneGuard::local(
+            record.map(|r| (self.access_log.clone(), r)),
+            labels,
+            started,
+        );
         guard.attach_trace(self.trace.clone().zip(trace).map(|(sink, mut event)| {
             event.status = status.as_u16();
             (sink, event)
@@ -367,6 +374,34 @@ impl Proxy {
 }
 
 /// What one request carries through the phases of [`Proxy::handle`].
+/// Phase `check_host`: the request names one host, in a form a backend reads the same way
+/// (RFC 9112 §3.2): two Host lines, an HTTP/1.1 request without one, or one that is not a
+/// `host[:port]` would let routing and the backend disagree on which site was asked for.
+fn check_host(request: &Request<ClientBody>) -> Result<(), ProxyError> {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let bad = |reason| Err(ProxyError::BadRequest { reason });
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => bad("more than one Host header"),
+        (None, _) if request.version() == Version::HTTP_11 => {
+            bad("an HTTP/1.1 request needs a Host header")
+        }
+        (Some(host), None) => {
+            let valid = !host.is_empty()
+                && host
+                    .to_str()
+                    .ok()
+                    .and_then(|h| h.parse::<http::uri::Authority>().ok())
+                    .is_some_and(|a| !a.as_str().contains('@'));
+            if valid {
+                Ok(())
+            } else {
+                bad("the Host header is not host[:port]")
+            }
+        }
+        (None, _) => Ok(()),
+    }
+}
+
 struct RequestContext<'p> {
     started: Instant,
     connection: ConnectionInfo,

@@ -75,13 +75,13 @@ impl Proxy {
         let rate_limits = Arc::new(RateLimits::new(&config.rate_limit, &config.routes));
         let explain = ExplainRing::new(config.explain_ring_size, config.worker_count());
         let trace = open_trace(config, &metrics)?;
+        let access_log = open_access_log(config, &metrics)?;
         Ok(Proxy::assemble(
             config,
             pools,
             rate_limits,
             metrics,
-            explain,
-            trace,
+            (access_log, explain, trace),
         ))
     }
 
@@ -124,13 +124,23 @@ impl Proxy {
             Some(sink) if Some(sink.config()) == config.trace.as_ref() => Some(sink.clone()),
             _ => open_trace(config, &previous.metrics)?,
         };
+        // The same output keeps its writer (and its queue); a file is reopened, so that a
+        // reload after logrotate writes to the new file.
+        let access_log = if previous
+            .access_log
+            .same_output(config.access_log, config.access_log_path.as_deref())
+        {
+            previous.access_log.reopen();
+            previous.access_log.clone()
+        } else {
+            open_access_log(config, &previous.metrics)?
+        };
         Ok(Proxy::assemble(
             config,
             pools,
             rate_limits,
             previous.metrics.clone(),
-            explain,
-            trace,
+            (access_log, explain, trace),
         ))
     }
 
@@ -139,8 +149,7 @@ impl Proxy {
         pools: Vec<SharedPool>,
         rate_limits: Arc<RateLimits>,
         metrics: Arc<Metrics>,
-        explain: Option<Arc<ExplainRing>>,
-        trace: Option<Arc<TraceSink>>,
+        (access_log, explain, trace): (AccessLog, Option<Arc<ExplainRing>>, Option<Arc<TraceSink>>),
     ) -> Proxy {
         Proxy {
             routes: RouteTable::new(&config.routes),
@@ -151,7 +160,7 @@ impl Proxy {
                 .collect(),
             pools,
             limits: config.limits,
-            access_log: AccessLog::new(config.access_log),
+            access_log,
             rate_limits,
             metrics,
             config: Arc::new(config.clone()),
@@ -164,14 +173,22 @@ impl Proxy {
         }
     }
 
+    /// Whether X-Forwarded-For and Forwarded from this peer are kept (`trusted_proxies`).
+    pub fn trusts(&self, peer: std::net::IpAddr) -> bool {
+        self.config
+            .trusted_proxies
+            .as_ref()
+            .is_none_or(|nets| nets.iter().any(|net| net.contains(&peer)))
+    }
+
     /// The limits clients are held to.
     pub fn limits(&self) -> Limits {
         self.limits
     }
 
     /// The access log.
-    pub fn access_log(&self) -> AccessLog {
-        self.access_log
+    pub fn access_log(&self) -> &AccessLog {
+        &self.access_log
     }
 
     /// The pools, in configuration order.
@@ -241,6 +258,21 @@ impl Proxy {
             task.abort();
         }
     }
+}
+
+fn open_access_log(config: &Config, metrics: &Arc<Metrics>) -> Result<AccessLog, PoolError> {
+    AccessLog::start(
+        config.access_log,
+        config.access_log_path.as_deref(),
+        metrics.clone(),
+    )
+    .map_err(|source| PoolError::AccessLog {
+        path: config
+            .access_log_path
+            .as_ref()
+            .map_or_else(|| "stdout".into(), |p| p.display().to_string()),
+        source,
+    })
 }
 
 fn open_trace(

@@ -279,7 +279,7 @@ impl Tries<'_> {
         );
         let record = record.take().map(|mut r| {
             r.backend.clone_from(&backend.address);
-            (self.proxy.access_log, r)
+            (self.proxy.access_log.clone(), r)
         });
         guard.attach(
             record,

@@ -178,8 +178,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// it out cost about 1,500 instructions of each small GET.
 #[derive(Clone, Debug)]
 pub struct Forwarding {
-    /// `None` when an earlier X-Forwarded-For is not text: it is then passed on unchanged.
-    forwarded_for: Option<HeaderValue>,
+    /// The earlier hops a trusted peer sent, then the peer itself: always ends with the real
+    /// client address.
+    forwarded_for: HeaderValue,
+    /// The client's `Forwarded` is dropped: it came from a peer that is not trusted.
+    drop_forwarded: bool,
     forwarded_host: Option<HeaderValue>,
     via: HeaderValue,
     request_id: HeaderValue,
@@ -189,21 +192,34 @@ pub struct Forwarding {
 
 impl Forwarding {
     /// The headers for a request with `headers` (hop-by-hop ones already stripped) from
-    /// `client_ip`. `host` is the Host the client asked for, as a header value.
+    /// `client_ip`. `host` is the Host the client asked for, as a header value. With
+    /// `trusted`, the peer's X-Forwarded-For (every line of it, bytes as sent) and Forwarded
+    /// are kept and the peer appended; otherwise they are replaced by the peer alone.
     pub fn new(
         headers: &HeaderMap,
         client_ip: IpAddr,
+        trusted: bool,
         host: Option<&HeaderValue>,
         via: &HeaderValue,
         request_id: HeaderValue,
     ) -> Forwarding {
-        let forwarded_for = match headers.get(&X_FORWARDED_FOR).map(|v| v.to_str()) {
-            Some(Ok(earlier)) => HeaderValue::from_str(&format!("{earlier}, {client_ip}")).ok(),
-            Some(Err(_)) => None,
-            None => Some(client_ip_value(client_ip)),
+        let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
+            Some(_) if trusted => {
+                let mut joined = Vec::with_capacity(64);
+                for earlier in headers.get_all(&X_FORWARDED_FOR) {
+                    joined.extend_from_slice(earlier.as_bytes());
+                    joined.extend_from_slice(b", ");
+                }
+                joined.extend_from_slice(client_ip.to_string().as_bytes());
+                // Header bytes parsed once are valid again; the fallback never passes the
+                // client's value on without the real address last.
+                HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client_ip_value(client_ip))
+            }
+            _ => client_ip_value(client_ip),
         };
         Forwarding {
             forwarded_for,
+            drop_forwarded: !trusted,
             // This proxy is where the client's connection ends, so it alone knows the scheme
             // and the host the client used: values a client sent are overwritten, not trusted.
             forwarded_host: host.cloned(),
@@ -218,8 +234,9 @@ impl Forwarding {
     /// Puts the headers in `headers`.
     pub fn apply(&self, headers: &mut HeaderMap) {
         headers.reserve(ADDED_REQUEST_HEADERS);
-        if let Some(value) = &self.forwarded_for {
-            headers.insert(X_FORWARDED_FOR.clone(), value.clone());
+        headers.insert(X_FORWARDED_FOR.clone(), self.forwarded_for.clone());
+        if self.drop_forwarded {
+            headers.remove(header::FORWARDED);
         }
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
         match &self.forwarded_host {
@@ -236,7 +253,8 @@ impl Forwarding {
     /// Whether a client's header of this name is replaced by [`Forwarding::write`], and so
     /// is not to be written itself.
     pub fn replaces(&self, name: &HeaderName) -> bool {
-        (name == X_FORWARDED_FOR && self.forwarded_for.is_some())
+        name == X_FORWARDED_FOR
+            || (name == header::FORWARDED && self.drop_forwarded)
             || name == X_FORWARDED_PROTO
             || name == X_FORWARDED_HOST
             || name == X_REQUEST_ID
@@ -249,9 +267,7 @@ impl Forwarding {
             out.extend_from_slice(value.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
-        if let Some(value) = &self.forwarded_for {
-            line(out, b"x-forwarded-for: ", value);
-        }
+        line(out, b"x-forwarded-for: ", &self.forwarded_for);
         out.extend_from_slice(b"x-forwarded-proto: http\r\n");
         if let Some(value) = &self.forwarded_host {
             line(out, b"x-forwarded-host: ", value);
@@ -404,6 +420,49 @@ mod tests {
     }
 
     #[test]
+    fn the_real_client_address_is_always_the_last_hop() {
+        let via = HeaderValue::from_static("1.1 balancer");
+        let peer: IpAddr = "192.0.2.7".parse().unwrap();
+        let forward = |headers: &HeaderMap, trusted: bool| {
+            let mut out = headers.clone();
+            Forwarding::new(
+                headers,
+                peer,
+                trusted,
+                None,
+                &via,
+                HeaderValue::from_static("i"),
+            )
+            .apply(&mut out);
+            out
+        };
+        // Not text (a byte 0xFF): kept as bytes, the peer still appended.
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"10.0.0.1\xff").unwrap(),
+        );
+        let out = forward(&headers, true);
+        assert_eq!(
+            out["x-forwarded-for"].as_bytes(),
+            b"10.0.0.1\xff, 192.0.2.7"
+        );
+        // Two lines: both kept, in order, then the peer.
+        let mut headers = HeaderMap::new();
+        headers.append("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        headers.append("x-forwarded-for", HeaderValue::from_static("10.0.0.2"));
+        headers.insert("forwarded", HeaderValue::from_static("for=10.0.0.1"));
+        let out = forward(&headers, true);
+        assert_eq!(out["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 192.0.2.7");
+        assert_eq!(out.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(out["forwarded"], "for=10.0.0.1");
+        // A peer that is not trusted: what it claims is replaced by what it is.
+        let out = forward(&headers, false);
+        assert_eq!(out["x-forwarded-for"], "192.0.2.7");
+        assert!(out.get("forwarded").is_none());
+    }
+
+    #[test]
     fn forwarded_for_appends() {
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
@@ -416,6 +475,7 @@ mod tests {
         Forwarding::new(
             &headers,
             "127.0.0.1".parse().unwrap(),
+            true,
             Some(&HeaderValue::from_static("a.com")),
             &via,
             HeaderValue::from_static("id-1"),
@@ -465,6 +525,7 @@ mod tests {
             let forwarding = Forwarding::new(
                 &headers,
                 "192.0.2.7".parse().unwrap(),
+                true,
                 host.as_ref(),
                 &via,
                 HeaderValue::from_static("id-1"),

@@ -105,6 +105,8 @@ pub struct Metrics {
     pub reloads: Family<ReloadLabels, Counter>,
     /// Trace records dropped because the writer fell behind (its queue was full).
     pub trace_dropped: Counter,
+    /// Access-log records dropped because the writer fell behind (a stalled or slow output).
+    pub access_log_dropped: Counter,
     /// Trace records written.
     pub trace_written: Counter,
 }
@@ -159,6 +161,12 @@ impl Metrics {
             "trace_dropped_records",
             "Traffic-trace records dropped because the writer's queue was full",
             trace_dropped.clone(),
+        );
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "access_log_dropped_records",
+            "Access-log records dropped because the writer's queue was full (a stalled or slow output)",
+            access_log_dropped.clone(),
         );
         registry.register(
             "trace_written_records",
@@ -228,6 +236,7 @@ impl Metrics {
             rate_limited,
             reloads,
             trace_dropped,
+            access_log_dropped,
             trace_written,
         }
     }

@@ -144,9 +144,20 @@ impl Connection {
             draining: self.watcher.clone().quiet(draining),
             drained: false,
         };
+        let mut served = 0u64;
         loop {
             let (request, close) = match h1::parse(buffer) {
                 h1::Head::Plain { request, close } => (request, close),
+                // Only a connection's first bytes choose its protocol: HTTP/2's preface after
+                // HTTP/1.1 requests is refused, as HAProxy and nginx do, not taken as h2c.
+                h1::Head::Other if served > 0 && buffer.starts_with(H2_PREFACE) => {
+                    let proxy = self.shared.current();
+                    let message = "an HTTP/2 preface after HTTP/1.1 requests on one connection";
+                    let status = StatusCode::BAD_REQUEST;
+                    self.answer_raw(&proxy, stream, status, message, Instant::now())
+                        .await;
+                    return Plain::Closed;
+                }
                 h1::Head::Other => return Plain::HandOver,
                 h1::Head::Malformed => {
                     let proxy = self.shared.current();
@@ -157,6 +168,7 @@ impl Connection {
                     return Plain::Closed;
                 }
             };
+            served += 1;
             let head_request = request.method() == http::Method::HEAD;
             let response = self
                 .shared
@@ -326,7 +338,7 @@ impl Connection {
         .await;
         let log = proxy.access_log();
         if log.enabled() {
-            log.write(&AccessRecord {
+            log.write(Box::new(AccessRecord {
                 request_id: "-".into(),
                 client: self.info.client,
                 method: "-".into(),
@@ -338,10 +350,13 @@ impl Connection {
                 bytes: (message.len() + 1) as u64,
                 duration: started.elapsed(),
                 outcome: "rejected",
-            });
+            }));
         }
     }
 }
+
+/// The first line of HTTP/2's connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
 
 /// How the plain path ended.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

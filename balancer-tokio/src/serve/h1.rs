@@ -12,9 +12,9 @@
 //! request (a body, `Expect`, an upgrade, HTTP/1.0, h2c, anything malformed) keeps hyper's
 //! behaviour exactly, and this module has little to get wrong.
 //!
-//! The hand-over is to hyper-util's auto builder, so an HTTP/2 preface is taken as HTTP/2 with
-//! prior knowledge, after plain requests as at the start of a connection (its `http1_only` does
-//! nothing for connections served with upgrades).
+//! The hand-over is to hyper-util's auto builder, which takes an HTTP/2 preface at the start of
+//! a connection as HTTP/2 with prior knowledge; after plain requests the connection refuses one
+//! with 400 (only a connection's first bytes choose its protocol).
 //!
 //! A request is plain when httparse parses it completely as HTTP/1.1 with at most
 //! [`MAX_HEADERS`] header lines, its method is not CONNECT, its target is in origin form

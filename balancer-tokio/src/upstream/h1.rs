@@ -1157,6 +1157,7 @@ mod tests {
         let forwarding = Forwarding::new(
             &headers,
             "192.0.2.7".parse().unwrap(),
+            true,
             Some(&HeaderValue::from_static("a.test")),
             &HeaderValue::from_static("1.1 balancer"),
             HeaderValue::from_static("id-1"),

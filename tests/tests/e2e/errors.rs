@@ -265,3 +265,56 @@ async fn backend_connect_timeout_is_504() {
     assert_eq!(proxy.in_flight(), 0);
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_request_must_name_one_valid_host() {
+    let backends = start_backends(&[0]).await;
+    let proxy = Proxy::start(ConfigBuilder::new().listen_any().backends(&backends)).await;
+    for (what, request) in [
+        (
+            "two Host lines",
+            &b"GET / HTTP/1.1\r\nhost: a.test\r\nhost: admin.test\r\nconnection: close\r\n\r\n"[..],
+        ),
+        (
+            "HTTP/1.1 without Host",
+            b"GET / HTTP/1.1\r\nconnection: close\r\n\r\n",
+        ),
+        (
+            "a Host that is not host[:port]",
+            b"GET / HTTP/1.1\r\nhost: a b.test\r\nconnection: close\r\n\r\n",
+        ),
+        (
+            "a Host with userinfo",
+            b"GET / HTTP/1.1\r\nhost: user@a.test\r\nconnection: close\r\n\r\n",
+        ),
+    ] {
+        let answer = proxy.raw(request).await;
+        assert_eq!(raw_status(&answer), 400, "{what}: {answer}");
+    }
+    // HTTP/1.0 needs none, and one valid Host is fine.
+    let answer = proxy.raw(b"GET / HTTP/1.0\r\n\r\n").await;
+    assert!(
+        answer.starts_with("HTTP/1.") && answer.contains(" 200 "),
+        "{answer}"
+    );
+    let answer = proxy
+        .raw(b"GET / HTTP/1.1\r\nhost: a.test:8080\r\nconnection: close\r\n\r\n")
+        .await;
+    assert_eq!(raw_status(&answer), 200, "{answer}");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn an_http2_preface_after_http1_requests_is_refused() {
+    let backends = start_backends(&[0]).await;
+    let proxy = Proxy::start(ConfigBuilder::new().listen_any().backends(&backends)).await;
+    let answer = proxy
+        .raw(b"GET / HTTP/1.1\r\nhost: a.test\r\n\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let second = answer
+        .find("HTTP/1.1 400")
+        .unwrap_or_else(|| panic!("the preface must get a 400: {answer}"));
+    assert!(second > 0);
+    proxy.stop().await;
+}

@@ -108,3 +108,61 @@ async fn hop_by_hop_response_headers_are_stripped() {
     }
     proxy.stop().await;
 }
+
+/// The X-Forwarded-For line a backend saw, from the demo backend's `/headers` echo.
+fn forwarded_for(echo: &str) -> Vec<&str> {
+    echo.lines()
+        .filter_map(|l| l.strip_prefix("x-forwarded-for: "))
+        .collect()
+}
+
+#[tokio::test]
+async fn x_forwarded_for_that_is_not_text_still_ends_with_the_real_client() {
+    let backends = start_backends(&[0]).await;
+    let proxy = Proxy::start(ConfigBuilder::new().listen_any().backends(&backends)).await;
+    let answer = proxy
+        .raw(b"GET /headers HTTP/1.1\r\nhost: a.test\r\nx-forwarded-for: 10.9.9.9\xff\r\nconnection: close\r\n\r\n")
+        .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = forwarded_for(&answer);
+    assert_eq!(seen.len(), 1, "{answer}");
+    assert!(
+        seen[0].ends_with(", 127.0.0.1"),
+        "the last hop must be the peer: {answer}"
+    );
+    assert!(seen[0].starts_with("10.9.9.9"), "{answer}");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn trusted_proxies_decide_whose_forwarding_headers_are_kept() {
+    let backends = start_backends(&[0]).await;
+    // The test's peer (127.0.0.1) is not in the list: what it claims is replaced.
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .trusted_proxies(&["10.0.0.0/8"])
+            .backends(&backends),
+    )
+    .await;
+    let answer = proxy
+        .raw(b"GET /headers HTTP/1.1\r\nhost: a.test\r\nx-forwarded-for: 10.9.9.9\r\nforwarded: for=10.9.9.9\r\nconnection: close\r\n\r\n")
+        .await;
+    assert_eq!(forwarded_for(&answer), ["127.0.0.1"], "{answer}");
+    assert!(!answer.contains("forwarded: for="), "{answer}");
+    proxy.stop().await;
+    // Trusted: both kept, the peer appended.
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .trusted_proxies(&["127.0.0.0/8"])
+            .backends(&backends),
+    )
+    .await;
+    let answer = proxy
+        .raw(b"GET /headers HTTP/1.1\r\nhost: a.test\r\nx-forwarded-for: 10.9.9.9\r\nforwarded: for=10.9.9.9\r\nconnection: close\r\n\r\n")
+        .await;
+    assert_eq!(forwarded_for(&answer), ["10.9.9.9, 127.0.0.1"], "{answer}");
+    assert!(answer.contains("forwarded: for=10.9.9.9"), "{answer}");
+    proxy.stop().await;
+}
