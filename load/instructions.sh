@@ -4,6 +4,8 @@
 #
 # Usage: load/instructions.sh [TOP]
 #   TOP: how many functions to list, by instructions per request inclusive (default 40).
+#   BALANCER_BIN=PATH counts that balancer binary instead of this tree's release build (e.g. a
+#   build of an older commit, for before/after; the demo backends are this tree's either way).
 #
 # Starts 4 demo backends (`balancer demo-backend`) on 127.0.0.1:19401-19404 and the release
 # balancer on 127.0.0.1:19400 (access log and admin off) under valgrind's callgrind, warms up
@@ -38,8 +40,9 @@ for id in 1 2 3 4; do
     target/release/balancer demo-backend --listen "127.0.0.1:1940$id" --id "$id" >/dev/null 2>&1 &
     pids+=($!)
 done
+bin=${BALANCER_BIN:-target/release/balancer}
 valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.%p" \
-    target/release/balancer --config "$out/balancer.toml" >"$out/balancer.log" 2>&1 &
+    "$bin" --config "$out/balancer.toml" >"$out/balancer.log" 2>&1 &
 proxy=$!
 pids+=("$proxy")
 for _ in $(seq 100); do

@@ -41,54 +41,86 @@ impl Proxy {
         drain: DrainGuard,
     ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
         let mut ctx = RequestContext::new(&self, &request, connection);
-        match self.phases(&mut ctx, request, drain).await {
-            Ok(response) => Ok(response),
-            Err(error) => Ok(self.answer_error(error, ctx)),
-        }
+        // The phases run in this one frame rather than in a nested `async fn`: a nested
+        // future is moved into its parent whole, and that copy of a few KiB per request was
+        // measured (callgrind) at hundreds of instructions.
+        let mut request = request;
+        let answered = match self.prepare(&mut ctx, &mut request) {
+            Err(error) => Err(error),
+            Ok(Prepared {
+                pool,
+                forwarding,
+                upgrade: true,
+                ..
+            }) => {
+                // Boxed, as the other rare paths: their futures would otherwise be part of
+                // every request's (memory per request in flight).
+                Box::pin(self.upgrade(&mut ctx, pool, request, forwarding, drain)).await
+            }
+            Ok(Prepared {
+                pool,
+                route_label,
+                forwarding,
+                upgrade: false,
+            }) => {
+                let (parts, body) = request.into_parts();
+                // Only `h1` makes bodiless requests, and it writes their responses itself: the
+                // backend's headers can come as lines to copy rather than as a map.
+                let head_form = match body {
+                    ClientBody::Empty => HeadForm::Lines,
+                    ClientBody::Hyper(_) => HeadForm::Map,
+                };
+                // The core says whether this method may be retried, so whether its body is kept.
+                let info = pool.request_info(&parts.method);
+                let read = match body {
+                    ClientBody::Empty => Ok(Source::Replay(Bytes::new())),
+                    ClientBody::Hyper(body) => {
+                        Box::pin(self.read_body(&mut ctx, pool, body, &parts.method)).await
+                    }
+                };
+                match read.and_then(|source| {
+                    Ok((source, self.first_dispatch(pool, &ctx.request_id, info)?))
+                }) {
+                    Err(error) => Err(error),
+                    Ok((source, first)) => {
+                        let tries = Tries {
+                            proxy: &self,
+                            pool,
+                            route_label,
+                            started: ctx.started,
+                            via: ctx.via,
+                            request_id: ctx.take_request_id(),
+                            head_form,
+                            forwarding,
+                        };
+                        let (record, trace) = (ctx.record.take(), ctx.trace.take());
+                        Ok(tries.run(parts, source, first, record, trace).await)
+                    }
+                }
+            }
+        };
+        Ok(answered.unwrap_or_else(|error| self.answer_error(error, ctx)))
     }
 
-    async fn phases<'p>(
+    /// The phases before a backend is involved: `check_host`, `route`, `rate_limit`,
+    /// `check_body_size`, `rewrite_headers`; then what the request goes on to.
+    fn prepare<'p>(
         &'p self,
         ctx: &mut RequestContext<'p>,
-        mut request: Request<ClientBody>,
-        drain: DrainGuard,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        check_host(&request)?;
-        let route = self.route(ctx, &request)?;
+        request: &mut Request<ClientBody>,
+    ) -> Result<Prepared<'p>, ProxyError> {
+        check_host(request)?;
+        let route = self.route(ctx, request)?;
         self.rate_limit(ctx, route)?;
         let pool = &self.pools[route.pool];
-        self.check_body_size(ctx, &request)?;
-        let (forwarding, upgrade) = self.rewrite_headers(ctx, &mut request);
-        if upgrade {
-            // Boxed, as the other rare paths: their futures would otherwise be part of every
-            // request's (memory per request in flight).
-            return Box::pin(self.upgrade(ctx, pool, request, forwarding, drain)).await;
-        }
-
-        let (parts, body) = request.into_parts();
-        // Only `h1` makes bodiless requests, and it writes their responses itself: the
-        // backend's headers can come as lines to copy rather than as a map.
-        let head_form = match body {
-            ClientBody::Empty => HeadForm::Lines,
-            ClientBody::Hyper(_) => HeadForm::Map,
-        };
-        // The core says whether this method may be retried, so whether its body is kept.
-        let info = pool.request_info(&parts.method);
-        let may_retry = pool.may_retry(&parts.method);
-        let source = self.read_body(ctx, pool, body, may_retry).await?;
-        let first = self.first_dispatch(pool, &ctx.request_id, info)?;
-        let tries = Tries {
-            proxy: self,
+        self.check_body_size(ctx, request)?;
+        let (forwarding, upgrade) = self.rewrite_headers(ctx, request);
+        Ok(Prepared {
             pool,
             route_label: &self.route_labels[route.index],
-            started: ctx.started,
-            via: ctx.via,
-            request_id: ctx.take_request_id(),
-            head_form,
             forwarding,
-        };
-        let (record, trace) = (ctx.record.take(), ctx.trace.take());
-        Ok(tries.run(parts, source, first, record, trace).await)
+            upgrade,
+        })
     }
 
     /// Phase `route`: the route, and so the pool, for the request's host, path and listener.
@@ -242,21 +274,17 @@ impl Proxy {
             .await)
     }
 
-    /// Phase `read_body`: a body small enough to be replayed is read before a backend is
-    /// chosen, so a slow uploader does not hold a backend's pending slot while it sends.
+    /// Phase `read_body`: a body small enough to be replayed (and of a method the core may
+    /// retry) is read before a backend is chosen, so a slow uploader does not hold a backend's
+    /// pending slot while it sends.
     async fn read_body(
         &self,
         ctx: &mut RequestContext<'_>,
         pool: &Pool,
-        body: ClientBody,
-        may_retry: bool,
+        body: hyper::body::Incoming,
+        method: &http::Method,
     ) -> Result<Source, ProxyError> {
-        let source = match body {
-            ClientBody::Empty => Source::Replay(Bytes::new()),
-            ClientBody::Hyper(body) => {
-                Box::pin(read_replayable(body, may_retry, pool.request_timeout)).await?
-            }
-        };
+        let source = read_replayable(body, pool.may_retry(method), pool.request_timeout).await?;
         if let (Some(event), Source::Replay(bytes)) = (&mut ctx.trace, &source) {
             event.request_bytes = bytes.len() as u64;
         }
@@ -385,21 +413,51 @@ fn check_host(request: &Request<ClientBody>) -> Result<(), ProxyError> {
         (None, _) if request.version() == Version::HTTP_11 => {
             bad("an HTTP/1.1 request needs a Host header")
         }
-        (Some(host), None) => {
-            let valid = !host.is_empty()
-                && host
-                    .to_str()
-                    .ok()
-                    .and_then(|h| h.parse::<http::uri::Authority>().ok())
-                    .is_some_and(|a| !a.as_str().contains('@'));
-            if valid {
-                Ok(())
-            } else {
-                bad("the Host header is not host[:port]")
-            }
-        }
+        (Some(host), None) if valid_host(host.as_bytes()) => Ok(()),
+        (Some(_), None) => bad("the Host header is not host[:port]"),
         (None, _) => Ok(()),
     }
+}
+
+/// What the phases before a backend decided, the request itself left in place (moving it
+/// costs a copy per request).
+struct Prepared<'p> {
+    pool: &'p SharedPool,
+    route_label: &'p Arc<String>,
+    /// The headers the proxy adds.
+    forwarding: Forwarding,
+    /// The request asks for a protocol switch.
+    upgrade: bool,
+}
+
+/// `host[:port]` as RFC 3986 allows it (a reg-name, IPv4 or bracketed IPv6 literal; no
+/// userinfo, no spaces): one pass over the bytes, since every request is checked.
+fn valid_host(host: &[u8]) -> bool {
+    !host.is_empty()
+        && host.iter().all(|&b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'%'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                        | b':'
+                        | b'['
+                        | b']'
+                )
+        })
 }
 
 struct RequestContext<'p> {
