@@ -23,7 +23,7 @@ use crate::runtime::shutdown::DrainGuard;
 use crate::upstream::HeadForm;
 
 use super::proxy::{ConnectionInfo, Proxy};
-use super::tries::{Source, Tries, backend_uri, read_replayable, reject_error};
+use super::tries::{Source, Tries, read_replayable, reject_error};
 
 impl Proxy {
     /// Serves one request; never fails (errors become responses).
@@ -110,6 +110,7 @@ impl Proxy {
         request: &mut Request<ClientBody>,
     ) -> Result<Prepared<'p>, ProxyError> {
         check_host(request)?;
+        check_framing(request)?;
         let route = self.route(ctx, request)?;
         self.rate_limit(ctx, route)?;
         let pool = &self.pools[route.pool];
@@ -255,9 +256,19 @@ impl Proxy {
                 }),
         );
         let request_id = ctx.take_request_id();
-        match backend_uri(&backend, request.uri()) {
+        // Origin form (`/path?query`): an absolute-form target naming the backend's own
+        // address would, by RFC 9112 §3.2.2, override the Host the client sent.
+        let origin = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse::<http::Uri>();
+        match origin {
             Ok(uri) => *request.uri_mut() = uri,
-            Err(error) => {
+            Err(_) => {
+                let error = ProxyError::BadRequest {
+                    reason: "the request target is not a path",
+                };
                 return Ok(self.fail(guard, End::Cancelled, error, request_id, ctx.started));
             }
         }
@@ -417,6 +428,39 @@ fn check_host(request: &Request<ClientBody>) -> Result<(), ProxyError> {
         (Some(_), None) => bad("the Host header is not host[:port]"),
         (None, _) => Ok(()),
     }
+}
+
+/// Phase `check_framing`: a transfer coding other than `chunked` (`gzip, chunked`) is refused
+/// with 501, as nginx does: hyper takes the chunks off, and forwarding the decoded bytes
+/// without the coding's label would hand the backend a body other than the one sent. And a
+/// protocol switch with a body is refused at once: the tunnel would carry the body as its
+/// first bytes, where the backend expects the other protocol.
+fn check_framing(request: &Request<ClientBody>) -> Result<(), ProxyError> {
+    let codings = request.headers().get_all(header::TRANSFER_ENCODING);
+    let only_chunked = codings.iter().all(|value| {
+        value.to_str().is_ok_and(|codings| {
+            codings
+                .split(',')
+                .map(str::trim)
+                .all(|coding| coding.eq_ignore_ascii_case("chunked"))
+        })
+    });
+    if !only_chunked {
+        return Err(ProxyError::NotImplemented {
+            what: "a transfer coding other than chunked",
+        });
+    }
+    let has_body = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() != b"0")
+        || request.headers().contains_key(header::TRANSFER_ENCODING);
+    if has_body && headers::is_upgrade_request(request.headers()) {
+        return Err(ProxyError::BadRequest {
+            reason: "a protocol switch (Upgrade) request must not have a body",
+        });
+    }
+    Ok(())
 }
 
 /// What the phases before a backend decided, the request itself left in place (moving it

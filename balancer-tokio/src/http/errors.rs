@@ -82,6 +82,12 @@ pub enum ProxyError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// The request uses something this proxy does not carry (RFC 9110 §15.6.2).
+    #[error("not implemented: {what}")]
+    NotImplemented {
+        /// What.
+        what: &'static str,
+    },
 }
 
 impl ProxyError {
@@ -100,6 +106,7 @@ impl ProxyError {
             }
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::NotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }

@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use super::generation::Shared;
 use super::h1;
 use super::head::{
-    Head, declares_too_large_body, head_complete, header_deadline, read_head, read_head_within,
+    Head, declares_too_large_body, head_ready, header_deadline, read_head, read_head_within,
 };
 use crate::config::Limits;
 use crate::forward::proxy::{ConnectionInfo, Proxy};
@@ -182,7 +182,7 @@ impl Connection {
                 Ok(true) => {}
                 Ok(false) | Err(_) => return Plain::Closed,
             }
-            if head_complete(buffer) {
+            if head_ready(buffer) {
                 continue;
             }
             let started = Instant::now();

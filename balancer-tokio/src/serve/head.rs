@@ -37,7 +37,7 @@ pub(super) async fn read_head(
     buffer: &mut BytesMut,
     limits: Limits,
 ) -> Head {
-    if head_complete(buffer) {
+    if head_ready(buffer) {
         return Head::Ready;
     }
     let timer = std::pin::pin!(tokio::time::sleep_until(header_deadline(limits)));
@@ -56,7 +56,7 @@ pub(super) async fn read_head_within(
     limits: Limits,
     mut timer: Pin<&mut tokio::time::Sleep>,
 ) -> Head {
-    if head_complete(buffer) {
+    if head_ready(buffer) {
         return Head::Ready;
     }
     loop {
@@ -79,7 +79,7 @@ pub(super) async fn read_head_within(
             Ok(0) => return Head::Closed,
             Ok(_) => {}
         }
-        if head_complete(&buffer[searched_from..]) {
+        if head_complete(&buffer[searched_from..]) || unversioned_first_line(buffer) {
             return Head::Ready;
         }
         if buffer.len() >= limits.max_header_bytes {
@@ -147,9 +147,27 @@ pub(super) fn declares_too_large_body(head: &[u8], max_body_bytes: u64) -> bool 
         })
 }
 
-/// A blank line ends a head; bare LF line ends are tolerated as hyper does.
+/// Whether `buffer` (from the start of a head) holds a complete one, or one that cannot become
+/// a request (see [`unversioned_first_line`]).
+pub(super) fn head_ready(buffer: &[u8]) -> bool {
+    head_complete(buffer) || unversioned_first_line(buffer)
+}
+
+/// A blank line ends a head; bare LF line ends are tolerated as hyper does (RFC 9112 §2.2),
+/// also mixed with CRLF (`\n\r\n`). Looks at any part of a head, so a reader can search only
+/// what it just read.
 pub(super) fn head_complete(bytes: &[u8]) -> bool {
-    bytes.windows(4).any(|w| w == b"\r\n\r\n") || bytes.windows(2).any(|w| w == b"\n\n")
+    bytes.windows(2).any(|w| w == b"\n\n") || bytes.windows(3).any(|w| w == b"\n\r\n")
+}
+
+/// A first line without an HTTP version (HTTP/0.9, or garbage): no header can make it valid,
+/// so it is answered (400) at once rather than at the header timeout. `buffer` starts at the
+/// head.
+fn unversioned_first_line(buffer: &[u8]) -> bool {
+    match buffer.iter().position(|&b| b == b'\n') {
+        Some(end) => !buffer[..end].windows(6).any(|w| w == b" HTTP/"),
+        None => false,
+    }
 }
 
 #[cfg(test)]
@@ -162,6 +180,16 @@ mod tests {
         assert!(head_complete(b"GET / HTTP/1.1\nHost: a\n\n"));
         assert!(head_complete(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
         assert!(!head_complete(b"GET / HTTP/1.1\r\nHost: a\r\n"));
+        // A bare LF, then a CRLF blank line.
+        assert!(head_complete(b"GET / HTTP/1.1\r\nHost: a\n\r\n"));
+        // No version: nothing that follows can make it a request.
+        assert!(head_ready(b"GET /\r\n"));
+        assert!(!head_ready(b"GET / HTT"));
+        assert!(!head_ready(b"GET / HTTP/1.1\r\nHost: a\r\n"));
+        assert!(
+            !head_complete(b"Host: a\r\n"),
+            "a later part of a head alone is no end"
+        );
     }
 
     #[test]

@@ -318,3 +318,115 @@ async fn an_http2_preface_after_http1_requests_is_refused() {
     assert!(second > 0);
     proxy.stop().await;
 }
+
+/// A backend that records each request head it gets and answers 200 with no body.
+async fn recording_backend() -> (std::net::SocketAddr, tokio::sync::mpsc::Receiver<String>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (heads, received) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let heads = heads.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut byte).await {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let _ = heads
+                    .send(String::from_utf8_lossy(&head).into_owned())
+                    .await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    (address, received)
+}
+
+#[tokio::test]
+async fn an_upgrade_is_forwarded_in_origin_form_and_one_with_a_body_is_refused_at_once() {
+    let (backend, mut heads) = recording_backend().await;
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .backends([backend.to_string().as_str()]),
+    )
+    .await;
+    let upgrade = b"GET /chat?room=1 HTTP/1.1\r\nhost: a.test\r\nconnection: upgrade, close\r\nupgrade: websocket\r\n\r\n";
+    let answer = raw_exchange(proxy.addr(), upgrade, Duration::ZERO).await;
+    assert_eq!(
+        raw_status(&answer),
+        200,
+        "the backend declined the switch: {answer}"
+    );
+    let head = within("the backend's view of the upgrade", heads.recv())
+        .await
+        .unwrap();
+    assert!(
+        head.starts_with("GET /chat?room=1 HTTP/1.1\r\n"),
+        "origin form, so the client's Host stands: {head}"
+    );
+    let started = std::time::Instant::now();
+    let answer = raw_exchange(
+        proxy.addr(),
+        b"GET /chat HTTP/1.1\r\nhost: a.test\r\nconnection: upgrade, close\r\nupgrade: websocket\r\ncontent-length: 5\r\n\r\nhello",
+        Duration::ZERO,
+    )
+    .await;
+    assert_eq!(raw_status(&answer), 400, "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered at once, not at a timeout"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn transfer_codings_other_than_chunked_are_not_implemented() {
+    let backends = start_backends(&[0]).await;
+    let proxy = Proxy::start(ConfigBuilder::new().listen_any().backends(&backends)).await;
+    let answer = proxy
+        .raw(b"POST / HTTP/1.1\r\nhost: a.test\r\ntransfer-encoding: gzip, chunked\r\nconnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        .await;
+    assert_eq!(raw_status(&answer), 501, "{answer}");
+    let answer = proxy
+        .raw(b"POST / HTTP/1.1\r\nhost: a.test\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        .await;
+    assert_eq!(raw_status(&answer), 200, "{answer}");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn heads_whose_end_is_known_are_answered_at_once() {
+    let backends = start_backends(&[0]).await;
+    // A long header timeout: an answer before it cannot be the 408.
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .header_read_timeout_ms(20_000)
+            .backends(&backends),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let answer = proxy
+        .raw(b"GET / HTTP/1.1\r\nhost: a.test\nconnection: close\n\r\n")
+        .await;
+    assert_eq!(
+        raw_status(&answer),
+        200,
+        "a bare LF then CRLF ends the head: {answer}"
+    );
+    let answer = proxy.raw(b"GET /\r\n").await;
+    assert_eq!(raw_status(&answer), 400, "HTTP/0.9: {answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    proxy.stop().await;
+}
