@@ -1,9 +1,12 @@
 //! The admin listener (default 127.0.0.1:9901): metrics, backend states, drain/undrain,
 //! health, the effective config, and reload.
 //!
-//! It has no authentication: anyone who can connect can drain every backend. That is why it
-//! binds to loopback by default; exposing it (`admin = "0.0.0.0:9901"`) should go with a
-//! firewall or a private network.
+//! Guarded three ways: it binds to loopback by default; with `admin_token_file` every request
+//! but `/healthz` must carry `Authorization: Bearer TOKEN` (and an address beyond loopback
+//! needs one, or an explicit `admin_unauthenticated = true`); and a request whose Host is not
+//! the admin address, or whose Origin or `Sec-Fetch-Site` says another site sent it, is refused,
+//! so that a web page cannot drain or reload through the operator's browser (cross-site POST,
+//! DNS rebinding).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,12 +46,15 @@ pub async fn serve(socket: TcpListener, shared: Arc<Shared>, mut watcher: PhaseW
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        let Ok(local) = stream.local_addr() else {
+            continue;
+        };
         let shared = shared.clone();
         let mut watcher = watcher.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let shared = shared.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(&shared, request)) }
+                async move { Ok::<_, std::convert::Infallible>(handle(&shared, local, request)) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -63,7 +69,10 @@ pub async fn serve(socket: TcpListener, shared: Arc<Shared>, mut watcher: PhaseW
     }
 }
 
-fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Full<Bytes>> {
+fn handle(shared: &Shared, local: SocketAddr, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    if let Err(refusal) = admit(shared, local, &request) {
+        return refusal.response();
+    }
     let path = request.uri().path().trim_end_matches('/');
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     let method = request.method();
@@ -92,6 +101,99 @@ fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Full<Bytes>> 
             "not found; try GET /metrics, /backends, /config, /healthz, /explain/REQUEST_ID, POST /reload, POST /backends/POOL/ADDRESS/drain|undrain\n".into(),
         ),
     }
+}
+
+/// Whether the request may be served: from this site (Host, Origin, `Sec-Fetch-Site`) and,
+/// when a token is configured, carrying it. `/healthz` needs no token (liveness probes), but
+/// is still refused from another site.
+fn admit(shared: &Shared, local: SocketAddr, request: &Request<Incoming>) -> Result<(), Refusal> {
+    let headers = request.headers();
+    let forbidden = |why: &str| Err(Refusal::Forbidden(format!("forbidden: {why}\n")));
+    // A name that resolves to this address (DNS rebinding) reaches it with a foreign Host.
+    // Bound to a specific address, the Host must be that address or `localhost`.
+    if !local.ip().is_unspecified() {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let port = local.port();
+        let allowed = host.is_some_and(|host| {
+            host == format!("{local}")
+                || host == format!("localhost:{port}")
+                || (local.ip().is_loopback()
+                    && (host == format!("127.0.0.1:{port}") || host == format!("[::1]:{port}")))
+        });
+        if !allowed {
+            return forbidden(&format!(
+                "Host {:?} is not this admin address ({local}); use http://{local}/",
+                host.unwrap_or("")
+            ));
+        }
+    }
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        if origin != format!("http://{host}") {
+            return forbidden("a request sent by another site's page (Origin)");
+        }
+    }
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|s| s.to_str().ok())
+        && !matches!(site, "same-origin" | "none")
+    {
+        return forbidden("a request sent by another site's page (Sec-Fetch-Site)");
+    }
+    let config = shared.current().config().clone();
+    let Some(token) = &config.admin_token else {
+        return Ok(());
+    };
+    if request.uri().path().trim_end_matches('/') == "/healthz" {
+        return Ok(());
+    }
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|a| a.to_str().ok())
+        .and_then(|a| a.strip_prefix("Bearer "));
+    match presented {
+        Some(presented) if same_token(presented.as_bytes(), token.as_bytes()) => Ok(()),
+        _ => Err(Refusal::Unauthorized),
+    }
+}
+
+/// Why `admit` refused a request.
+enum Refusal {
+    /// From another site (403), with the reason.
+    Forbidden(String),
+    /// Without the bearer token (401).
+    Unauthorized,
+}
+
+impl Refusal {
+    fn response(self) -> Response<Full<Bytes>> {
+        match self {
+            Refusal::Forbidden(message) => text(StatusCode::FORBIDDEN, message),
+            Refusal::Unauthorized => {
+                let mut response = text(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized: send Authorization: Bearer TOKEN (the token of admin_token_file)\n"
+                        .into(),
+                );
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                response
+            }
+        }
+    }
+}
+
+/// Compares in time that does not depend on where the two differ, so the token cannot be
+/// found a byte at a time by timing the answers.
+fn same_token(presented: &[u8], token: &[u8]) -> bool {
+    presented.len() == token.len()
+        && presented
+            .iter()
+            .zip(token)
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
 }
 
 /// `GET /explain/{request-id}`: the decision records of every try of that request.

@@ -62,6 +62,9 @@ enum Command {
         /// The balancer's admin address.
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: String,
+        /// The admin API's bearer token, when the balancer has `admin_token_file`.
+        #[arg(long, value_name = "FILE")]
+        admin_token_file: Option<PathBuf>,
     },
     /// Demo mode with explicit ports (the default with no arguments).
     Demo {
@@ -131,9 +134,22 @@ fn main() -> ExitCode {
                 Ok(())
             }
         }),
-        (None, Some(Command::Explain { id, admin })) => {
-            balancer_tokio::ops::explain(&id, &admin).map(|text| print!("{text}"))
-        }
+        (
+            None,
+            Some(Command::Explain {
+                id,
+                admin,
+                admin_token_file,
+            }),
+        ) => admin_token_file
+            .map(|file| {
+                std::fs::read_to_string(&file)
+                    .map(|t| t.trim().to_owned())
+                    .with_context(|| format!("cannot read --admin-token-file {}", file.display()))
+            })
+            .transpose()
+            .and_then(|token| balancer_tokio::ops::explain(&id, &admin, token.as_deref()))
+            .map(|text| print!("{text}")),
         (None, None) => runtime().and_then(|rt| rt.block_on(demo(DemoPorts::default()))),
         (
             None,

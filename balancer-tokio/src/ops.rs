@@ -23,8 +23,9 @@ const ADMIN_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest answer read from the admin API: a request has at most 11 tries of ~2 KiB each.
 const ADMIN_MAX_ANSWER_BYTES: u64 = 1024 * 1024;
 
-/// `GET path` on the admin API at `admin`; returns the status and the body.
-fn admin_get(admin: &str, path: &str) -> anyhow::Result<(u16, String)> {
+/// `GET path` on the admin API at `admin` (with the bearer `token` if it asks for one);
+/// returns the status and the body.
+fn admin_get(admin: &str, path: &str, token: Option<&str>) -> anyhow::Result<(u16, String)> {
     let addresses: Vec<SocketAddr> = admin
         .to_socket_addrs()
         .with_context(|| format!("bad admin address {admin:?}; write HOST:PORT"))?
@@ -48,9 +49,11 @@ fn admin_get(admin: &str, path: &str) -> anyhow::Result<(u16, String)> {
         );
     };
     stream.set_read_timeout(Some(ADMIN_READ_TIMEOUT))?;
+    let authorization =
+        token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\nUser-Agent: balancer-cli\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\nUser-Agent: balancer-cli\r\n{authorization}\r\n"
     )?;
     let mut answer = Vec::new();
     stream
@@ -70,11 +73,14 @@ fn admin_get(admin: &str, path: &str) -> anyhow::Result<(u16, String)> {
 }
 
 /// `balancer explain ID`: the decision records of a request, for a person.
-pub fn explain(id: &str, admin: &str) -> anyhow::Result<String> {
+pub fn explain(id: &str, admin: &str, token: Option<&str>) -> anyhow::Result<String> {
     let path = format!("/explain/{}", crate::observe::explain::percent_encode(id));
-    let (status, body) = admin_get(admin, &path)?;
+    let (status, body) = admin_get(admin, &path, token)?;
     match status {
         200 => {}
+        401 => bail!(
+            "the admin API at {admin} asks for its token: pass --admin-token-file FILE (the balancer's admin_token_file)"
+        ),
         404 | 400 => bail!("{}", body.trim_end()),
         other => bail!(
             "the admin API at {admin} answered {other}: {}",

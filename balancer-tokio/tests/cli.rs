@@ -138,7 +138,7 @@ fn http_get(address: SocketAddr, path: &str) -> String {
     stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\n\r\n"
     )
     .unwrap();
     let mut response = String::new();

@@ -97,6 +97,8 @@ impl ConfigBuilder {
         explain_ring_size: int usize;
         /// `journal_size = N`: each pool keeps a journal of its core's calls.
         journal_size: int usize;
+        /// `admin_token_file = "FILE"`: the admin API's bearer token.
+        admin_token_file: string &str;
         /// `policy = "name"` of the default pool (the one top-level `backends` make).
         policy: string &str;
     }

@@ -291,13 +291,15 @@ impl Proxy {
 
     /// `GET path` on the admin listener.
     pub async fn admin_get(&self, path: &str) -> Reply {
-        self.send(self.admin(), get(path, "admin")).await
+        // The admin API only answers requests that name it as their Host, as curl does.
+        let host = self.admin().to_string();
+        self.send(self.admin(), get(path, &host)).await
     }
 
     /// `POST path` (empty body) on the admin listener.
     pub async fn admin_post(&self, path: &str) -> Reply {
         let request = Request::post(path)
-            .header(http::header::HOST, "admin")
+            .header(http::header::HOST, self.admin().to_string())
             .body(Empty::<Bytes>::new())
             .expect("valid request");
         self.send(self.admin(), request).await

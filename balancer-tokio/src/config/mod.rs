@@ -397,4 +397,54 @@ rate_limit = { rate_per_s = 5 }
         assert_eq!(line_column("ab\ncd", 0), (1, 1));
         assert_eq!(line_column("ab\ncd", 4), (2, 2));
     }
+
+    #[test]
+    fn an_admin_api_beyond_loopback_needs_a_token_or_an_explicit_word() {
+        let text = |extra: &str| {
+            format!(
+                "listen = \"127.0.0.1:80\"\nbackends = [\"a:1\"]\nadmin = \"0.0.0.0:9901\"\n{extra}"
+            )
+        };
+        let err = Config::from_toml_str(&text(""), "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("admin_token_file") && err.contains("admin_unauthenticated"),
+            "{err}"
+        );
+        assert!(Config::from_toml_str(&text("admin_unauthenticated = true\n"), "t.toml").is_ok());
+        let dir = std::env::temp_dir().join(format!("admin-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let short = dir.join("short.token");
+        std::fs::write(&short, "abc\n").unwrap();
+        let err = Config::from_toml_str(
+            &text(&format!(
+                "admin_token_file = {:?}\n",
+                short.display().to_string()
+            )),
+            "t.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("at least 16"), "{err}");
+        let good = dir.join("good.token");
+        std::fs::write(&good, "0123456789abcdef0123\n").unwrap();
+        let config = Config::from_toml_str(
+            &text(&format!(
+                "admin_token_file = {:?}\n",
+                good.display().to_string()
+            )),
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(config.admin_token.as_deref(), Some("0123456789abcdef0123"));
+        let missing = Config::from_toml_str(
+            &text("admin_token_file = \"/nonexistent/admin.token\"\n"),
+            "t.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(missing.contains("cannot read it"), "{missing}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -24,6 +24,8 @@ pub(super) struct RawConfig {
     pub(super) access_log: Option<AccessLogFormat>,
     pub(super) access_log_path: Option<Spanned<PathBuf>>,
     pub(super) trusted_proxies: Option<Spanned<Vec<String>>>,
+    pub(super) admin_token_file: Option<Spanned<PathBuf>>,
+    pub(super) admin_unauthenticated: Option<bool>,
     pub(super) shutdown_grace_ms: Option<u64>,
     pub(super) header_read_timeout_ms: Option<Spanned<u64>>,
     pub(super) max_header_bytes: Option<Spanned<usize>>,

@@ -31,6 +31,9 @@ pub struct Config {
     pub shutdown_grace_ms: u64,
     /// The admin listener's address; `None` when `admin = "off"`.
     pub admin: Option<SocketAddr>,
+    /// The bearer token every admin request but `/healthz` must carry (read from
+    /// `admin_token_file` when the config is loaded); `None`: none is asked for.
+    pub admin_token: Option<String>,
     /// Global and per-client rate limits (per-route ones are on the routes).
     pub rate_limit: RateLimitConfig,
     /// Decision records kept for `GET /explain/{id}` (tries); 0 turns them off.

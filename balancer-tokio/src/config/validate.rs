@@ -14,6 +14,9 @@ use super::host::HostPattern;
 use super::raw::*;
 use super::types::*;
 
+/// Shortest admin token accepted: 16 characters of hex are 64 bits, beyond guessing.
+const MIN_ADMIN_TOKEN_BYTES: usize = 16;
+
 pub(super) struct Errors<'a> {
     pub(super) text: &'a str,
     pub(super) path: &'a str,
@@ -361,6 +364,45 @@ pub(super) fn validate(raw: RawConfig, errors: &Errors<'_>) -> Result<Config, Co
             format!("admin address {admin} is also a listener's; give the admin API its own port"),
         ));
     }
+    let admin_token = match raw.admin_token_file {
+        None => None,
+        Some(file) => {
+            let span = file.span();
+            let path = file.into_inner();
+            let token = std::fs::read_to_string(&path).map_err(|err| {
+                errors.at(
+                    span.clone(),
+                    format!(
+                        "admin_token_file {}: cannot read it ({err}); write the token into that file",
+                        path.display()
+                    ),
+                )
+            })?;
+            let token = token.trim().to_owned();
+            if token.len() < MIN_ADMIN_TOKEN_BYTES || token.chars().any(|c| !c.is_ascii_graphic()) {
+                return Err(errors.at(
+                    span,
+                    format!(
+                        "admin_token_file {}: the token must be at least {MIN_ADMIN_TOKEN_BYTES} visible ASCII characters (e.g. `openssl rand -hex 32`)",
+                        path.display()
+                    ),
+                ));
+            }
+            Some(token)
+        }
+    };
+    if let Some(admin) = admin
+        && !admin.ip().is_loopback()
+        && admin_token.is_none()
+        && raw.admin_unauthenticated != Some(true)
+    {
+        return Err(errors.at(
+            raw.admin.as_ref().map_or(0..0, |a| a.span()),
+            format!(
+                "admin address {admin} is reachable beyond this machine, and the admin API can drain, reload and read the config: set admin_token_file = \"FILE\" (a bearer token), or bind it to 127.0.0.1, or, if a firewall or a loopback-only port publication already guards it, say so with admin_unauthenticated = true"
+            ),
+        ));
+    }
     let mut rate_limit = RateLimitConfig::default();
     if let Some(raw_limit) = raw.rate_limit {
         rate_limit.global = raw_limit.global.map(|r| rate(r, errors)).transpose()?;
@@ -506,6 +548,7 @@ pub(super) fn validate(raw: RawConfig, errors: &Errors<'_>) -> Result<Config, Co
         access_log: raw.access_log.unwrap_or_default(),
         access_log_path,
         trusted_proxies,
+        admin_token,
         shutdown_grace_ms: raw.shutdown_grace_ms.unwrap_or(defaults::SHUTDOWN_GRACE_MS),
         admin,
         rate_limit,

@@ -1,6 +1,9 @@
 //! The admin listener: backends as JSON, drain and undrain, health, the effective config, and
 //! metrics in strict Prometheus text format.
 
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Empty;
 use tests::{ConfigBuilder, Proxy, start_backends};
 
 #[tokio::test]
@@ -221,5 +224,84 @@ async fn metrics_are_prometheus_text_with_requests_latency_and_backend_state() {
         )),
         1.0
     );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn with_a_token_file_the_admin_api_asks_for_the_bearer_token() {
+    let dir = tests::TempDir::new("admin-token");
+    let token_file = dir.path().join("admin.token");
+    std::fs::write(&token_file, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let backends = start_backends(&[0]).await;
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .admin_token_file(&token_file.display().to_string())
+            .backends(&backends),
+    )
+    .await;
+    let request = |path: &str, token: Option<&str>| {
+        let mut request = Request::get(path).header(http::header::HOST, proxy.admin().to_string());
+        if let Some(token) = token {
+            request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        request.body(Empty::<Bytes>::new()).unwrap()
+    };
+    let without = proxy.send(proxy.admin(), request("/backends", None)).await;
+    assert_eq!(without.status, 401, "{}", without.body);
+    let wrong = proxy
+        .send(
+            proxy.admin(),
+            request("/backends", Some("0123456789abcdef0123456789abcdee")),
+        )
+        .await;
+    assert_eq!(wrong.status, 401);
+    let with = proxy
+        .send(
+            proxy.admin(),
+            request("/backends", Some("0123456789abcdef0123456789abcdef")),
+        )
+        .await;
+    assert_eq!(with.status, 200, "{}", with.body);
+    // Liveness probes need no token.
+    let health = proxy.send(proxy.admin(), request("/healthz", None)).await;
+    assert_eq!(health.status, 200);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_page_of_another_site_cannot_drive_the_admin_api() {
+    let backends = start_backends(&[0]).await;
+    let proxy = Proxy::start(ConfigBuilder::new().listen_any().backends(&backends)).await;
+    let admin = proxy.admin().to_string();
+    let post = |host: &str, extra: Option<(&'static str, &'static str)>| {
+        let mut request = Request::post("/reload").header(http::header::HOST, host);
+        if let Some((name, value)) = extra {
+            request = request.header(name, value);
+        }
+        request.body(Empty::<Bytes>::new()).unwrap()
+    };
+    for (what, request) in [
+        (
+            "cross-site POST",
+            post(&admin, Some(("origin", "http://evil.example"))),
+        ),
+        (
+            "fetch metadata",
+            post(&admin, Some(("sec-fetch-site", "cross-site"))),
+        ),
+        ("DNS rebinding", post("evil.example:9901", None)),
+    ] {
+        let reply = proxy.send(proxy.admin(), request).await;
+        assert_eq!(reply.status, 403, "{what}: {}", reply.body);
+    }
+    // The operator's own tools: no Origin, or this very origin.
+    let same = proxy
+        .send(
+            proxy.admin(),
+            post(&admin, Some(("sec-fetch-site", "same-origin"))),
+        )
+        .await;
+    assert_ne!(same.status, 403, "{}", same.body);
     proxy.stop().await;
 }
