@@ -210,8 +210,8 @@ fn check(file: &Path) -> anyhow::Result<Config> {
 
 async fn run(file: &Path) -> anyhow::Result<()> {
     // Installed before serving: SIGHUP's default action would end the process.
-    let mut hangups = Hangups::new().context("cannot listen for SIGHUP")?;
-    let mut reopens = Reopens::new().context("cannot listen for SIGUSR1")?;
+    let mut hangups = Requests::hangups().context("cannot listen for SIGHUP")?;
+    let mut reopens = Requests::reopens().context("cannot listen for SIGUSR1")?;
     let balancer = balancer_tokio::start_file(file).await?;
     for address in balancer.local_addrs() {
         eprintln!("balancer listening on http://{address}/");
@@ -237,38 +237,25 @@ async fn run(file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGHUP (reload) as a stream; never fires where there is no such signal.
-struct Hangups {
+/// A signal that asks for something other than the end, as a stream: SIGHUP (reload) or
+/// SIGUSR1 (reopen the access log's file, for logrotate); never fires where there is none.
+struct Requests {
     #[cfg(unix)]
     signal: tokio::signal::unix::Signal,
 }
 
-impl Hangups {
-    fn new() -> std::io::Result<Hangups> {
-        Ok(Hangups {
+impl Requests {
+    /// SIGHUP: reload the config.
+    fn hangups() -> std::io::Result<Requests> {
+        Ok(Requests {
             #[cfg(unix)]
             signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?,
         })
     }
 
-    async fn next(&mut self) {
-        #[cfg(unix)]
-        if self.signal.recv().await.is_some() {
-            return;
-        }
-        std::future::pending::<()>().await
-    }
-}
-
-/// SIGUSR1 (reopen the access log's file, for logrotate) as a stream.
-struct Reopens {
-    #[cfg(unix)]
-    signal: tokio::signal::unix::Signal,
-}
-
-impl Reopens {
-    fn new() -> std::io::Result<Reopens> {
-        Ok(Reopens {
+    /// SIGUSR1: reopen the access log's file.
+    fn reopens() -> std::io::Result<Requests> {
+        Ok(Requests {
             #[cfg(unix)]
             signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?,
         })

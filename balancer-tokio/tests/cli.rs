@@ -337,6 +337,15 @@ fn sighup_reloads_the_config_file_and_a_bad_file_keeps_the_old_config() {
 
 /// Starts a demo backend and a balancer whose admin API is on a known free port.
 fn with_admin(tag: &str) -> (Running, Running, SocketAddr, SocketAddr, PathBuf) {
+    with_admin_and_log(tag, "off")
+}
+
+/// As [`with_admin`], with the access log in `format` (to stdout, which `Running` pipes and
+/// never reads).
+fn with_admin_and_log(
+    tag: &str,
+    format: &str,
+) -> (Running, Running, SocketAddr, SocketAddr, PathBuf) {
     let backend_address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let balancer_address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin_address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -352,7 +361,7 @@ fn with_admin(tag: &str) -> (Running, Running, SocketAddr, SocketAddr, PathBuf) 
     std::fs::write(
         &config,
         format!(
-            "listen = \"{balancer_address}\"\nadmin = \"{admin_address}\"\naccess_log = \"off\"\nbackends = [\"{backend_address}\"]\n"
+            "listen = \"{balancer_address}\"\nadmin = \"{admin_address}\"\naccess_log = \"{format}\"\nbackends = [\"{backend_address}\"]\n"
         ),
     )
     .unwrap();
@@ -557,28 +566,7 @@ fn a_stalled_stdout_never_stops_serving_nor_shutdown() {
     // `Running` pipes stdout and nobody reads it: a pipe holds 64 KiB, about 400 text lines.
     // Before the access log had a writer thread, the worker blocked in that write: requests
     // stopped after a few hundred, `/healthz` timed out and SIGTERM did nothing.
-    let backend_address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let _backend = Running::spawn(&[
-        "demo-backend",
-        "--listen",
-        &backend_address.to_string(),
-        "--id",
-        "1",
-    ]);
-    wait_until_listening(backend_address);
-    let config = std::env::temp_dir().join(format!("balancer-stalled-{}.toml", std::process::id()));
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"{address}\"\nadmin = \"{admin}\"\naccess_log = \"text\"\nbackends = [\"{backend_address}\"]\n"
-        ),
-    )
-    .unwrap();
-    let mut balancer = Running::spawn(&["--config", &config.display().to_string()]);
-    wait_until_listening(address);
-    wait_until_listening(admin);
+    let (_backend, mut balancer, address, admin, config) = with_admin_and_log("stalled", "text");
     for i in 0..2_000 {
         let response = http_get(address, "/");
         assert!(

@@ -180,21 +180,7 @@ impl AccessLog {
         let Some(writer) = &self.writer else {
             return true;
         };
-        let (reply, done) = mpsc::sync_channel(1);
-        let deadline = Instant::now() + timeout;
-        let mut message = Message::Flush(reply);
-        loop {
-            match writer.sender.try_send(message) {
-                Ok(()) => break,
-                Err(TrySendError::Full(back)) if Instant::now() < deadline => {
-                    message = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err(_) => return false,
-            }
-        }
-        done.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .is_ok()
+        crate::observe::flush_writer(&writer.sender, Message::Flush, timeout)
     }
 }
 

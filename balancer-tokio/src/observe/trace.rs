@@ -124,21 +124,7 @@ impl TraceSink {
     /// Waits (at most `timeout`) until everything queued so far is in the file. For shutdown
     /// and tests: blocking, never called on the request path.
     pub fn flush(&self, timeout: Duration) -> bool {
-        let (reply, done) = mpsc::sync_channel(1);
-        let deadline = Instant::now() + timeout;
-        let mut message = Message::Flush(reply);
-        loop {
-            match self.sender.try_send(message) {
-                Ok(()) => break,
-                Err(TrySendError::Full(back)) if Instant::now() < deadline => {
-                    message = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err(_) => return false,
-            }
-        }
-        done.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .is_ok()
+        crate::observe::flush_writer(&self.sender, Message::Flush, timeout)
     }
 
     /// When the trace began (arrivals are counted from here).
