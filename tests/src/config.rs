@@ -87,6 +87,8 @@ impl ConfigBuilder {
         shutdown_grace_ms: int u64;
         /// `header_read_timeout_ms = N`.
         header_read_timeout_ms: int u64;
+        /// `body_read_timeout_ms = N`.
+        body_read_timeout_ms: int u64;
         /// `max_header_bytes = N`.
         max_header_bytes: int usize;
         /// `max_body_bytes = N`.

@@ -3,6 +3,10 @@
 /// Longest a client may take to send a request's headers. Slowloris protection; 10 s is
 /// generous for any real client on a slow link.
 pub const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+
+/// Default `body_read_timeout_ms`: as the header timeout, a client that sends nothing for 10 s
+/// is not uploading; it should not hold a backend connection.
+pub const BODY_READ_TIMEOUT_MS: u64 = 10_000;
 /// Largest request head (request line + headers). 16 KiB fits large cookies; nginx uses 8–32 KiB.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Smallest `max_header_bytes` accepted: hyper's read buffer cannot be smaller.

@@ -28,6 +28,7 @@ pub(super) struct RawConfig {
     pub(super) admin_unauthenticated: Option<bool>,
     pub(super) shutdown_grace_ms: Option<u64>,
     pub(super) header_read_timeout_ms: Option<Spanned<u64>>,
+    pub(super) body_read_timeout_ms: Option<Spanned<u64>>,
     pub(super) max_header_bytes: Option<Spanned<usize>>,
     pub(super) max_body_bytes: Option<u64>,
     pub(super) max_connections: Option<Spanned<usize>>,

@@ -202,6 +202,8 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Largest request body; larger gets 413.
     pub max_body_bytes: u64,
+    /// Longest wait for the next bytes of a streamed request body, in milliseconds; then 408.
+    pub body_read_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -210,6 +212,7 @@ impl Default for Limits {
             header_read_timeout_ms: defaults::HEADER_READ_TIMEOUT_MS,
             max_header_bytes: defaults::MAX_HEADER_BYTES,
             max_body_bytes: defaults::MAX_BODY_BYTES,
+            body_read_timeout_ms: defaults::BODY_READ_TIMEOUT_MS,
         }
     }
 }

@@ -322,6 +322,12 @@ pub(super) fn validate(raw: RawConfig, errors: &Errors<'_>) -> Result<Config, Co
         }
         limits.header_read_timeout_ms = ms.into_inner();
     }
+    if let Some(ms) = raw.body_read_timeout_ms {
+        if *ms.get_ref() == 0 {
+            return Err(errors.at(ms.span(), "body_read_timeout_ms must be at least 1"));
+        }
+        limits.body_read_timeout_ms = ms.into_inner();
+    }
     if let Some(bytes) = raw.max_header_bytes {
         if *bytes.get_ref() < defaults::MIN_MAX_HEADER_BYTES {
             return Err(errors.at(

@@ -295,7 +295,13 @@ impl Proxy {
         body: hyper::body::Incoming,
         method: &http::Method,
     ) -> Result<Source, ProxyError> {
-        let source = read_replayable(body, pool.may_retry(method), pool.request_timeout).await?;
+        let source = read_replayable(
+            body,
+            pool.may_retry(method),
+            pool.request_timeout,
+            Duration::from_millis(self.limits.body_read_timeout_ms),
+        )
+        .await?;
         if let (Some(event), Source::Replay(bytes)) = (&mut ctx.trace, &source) {
             event.request_bytes = bytes.len() as u64;
         }

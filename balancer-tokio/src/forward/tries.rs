@@ -43,11 +43,13 @@ pub(super) struct Tries<'a> {
 }
 
 /// Reads the body into memory when a retry could resend it and it is declared small enough
-/// (empty bodies cost nothing); otherwise leaves it to stream once.
+/// (empty bodies cost nothing); otherwise leaves it to stream once. Reading is bounded by
+/// `timeout` in all and by `idle_timeout` between two pieces (then 408).
 pub(super) async fn read_replayable(
     body: Incoming,
     may_retry: bool,
     timeout: Duration,
+    idle_timeout: Duration,
 ) -> Result<Source, ProxyError> {
     if body.is_end_stream() {
         return Ok(Source::Replay(Bytes::new()));
@@ -57,6 +59,7 @@ pub(super) async fn read_replayable(
         return Ok(Source::Stream(Some(body)));
     }
     // Bounded twice: by the declared length (hyper enforces it) and by `Limited`.
+    let body = RequestBody::new(body, MAX_REPLAY_BODY_BYTES, idle_timeout);
     let read = tokio::time::timeout(
         timeout,
         Limited::new(body, MAX_REPLAY_BODY_BYTES as usize).collect(),
@@ -64,6 +67,11 @@ pub(super) async fn read_replayable(
     .await;
     match read {
         Ok(Ok(collected)) => Ok(Source::Replay(collected.to_bytes())),
+        Ok(Err(err)) if matches!(err.downcast_ref(), Some(RequestBodyError::Idle { .. })) => {
+            Err(ProxyError::BodyTimeout {
+                timeout_ms: u64::try_from(idle_timeout.as_millis()).unwrap_or(u64::MAX),
+            })
+        }
         Ok(Err(_)) | Err(_) => Err(ProxyError::BadRequest {
             reason: "the request body could not be read",
         }),
@@ -147,7 +155,11 @@ impl Tries<'_> {
                         }
                     };
                     let body = match stream.take() {
-                        Some(incoming) => RequestBody::new(incoming, proxy.limits.max_body_bytes),
+                        Some(incoming) => RequestBody::new(
+                            incoming,
+                            proxy.limits.max_body_bytes,
+                            Duration::from_millis(proxy.limits.body_read_timeout_ms),
+                        ),
                         None => RequestBody::full(Bytes::new()), // unreachable: a stream is never retried
                     };
                     // A streamed body is sent once, so the headers move.
@@ -442,6 +454,12 @@ fn classify_client_error(
                 RequestBodyError::TooLarge { .. } => (
                     ProxyError::BodyTooLarge {
                         limit_bytes: limits.max_body_bytes,
+                    },
+                    End::Cancelled,
+                ),
+                RequestBodyError::Idle { timeout_ms } => (
+                    ProxyError::BodyTimeout {
+                        timeout_ms: *timeout_ms,
                     },
                     End::Cancelled,
                 ),

@@ -82,6 +82,12 @@ pub enum ProxyError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// The client stopped sending its request body.
+    #[error("request body: nothing received for {timeout_ms} ms")]
+    BodyTimeout {
+        /// `body_read_timeout_ms`.
+        timeout_ms: u64,
+    },
     /// The request uses something this proxy does not carry (RFC 9110 §15.6.2).
     #[error("not implemented: {what}")]
     NotImplemented {
@@ -107,6 +113,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ProxyError::NotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }

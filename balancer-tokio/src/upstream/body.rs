@@ -1,8 +1,10 @@
 //! The body sent to a backend: the client's, streamed with its size limit, or a small one held
 //! in memory so that a retry can send it again.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -15,6 +17,12 @@ pub enum RequestBodyError {
     TooLarge {
         /// The configured limit.
         limit_bytes: u64,
+    },
+    /// The client sent nothing for `timeout_ms`.
+    #[error("the client sent no request body bytes for {timeout_ms} ms")]
+    Idle {
+        /// `body_read_timeout_ms`.
+        timeout_ms: u64,
     },
     /// Reading from the client failed (it went away, or sent a malformed chunk).
     #[error("reading the request body from the client failed: {0}")]
@@ -35,20 +43,25 @@ pub enum RequestBody {
     Full(Option<Bytes>),
 }
 
-/// The client's body with its size limit.
+/// The client's body with its size limit and its idle timeout.
 pub struct StreamBody {
     inner: Incoming,
     limit_bytes: u64,
     remaining_bytes: u64,
+    idle_timeout: Duration,
+    /// Started at the first wait, moved on by each frame. Boxed: only streamed uploads have one.
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl RequestBody {
-    /// Wraps `inner`, allowing at most `limit_bytes`.
-    pub fn new(inner: Incoming, limit_bytes: u64) -> Self {
+    /// Wraps `inner`, allowing at most `limit_bytes` and at most `idle_timeout` between frames.
+    pub fn new(inner: Incoming, limit_bytes: u64, idle_timeout: Duration) -> Self {
         RequestBody::Stream(StreamBody {
             inner,
             limit_bytes,
             remaining_bytes: limit_bytes,
+            idle_timeout,
+            idle: None,
         })
     }
 
@@ -98,7 +111,22 @@ impl Body for StreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
         let this = self.get_mut();
-        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if polled.is_pending() {
+            let idle_timeout = this.idle_timeout;
+            let idle = this
+                .idle
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle_timeout)));
+            ready!(idle.as_mut().poll(cx));
+            return Poll::Ready(Some(Err(RequestBodyError::Idle {
+                timeout_ms: u64::try_from(idle_timeout.as_millis()).unwrap_or(u64::MAX),
+            })));
+        }
+        if let Some(idle) = &mut this.idle {
+            idle.as_mut()
+                .reset(tokio::time::Instant::now() + this.idle_timeout);
+        }
+        match ready!(polled) {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;

@@ -430,3 +430,35 @@ async fn heads_whose_end_is_known_are_answered_at_once() {
     );
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn an_upload_that_stops_is_408_after_body_read_timeout() {
+    let backends = start_backends(&[0]).await;
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .body_read_timeout_ms(300)
+            .backends(&backends),
+    )
+    .await;
+    // A POST streams (it is not retried, so its body is not read first); a PUT is read into
+    // memory first (it may be retried). Either way, 10 of 100 bytes then silence.
+    for method in ["POST", "PUT"] {
+        let started = std::time::Instant::now();
+        let request = format!(
+            "{method} /sink HTTP/1.1\r\nhost: a.test\r\ncontent-length: 100\r\nconnection: close\r\n\r\n0123456789"
+        );
+        let answer = raw_exchange(proxy.addr(), request.as_bytes(), Duration::ZERO).await;
+        assert_eq!(raw_status(&answer), 408, "{method}: {answer}");
+        assert!(
+            answer.contains("nothing received for 300 ms"),
+            "{method}: {answer}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{method}: {:?}",
+            started.elapsed()
+        );
+    }
+    proxy.stop().await;
+}
