@@ -587,3 +587,44 @@ fn a_stalled_stdout_never_stops_serving_nor_shutdown() {
     assert!(balancer.wait_for_exit().success());
     let _ = std::fs::remove_file(config);
 }
+
+/// The soft and hard "Max open files" of a process, from /proc.
+fn open_files_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    (fields[3].to_owned(), fields[4].to_owned())
+}
+
+#[test]
+fn the_open_files_soft_limit_is_raised_to_the_hard_one() {
+    let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = std::env::temp_dir().join(format!("balancer-nofile-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        format!("listen = \"{address}\"\nadmin = \"off\"\naccess_log = \"off\"\nbackends = [\"127.0.0.1:1\"]\n"),
+    )
+    .unwrap();
+    // A shell lowers the soft limit the way a default login does, then becomes the balancer.
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -Sn 256 && exec {BINARY} --config {}",
+            config.display()
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the balancer through sh");
+    let mut balancer = Running(child);
+    wait_until_listening(address);
+    let (soft, hard) = open_files_limits(balancer.0.id());
+    assert_eq!(soft, hard, "soft {soft}, hard {hard}");
+    assert_ne!(soft, "256");
+    balancer.signal("TERM");
+    assert!(balancer.wait_for_exit().success());
+    let _ = std::fs::remove_file(config);
+}

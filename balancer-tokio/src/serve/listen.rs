@@ -146,6 +146,36 @@ pub(crate) async fn accept_within_limit(
     }
 }
 
+/// At most one log line per [`ACCEPT_ERROR_LOG_INTERVAL`] for failed accepts, with how many
+/// failed since the last one: out of descriptors, a loop would otherwise log 20 lines a second.
+const ACCEPT_ERROR_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+#[derive(Default)]
+struct AcceptErrors {
+    last_logged: Option<std::time::Instant>,
+    unlogged: u64,
+}
+
+impl AcceptErrors {
+    fn failed(&mut self, listener: &str, err: &io::Error) {
+        self.unlogged += 1;
+        if self
+            .last_logged
+            .is_some_and(|at| at.elapsed() < ACCEPT_ERROR_LOG_INTERVAL)
+        {
+            return;
+        }
+        let hint = if err.raw_os_error() == Some(24) || err.raw_os_error() == Some(23) {
+            "; out of file descriptors: raise the open-files limit or lower max_connections"
+        } else {
+            ""
+        };
+        tracing::warn!(listener, %err, failed = self.unlogged, "accept failed{hint}");
+        self.unlogged = 0;
+        self.last_logged = Some(std::time::Instant::now());
+    }
+}
+
 /// Accepts on `socket` until draining begins, serving each connection in a task of its own.
 pub(crate) async fn accept_loop(
     socket: TcpListener,
@@ -157,6 +187,7 @@ pub(crate) async fn accept_loop(
     drain: Option<DrainGuard>,
 ) {
     let Some(drain) = drain else { return };
+    let mut accept_errors = AcceptErrors::default();
     loop {
         let Some((permit, accepted)) = accept_within_limit(&socket, &permits, &mut watcher).await
         else {
@@ -165,7 +196,7 @@ pub(crate) async fn accept_loop(
         let (stream, client) = match accepted {
             Ok(accepted) => accepted,
             Err(err) => {
-                tracing::warn!(listener = %listener.name, %err, "accept failed");
+                accept_errors.failed(&listener.name, &err);
                 tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
                 continue;
             }
