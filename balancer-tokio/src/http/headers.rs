@@ -306,13 +306,16 @@ pub fn append_via(headers: &mut HeaderMap, via: &HeaderValue) {
     headers.append(header::VIA, via.clone());
 }
 
-/// The client's request id if it is a sane one, else a new one.
+/// The client's request id if it is a sane one, else a new one. The ids this process makes
+/// are reserved: a client that sends one (to mix its decision records with another request's
+/// in `explain`) gets a new one instead.
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     match headers.get(&X_REQUEST_ID) {
         Some(value)
             if !value.is_empty()
                 && value.len() <= MAX_REQUEST_ID_BYTES
-                && value.as_bytes().iter().all(|b| b.is_ascii_graphic()) =>
+                && value.as_bytes().iter().all(|b| b.is_ascii_graphic())
+                && !is_ours(value.as_bytes()) =>
         {
             value.clone()
         }
@@ -320,11 +323,17 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     }
 }
 
-/// A process-unique id: a per-process prefix (start time and pid) and a counter.
-fn new_request_id() -> HeaderValue {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
+/// Whether `id` has the form of an id this process makes (`{prefix:08x}-{count:012x}`).
+fn is_ours(id: &[u8]) -> bool {
+    let mut prefix = [0u8; 8];
+    hex_into(&mut prefix, u64::from(process_prefix()));
+    id.len() == 21 && id[..8] == prefix && id[8] == b'-'
+}
+
+/// This process's prefix of request ids: start time and pid, mixed.
+fn process_prefix() -> u32 {
     static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    let prefix = *PREFIX.get_or_init(|| {
+    *PREFIX.get_or_init(|| {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
@@ -333,7 +342,13 @@ fn new_request_id() -> HeaderValue {
         x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         (x ^ (x >> 31)) as u32
-    });
+    })
+}
+
+/// A process-unique id: the process's prefix and a counter.
+fn new_request_id() -> HeaderValue {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = process_prefix();
     let count = COUNTER.fetch_add(1, Ordering::Relaxed);
     // `{prefix:08x}-{count:012x}`, written without the formatting machinery.
     let mut id = [b'-'; 21];
@@ -417,6 +432,24 @@ mod tests {
         strip_hop_by_hop(&mut headers, true);
         assert_eq!(headers[header::UPGRADE], "websocket");
         assert_eq!(headers[header::CONNECTION], "upgrade");
+    }
+
+    #[test]
+    fn a_client_cannot_take_an_id_this_process_made() {
+        let ours = request_id(&HeaderMap::new());
+        let mut headers = HeaderMap::new();
+        headers.insert(X_REQUEST_ID.clone(), ours.clone());
+        let given = request_id(&headers);
+        assert_ne!(
+            given, ours,
+            "a generated id sent back by a client is replaced"
+        );
+        assert!(is_ours(given.as_bytes()));
+        headers.insert(
+            X_REQUEST_ID.clone(),
+            HeaderValue::from_static("client-chosen-1"),
+        );
+        assert_eq!(request_id(&headers), "client-chosen-1");
     }
 
     #[test]
