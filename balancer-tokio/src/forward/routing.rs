@@ -53,8 +53,13 @@ impl RouteTable {
     }
 
     /// The route for a request to `host` (may carry a port) and `path`, arriving on `listener_port`.
+    /// The first route for `host`, `path` and the listener's port. The path is matched in its
+    /// normal form ([`normalize_path`]), so that `/x/../admin`, `//admin` or `/%61dmin` cannot
+    /// pass a `/admin` route by; the request itself is forwarded as the client sent it.
     pub fn find(&self, host: Option<&str>, path: &str, listener_port: u16) -> Option<&Route> {
         let host = host.map(strip_port);
+        let normal = normalize_path(path);
+        let path = normal.as_ref();
         self.routes.iter().find(|route| {
             route.port.is_none_or(|port| port == listener_port)
                 && route.host.matches(host)
@@ -73,6 +78,63 @@ fn strip_port(host: &str) -> &str {
     without_port.strip_suffix('.').unwrap_or(without_port)
 }
 
+/// `path` as routing sees it (RFC 3986 §6.2.2, as nginx matches locations): percent-escapes of
+/// unreserved characters decoded (`%61` is `a`), repeated slashes merged, and `.` and `..`
+/// segments removed (never above the root). Borrowed when there is nothing to do.
+pub fn normalize_path(path: &str) -> std::borrow::Cow<'_, str> {
+    let plain = !path.contains('%') && !path.contains("//") && !path.contains("/.");
+    if plain {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let decoded = decode_unreserved(path);
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            other => segments.push(other),
+        }
+    }
+    let mut normal = String::with_capacity(decoded.len());
+    for segment in &segments {
+        normal.push('/');
+        normal.push_str(segment);
+    }
+    // A trailing slash (or a last `.`/`..` segment) stays a directory.
+    let ends_as_directory =
+        decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    if normal.is_empty() || ends_as_directory {
+        normal.push('/');
+    }
+    std::borrow::Cow::Owned(normal)
+}
+
+/// Decodes `%XX` where XX is an unreserved character (RFC 3986 §2.3); others stay escaped.
+fn decode_unreserved(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            if let Some(byte) = hex
+                && (byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~'))
+            {
+                out.push(byte);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap_or_else(|_| path.to_owned())
+}
+
 /// Prefixes match on segment boundaries: `/api` matches `/api` and `/api/x`, not `/apix`.
 fn prefix_matches(prefix: &str, path: &str) -> bool {
     if !path.starts_with(prefix) {
@@ -84,6 +146,29 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_are_matched_in_their_normal_form() {
+        for (path, normal) in [
+            ("/api/x", "/api/x"),
+            ("/x/../admin", "/admin"),
+            ("/./admin", "/admin"),
+            ("//admin", "/admin"),
+            ("/%61dmin", "/admin"),
+            ("/%2e%2e/admin", "/admin"),
+            ("/a/b/../../../admin/", "/admin/"),
+            ("/admin/.", "/admin/"),
+            ("/%2Fadmin", "/%2Fadmin"),
+            ("/", "/"),
+            ("/..", "/"),
+        ] {
+            assert_eq!(normalize_path(path), normal, "{path}");
+        }
+        assert!(matches!(
+            normalize_path("/plain/path"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
 
     fn route(name: &str, host: Option<&str>, prefix: &str, port: Option<u16>) -> RouteConfig {
         RouteConfig {

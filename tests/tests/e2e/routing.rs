@@ -55,3 +55,37 @@ async fn routes_by_host_path_and_port() {
     }
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_path_prefix_cannot_be_passed_by_with_dots_slashes_or_escapes() {
+    let backends = start_backends(&[0, 0]).await;
+    let [internal, public] = [0, 1].map(|i| backends[i].local_addr());
+    let proxy = Proxy::start(
+        ConfigBuilder::new()
+            .listen_any()
+            .pool("internal", |p| p.backends([internal]))
+            .pool("public", |p| p.backends([public]))
+            .route(|r| r.path_prefix("/admin").pool("internal"))
+            .route(|r| r.path_prefix("/").pool("public")),
+    )
+    .await;
+    for path in [
+        "/admin",
+        "/x/../admin",
+        "/./admin",
+        "//admin",
+        "/%61dmin",
+        "/public/%2e%2e/admin/x",
+    ] {
+        let reply = proxy.send(proxy.addr(), get(path, "a.test")).await;
+        assert_eq!(
+            reply.body, "Hello from #1\n",
+            "{path} must take the /admin route"
+        );
+    }
+    let reply = proxy
+        .send(proxy.addr(), get("/administrator", "a.test"))
+        .await;
+    assert_eq!(reply.body, "Hello from #2\n");
+    proxy.stop().await;
+}
