@@ -442,29 +442,37 @@ fn check_host(request: &Request<ClientBody>) -> Result<(), ProxyError> {
 /// protocol switch with a body is refused at once: the tunnel would carry the body as its
 /// first bytes, where the backend expects the other protocol.
 fn check_framing(request: &Request<ClientBody>) -> Result<(), ProxyError> {
-    let codings = request.headers().get_all(header::TRANSFER_ENCODING);
-    let only_chunked = codings.iter().all(|value| {
-        value.to_str().is_ok_and(|codings| {
-            codings
-                .split(',')
-                .map(str::trim)
-                .all(|coding| coding.eq_ignore_ascii_case("chunked"))
-        })
-    });
-    if !only_chunked {
-        return Err(ProxyError::NotImplemented {
-            what: "a transfer coding other than chunked",
-        });
+    let headers = request.headers();
+    // Most requests have neither header: two lookups and done.
+    let chunked = headers.contains_key(header::TRANSFER_ENCODING);
+    if chunked {
+        let only_chunked = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .all(|value| {
+                value.to_str().is_ok_and(|codings| {
+                    codings
+                        .split(',')
+                        .map(str::trim)
+                        .all(|coding| coding.eq_ignore_ascii_case("chunked"))
+                })
+            });
+        if !only_chunked {
+            return Err(ProxyError::NotImplemented {
+                what: "a transfer coding other than chunked",
+            });
+        }
     }
-    let has_body = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .is_some_and(|v| v.as_bytes() != b"0")
-        || request.headers().contains_key(header::TRANSFER_ENCODING);
-    if has_body && headers::is_upgrade_request(request.headers()) {
-        return Err(ProxyError::BadRequest {
-            reason: "a protocol switch (Upgrade) request must not have a body",
-        });
+    if headers.contains_key(header::UPGRADE) && headers::is_upgrade_request(headers) {
+        let has_body = chunked
+            || headers
+                .get(header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0");
+        if has_body {
+            return Err(ProxyError::BadRequest {
+                reason: "a protocol switch (Upgrade) request must not have a body",
+            });
+        }
     }
     Ok(())
 }
