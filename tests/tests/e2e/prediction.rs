@@ -49,12 +49,7 @@ async fn replay_predicts_mean_and_p99_latency_of_the_live_proxy() {
     let answers = open_loop(proxy.addr()).await;
     assert!(answers.iter().all(|(status, _)| *status == 200));
     let measured_ms: Vec<f64> = answers.into_iter().map(|(_, ms)| ms).collect();
-    let sink = proxy.running().proxy().trace().cloned().unwrap();
-    assert!(sink.flush(Duration::from_secs(5)));
-    proxy.stop().await;
-
-    let records = parse_trace(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    assert_eq!(records.len(), REQUESTS);
+    let records = stop_and_read_trace(proxy, &path).await;
     let mut config = ReplayConfig::new(PolicyKind::LeastPending);
     config.concurrency = 64;
     let predicted = replay(&records, &config).unwrap();
@@ -80,6 +75,19 @@ async fn replay_predicts_mean_and_p99_latency_of_the_live_proxy() {
     );
     assert_eq!(predicted.completed, REQUESTS as u64);
     assert_predicts(&predicted, mean, p99);
+}
+
+/// Stops the proxy once its trace is on disk, and reads the trace back: one record a request.
+async fn stop_and_read_trace(
+    proxy: Proxy,
+    path: &std::path::Path,
+) -> Vec<balancer_core::trace::TraceRecord> {
+    let sink = proxy.running().proxy().trace().cloned().unwrap();
+    assert!(sink.flush(Duration::from_secs(5)));
+    proxy.stop().await;
+    let records = parse_trace(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(records.len(), REQUESTS);
+    records
 }
 
 /// Demo backends `(id, latency_ms)`, each with a uniform 0–5 ms jitter.
@@ -247,12 +255,7 @@ async fn replay_with_faults_predicts_latency_and_retries_of_the_live_proxy() {
         .iter()
         .filter(|e| matches!(e, JournalEntry::RetryWork { .. }))
         .count() as u64;
-    let sink = proxy.running().proxy().trace().cloned().unwrap();
-    assert!(sink.flush(Duration::from_secs(5)));
-    proxy.stop().await;
-
-    let records = parse_trace(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    assert_eq!(records.len(), REQUESTS);
+    let records = stop_and_read_trace(proxy, &path).await;
     let mut config = ReplayConfig::new(PolicyKind::LeastPending);
     config.concurrency = 64;
     config.core.retry = Some(RetryConfig {
