@@ -99,6 +99,22 @@ impl Running {
         }
     }
 
+    /// Waits until every address accepts connections: true, or false if the process exited
+    /// first (a port it wanted was taken).
+    fn listens_on(&mut self, addresses: &[SocketAddr]) -> bool {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        for &address in addresses {
+            while TcpStream::connect(address).is_err() {
+                if self.0.try_wait().unwrap().is_some() {
+                    return false;
+                }
+                assert!(Instant::now() < deadline, "nothing listens on {address}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        true
+    }
+
     fn peak_rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap();
         status
@@ -347,8 +363,6 @@ fn with_admin_and_log(
     format: &str,
 ) -> (Running, Running, SocketAddr, SocketAddr, PathBuf) {
     let backend_address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let balancer_address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin_address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let backend = Running::spawn(&[
         "demo-backend",
         "--listen",
@@ -358,18 +372,29 @@ fn with_admin_and_log(
     ]);
     wait_until_listening(backend_address);
     let config = std::env::temp_dir().join(format!("balancer-{tag}-{}.toml", std::process::id()));
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"{balancer_address}\"\nadmin = \"{admin_address}\"\naccess_log = \"{format}\"\nbackends = [\"{backend_address}\"]\n"
-        ),
-    )
-    .unwrap();
-    let balancer = Running::spawn(&["run", &config.display().to_string()]);
-    wait_until_listening(balancer_address);
-    wait_until_listening(admin_address);
-    (backend, balancer, balancer_address, admin_address, config)
+    // Free ports are found before they are bound, and the other tests of this binary look for
+    // them at the same time: a balancer that lost a port to one of them exits, and is started
+    // again on new ones.
+    for _ in 0..START_ATTEMPTS {
+        let balancer_address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin_address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"{balancer_address}\"\nadmin = \"{admin_address}\"\naccess_log = \"{format}\"\nbackends = [\"{backend_address}\"]\n"
+            ),
+        )
+        .unwrap();
+        let mut balancer = Running::spawn(&["run", &config.display().to_string()]);
+        if balancer.listens_on(&[balancer_address, admin_address]) {
+            return (backend, balancer, balancer_address, admin_address, config);
+        }
+    }
+    panic!("the balancer did not start in {START_ATTEMPTS} attempts");
 }
+
+/// Tries at starting a balancer on free ports before a test gives up.
+const START_ATTEMPTS: usize = 5;
 
 #[test]
 fn explain_prints_a_request_s_decision_and_fails_clearly_on_unknown_ids_and_no_balancer() {
