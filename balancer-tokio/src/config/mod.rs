@@ -10,6 +10,7 @@
 use std::path::Path;
 
 pub mod defaults;
+mod hints;
 mod host;
 mod raw;
 mod types;
@@ -73,7 +74,7 @@ impl Config {
     pub fn from_toml_str(text: &str, path: &str) -> Result<Config, ConfigError> {
         let errors = Errors { text, path };
         let raw: RawConfig = toml::from_str(text).map_err(|err| {
-            let message = err.message().trim_end().to_owned();
+            let message = hints::rewrite(err.message().trim_end(), text, err.span());
             match err.span() {
                 Some(span) => errors.at(span, message),
                 None => ConfigError::Whole {
@@ -145,7 +146,7 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(
-            err.starts_with("test.toml:3:1: unknown field `listen_port`"),
+            err.starts_with("test.toml:3:1: unknown key `listen_port`"),
             "{err}"
         );
     }
@@ -201,7 +202,7 @@ mod tests {
             ),
             (
                 "listen = \"127.0.0.1:80\"\nbackends = [{ adress = \"a:1\" }]",
-                "unknown field `adress`",
+                "unknown key `adress`; did you mean `address`?",
             ),
             (
                 "listen = \"127.0.0.1:80\"\nbackends = [3]",
@@ -310,7 +311,7 @@ rate_limit = { rate_per_s = 5 }
             ("outlier = { consecutive_failures = 0 }", "at least 1"),
             ("retry = { max_retries = 11 }", "at most 10"),
             ("retry = { budget_ratio = -1.0 }", "budget_ratio"),
-            ("retry = { tries = 3 }", "unknown field `tries`"),
+            ("retry = { tries = 3 }", "unknown key `tries`"),
             ("max_pending_per_backend = 0", "at least 1"),
             ("request_timeout_ms = 0", "at least 1"),
             ("panic_threshold_percent = 101", "0-100"),
