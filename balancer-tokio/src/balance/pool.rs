@@ -137,30 +137,30 @@ pub struct Pool {
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
     /// The core refused a backend.
-    #[error("pool {pool:?}: backend {address}: {source}")]
+    #[error("pool {pool:?}: backend {address}: {reason}")]
     Core {
         /// Pool name.
         pool: String,
         /// Backend address.
         address: String,
-        /// The core's reason.
-        source: CoreError,
+        /// The core's reason (in the message, not as a source, so it is printed once).
+        reason: CoreError,
     },
     /// The traffic trace file could not be opened (built with the pools, so reported with them).
-    #[error("cannot open the traffic trace {path}: {source}")]
+    #[error("cannot open the traffic trace {path}: {reason}")]
     Trace {
         /// The trace file.
         path: String,
-        /// What the OS said.
-        source: std::io::Error,
+        /// What the OS said, in words (kept as text so it is printed once).
+        reason: String,
     },
     /// The access log's file could not be opened (built with the pools, as the trace is).
-    #[error("cannot open the access log {path}: {source}")]
+    #[error("cannot open the access log {path}: {reason}")]
     AccessLog {
         /// The file.
         path: String,
-        /// What the OS said.
-        source: std::io::Error,
+        /// What the OS said, in words (kept as text so it is printed once).
+        reason: String,
     },
     /// The address is not an URI authority.
     #[error("pool {pool:?}: backend address {address:?} is not HOST:PORT")]
@@ -292,10 +292,10 @@ impl PoolCore {
         let done = scheduling
             .scheduler
             .reconcile(now, &desired)
-            .map_err(|source| PoolError::Core {
+            .map_err(|reason| PoolError::Core {
                 pool: config.name.clone(),
                 address: String::new(),
-                source,
+                reason,
             })?;
         for (key, id) in &done.added {
             let position = config

@@ -127,6 +127,36 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_examples_pass_check() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        for file in [
+            "examples/minimal.toml",
+            "examples/full.toml",
+            "../config/compose.toml",
+        ] {
+            let path = root.join(file);
+            if let Err(err) = Config::load(&path) {
+                panic!("{file} does not pass check: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_log_or_trace_in_a_missing_directory_is_refused_with_the_fix() {
+        for text in [
+            "listen = \"127.0.0.1:80\"\nbackends = [\"a:1\"]\n[trace]\npath = \"/no/such/dir/t\"",
+            "listen = \"127.0.0.1:80\"\nbackends = [\"a:1\"]\naccess_log_path = \"/no/such/dir/a\"",
+        ] {
+            let err = parse(text).expect_err(text).to_string();
+            assert!(
+                err.contains("the directory /no/such/dir does not exist")
+                    && err.contains("mkdir -p /no/such/dir"),
+                "{text:?} gave {err:?}"
+            );
+        }
+    }
+
+    #[test]
     fn minimal_file_makes_one_pool_and_a_catch_all_route() {
         let config = parse(
             "listen = \"127.0.0.1:8080\"\nbackends = [\"127.0.0.1:9001\", \"127.0.0.1:9002\"]\n",

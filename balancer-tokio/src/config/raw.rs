@@ -43,7 +43,7 @@ pub(super) struct RawConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTrace {
-    pub(super) path: PathBuf,
+    pub(super) path: Spanned<PathBuf>,
     pub(super) max_bytes: Option<u64>,
     pub(super) max_files: Option<u32>,
 }

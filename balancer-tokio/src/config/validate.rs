@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::path::Path;
 
 use balancer_core::{MAX_WEIGHT, PolicyKind};
 use toml::Spanned;
@@ -51,6 +52,31 @@ pub(super) fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     (line, before[line_start..].chars().count() + 1)
+}
+
+/// Start creates `path` (a log or trace file): its directory must exist, or `check` would pass a
+/// config that cannot start.
+fn check_directory_of(
+    key: &str,
+    path: &Path,
+    span: Range<usize>,
+    errors: &Errors<'_>,
+) -> Result<(), ConfigError> {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if parent.is_dir() {
+        return Ok(());
+    }
+    Err(errors.at(
+        span,
+        format!(
+            "{key}: the directory {} does not exist; create it (e.g. `mkdir -p {}`) or choose another path",
+            parent.display(),
+            parent.display()
+        ),
+    ))
 }
 
 pub(super) fn validate(raw: RawConfig, errors: &Errors<'_>) -> Result<Config, ConfigError> {
@@ -458,19 +484,7 @@ pub(super) fn validate(raw: RawConfig, errors: &Errors<'_>) -> Result<Config, Co
                     "access_log_path must name a file; leave it out to log to stdout",
                 ));
             }
-            let parent = path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(std::path::Path::new("."));
-            if !parent.is_dir() {
-                return Err(errors.at(
-                    span,
-                    format!(
-                        "access_log_path: the directory {} does not exist; create it or choose another",
-                        parent.display()
-                    ),
-                ));
-            }
+            check_directory_of("access_log_path", &path, span, errors)?;
             Some(path)
         }
     };
@@ -521,11 +535,14 @@ pub(super) fn validate(raw: RawConfig, errors: &Errors<'_>) -> Result<Config, Co
                     ),
                 ));
             }
-            if raw_trace.path.as_os_str().is_empty() {
-                return Err(errors.at(span, "trace.path must name a file"));
+            let path_span = raw_trace.path.span();
+            let path = raw_trace.path.into_inner();
+            if path.as_os_str().is_empty() {
+                return Err(errors.at(path_span, "trace.path must name a file"));
             }
+            check_directory_of("trace.path", &path, path_span, errors)?;
             Some(TraceConfig {
-                path: raw_trace.path,
+                path,
                 max_bytes,
                 max_files,
             })

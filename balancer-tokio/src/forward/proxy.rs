@@ -266,12 +266,12 @@ fn open_access_log(config: &Config, metrics: &Arc<Metrics>) -> Result<AccessLog,
         config.access_log_path.as_deref(),
         metrics.clone(),
     )
-    .map_err(|source| PoolError::AccessLog {
+    .map_err(|err| PoolError::AccessLog {
         path: config
             .access_log_path
             .as_ref()
             .map_or_else(|| "stdout".into(), |p| p.display().to_string()),
-        source,
+        reason: err.to_string(),
     })
 }
 
@@ -283,9 +283,9 @@ fn open_trace(
         .trace
         .as_ref()
         .map(|trace| {
-            TraceSink::start(trace, metrics.clone()).map_err(|source| PoolError::Trace {
+            TraceSink::start(trace, metrics.clone()).map_err(|err| PoolError::Trace {
                 path: trace.path.display().to_string(),
-                source,
+                reason: err.to_string(),
             })
         })
         .transpose()
