@@ -64,6 +64,79 @@ fn check_rejects_a_bad_config_naming_file_line_and_column() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[test]
+fn check_names_the_key_of_a_wrong_type_and_guesses_a_misspelt_one() {
+    let dir = std::env::temp_dir().join(format!("balancer-hints-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases = [
+        (
+            "listen = \"127.0.0.1:8080\"\nbackends = [\"127.0.0.1:9001\"]\npolcy = \"p2c\"\n",
+            "3:1: unknown key `polcy`; did you mean `policy`?",
+        ),
+        (
+            "listen = \"127.0.0.1:8080\"\n[pools.a]\nbackends = [\"127.0.0.1:9001\"]\n\
+             health_check = { path = \"/\", interval_ms = \"500ms\" }\n",
+            "4:44: `interval_ms` takes whole milliseconds, not string \"500ms\"; write e.g. `interval_ms = 500`",
+        ),
+    ];
+    for (index, (text, expected)) in cases.iter().enumerate() {
+        let file = dir.join(format!("case{index}.toml"));
+        std::fs::write(&file, text).unwrap();
+        let output = balancer(&["check", &file.display().to_string()]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{text}");
+        assert!(
+            stderr.contains(&format!("{}:{expected}", file.display())),
+            "{stderr}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_taken_port_names_the_setting_or_flag_that_chose_it() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = std::env::temp_dir().join(format!("balancer-clash-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("clash.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:{port}\"\nbackends = [\"127.0.0.1:9001\"]\n"
+        ),
+    )
+    .unwrap();
+    let output = balancer(&["--config", &file.display().to_string()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains(&format!("port {port} is already in use"))
+            && stderr.contains("the admin API's address (`admin`")
+            && stderr.contains("`admin = \"off\"`"),
+        "{stderr}"
+    );
+
+    let port_text = port.to_string();
+    let output = balancer(&[
+        "demo",
+        "--port",
+        "0",
+        "--backend-port",
+        "0",
+        "--admin-port",
+        &port_text,
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("`balancer demo --admin-port PORT`"),
+        "{stderr}"
+    );
+    drop(taken);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A child process that is killed if the test fails before stopping it.
 struct Running(Child);
 

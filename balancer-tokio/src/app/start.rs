@@ -47,6 +47,9 @@ pub enum ShutdownReport {
     GraceExpired,
 }
 
+/// How to change the admin API's address, for a start that could not bind it.
+const ADMIN_ADDRESS_SET_BY: &str = "it is the admin API's address (`admin`, by default 127.0.0.1:9901): write `admin = \"127.0.0.1:PORT\"` for another port, or `admin = \"off\"` to run without it";
+
 /// Binds every listener of `config` and starts serving. Such a balancer cannot reload (it has
 /// no file to re-read); see [`start_file`].
 pub async fn start(config: Config) -> Result<RunningBalancer, ServeError> {
@@ -67,11 +70,9 @@ async fn start_with(
     let metrics = Arc::new(Metrics::new());
     let proxy = Arc::new(Proxy::new(&config, metrics)?);
     let admin_socket = match config.admin {
-        Some(address) => Some(
-            TcpListener::bind(address)
-                .await
-                .map_err(|err| bind_error(address, &err))?,
-        ),
+        Some(address) => Some(TcpListener::bind(address).await.map_err(|err| {
+            bind_error(address, &err).set_by(|_| Some(ADMIN_ADDRESS_SET_BY.to_owned()))
+        })?),
         None => None,
     };
     let admin = admin_socket
@@ -80,7 +81,14 @@ async fn start_with(
     let workers = config.worker_count();
     let mut bound = Vec::with_capacity(config.listeners.len());
     for listener in &config.listeners {
-        let sockets = bind_listener(listener.address, workers)?;
+        let sockets = bind_listener(listener.address, workers).map_err(|err| {
+            err.set_by(|_| {
+                Some(format!(
+                    "it is listener `{}`'s address (`listen`, or `address` in its [[listeners]] table)",
+                    listener.name
+                ))
+            })
+        })?;
         let local = sockets[0]
             .local_addr()
             .map_err(|err| bind_error(listener.address, &err))?;

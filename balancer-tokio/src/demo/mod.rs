@@ -43,8 +43,13 @@ impl Default for DemoPorts {
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     /// A demo backend could not bind.
-    #[error(transparent)]
-    Backend(#[from] std::io::Error),
+    #[error(
+        "{reason}; the demo's backends use four ports from `balancer demo --backend-port PORT` (default {DEMO_FIRST_BACKEND_PORT})"
+    )]
+    Backend {
+        /// What went wrong, naming the backend and its address.
+        reason: String,
+    },
     /// The balancer could not start.
     #[error(transparent)]
     Balancer(#[from] ServeError),
@@ -76,7 +81,10 @@ impl Demo {
                     latency_ms: 0,
                     jitter_ms: 0,
                 })
-                .await?,
+                .await
+                .map_err(|err| DemoError::Backend {
+                    reason: err.to_string(),
+                })?,
             );
         }
         let config = demo_config(
@@ -84,7 +92,21 @@ impl Demo {
             backends.iter().map(|b| b.local_addr()).collect(),
             SocketAddr::new(localhost, ports.admin),
         );
-        let balancer = start(config).await?;
+        let balancer = start(config).await.map_err(|err| {
+            err.set_by(|address| {
+                if address.port() == ports.admin {
+                    Some(format!(
+                        "it is the demo's admin port: choose another with `balancer demo --admin-port PORT` (default {DEMO_ADMIN_PORT})"
+                    ))
+                } else if address.port() == ports.balancer {
+                    Some(format!(
+                        "it is the demo balancer's port: choose another with `balancer demo --port PORT` (default {DEMO_BALANCER_PORT})"
+                    ))
+                } else {
+                    None
+                }
+            })
+        })?;
         Ok(Demo { backends, balancer })
     }
 

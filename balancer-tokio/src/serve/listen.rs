@@ -25,12 +25,14 @@ const LISTEN_BACKLOG: u32 = 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// A listener could not bind.
-    #[error("cannot listen on {address}: {reason}")]
+    #[error("cannot listen on {address}: {reason}{set_by}")]
     Bind {
         /// The address.
         address: SocketAddr,
         /// What the OS said, in words.
         reason: String,
+        /// Which setting chose the address and how to change it ("; …"), or empty.
+        set_by: String,
     },
     /// A pool could not be built.
     #[error(transparent)]
@@ -118,7 +120,32 @@ pub fn bind_error(address: SocketAddr, err: &io::Error) -> ServeError {
         }
         _ => err.to_string(),
     };
-    ServeError::Bind { address, reason }
+    ServeError::Bind {
+        address,
+        reason,
+        set_by: String::new(),
+    }
+}
+
+impl ServeError {
+    /// Names, for a bind error, the setting that chose the address and how to change it, so
+    /// that a port clash says which key (or flag) to edit. The outermost caller knows best: a
+    /// `Some` replaces what an inner one said. Other errors are returned as they are.
+    #[must_use]
+    pub fn set_by(self, setting: impl FnOnce(SocketAddr) -> Option<String>) -> ServeError {
+        match self {
+            ServeError::Bind {
+                address,
+                reason,
+                set_by,
+            } => ServeError::Bind {
+                address,
+                reason,
+                set_by: setting(address).map_or(set_by, |s| format!("; {s}")),
+            },
+            other => other,
+        }
+    }
 }
 
 /// Accepts one connection, then waits for a connection permit; `None` once draining begins.
