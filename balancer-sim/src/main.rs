@@ -67,6 +67,9 @@ struct ReplayArgs {
     /// Policy: least-pending, p2c, round-robin, random, peak-ewma.
     #[arg(long, default_value = "least-pending")]
     policy: PolicyKind,
+    /// Replay only this pool's requests (needed when the trace holds several pools).
+    #[arg(long)]
+    pool: Option<String>,
     /// Simulated backends (default: one per backend address in the trace).
     #[arg(long, conflicts_with = "fleet")]
     backends: Option<usize>,
@@ -328,10 +331,11 @@ fn real_main() -> anyhow::Result<()> {
 
 fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     use balancer_sim::replay::{
-        ReplayConfig, ReplayGrid, load_trace, observed, run_replay_grid, sim_config, summarise,
-        write_report,
+        ReplayConfig, ReplayGrid, load_trace, observed, run_replay_grid, select_pool, sim_config,
+        summarise, write_report,
     };
-    let records = load_trace(&args.trace)?;
+    let records = select_pool(load_trace(&args.trace)?, args.pool.as_deref())
+        .with_context(|| args.trace.display().to_string())?;
     let mut config = ReplayConfig::new(args.policy);
     config.backends = args.backends;
     config.concurrency = args.concurrency;

@@ -114,6 +114,42 @@ pub fn load_trace(path: &Path) -> Result<Vec<TraceRecord>, ReplayError> {
     parse_trace(&text).map_err(|source| ReplayError::Trace { file, source })
 }
 
+/// The records of one pool: `pool`'s, or, when `pool` is `None`, all of them if the trace
+/// holds a single pool. A trace of several pools is refused without a choice: replayed as one
+/// fleet, their traffic would be mixed and the prediction would describe no real pool.
+pub fn select_pool(
+    records: Vec<TraceRecord>,
+    pool: Option<&str>,
+) -> Result<Vec<TraceRecord>, ReplayError> {
+    let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for record in &records {
+        *counts.entry(record.pool.as_str()).or_default() += 1;
+    }
+    let listed = || {
+        counts
+            .iter()
+            .map(|(name, n)| format!("{name} ({n} requests)"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match pool {
+        Some(name) if counts.contains_key(name) => {
+            Ok(records.into_iter().filter(|r| r.pool == name).collect())
+        }
+        Some(name) => Err(ReplayError::Unusable(format!(
+            "the trace has no request of pool `{name}`; its pools are: {}",
+            listed()
+        ))),
+        None if counts.len() > 1 => Err(ReplayError::Unusable(format!(
+            "the trace holds {} pools: {}; replayed together their traffic would be mixed into \
+             one fleet: choose one with --pool NAME",
+            counts.len(),
+            listed()
+        ))),
+        None => Ok(records),
+    }
+}
+
 /// What the trace itself says happened.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Observed {

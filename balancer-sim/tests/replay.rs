@@ -328,3 +328,41 @@ fn a_fleet_file_sets_the_simulated_backends_and_defences() {
     assert!(stderr(&out).contains("fault"), "{}", stderr(&out));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_trace_of_two_pools_is_replayed_one_pool_at_a_time() {
+    let dir = temp_dir("pools");
+    let mut records = synthetic(2_000, 5);
+    for record in records.iter_mut().skip(1).step_by(2) {
+        record.pool = "api".into();
+    }
+    let trace = dir.join("two-pools.trace");
+    std::fs::write(&trace, trace_text(&records)).unwrap();
+    let trace_arg = trace.display().to_string();
+
+    let mixed = sim(&["replay", "--trace", &trace_arg]);
+    assert!(!mixed.status.success());
+    let err = stderr(&mixed);
+    assert!(
+        err.contains("holds 2 pools: api (1000 requests), web (1000 requests)")
+            && err.contains("--pool NAME"),
+        "{err}"
+    );
+
+    let one = sim(&[
+        "replay", "--trace", &trace_arg, "--pool", "api", "--format", "json",
+    ]);
+    assert!(one.status.success(), "{}", stderr(&one));
+    let summary: serde_json::Value = serde_json::from_slice(&one.stdout).unwrap();
+    let requests = &summary["requests"];
+    assert_eq!(requests, 1000, "only pool api's arrivals: {summary}");
+
+    let unknown = sim(&["replay", "--trace", &trace_arg, "--pool", "admin"]);
+    assert!(!unknown.status.success());
+    assert!(
+        stderr(&unknown).contains("no request of pool `admin`; its pools are: api"),
+        "{}",
+        stderr(&unknown)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
