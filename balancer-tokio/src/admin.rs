@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::config::Config;
+use crate::config::config_json;
 use crate::observe::metrics::{BackendLabels, HealthLabels};
 use crate::runtime::shutdown::{Phase, PhaseWatcher};
 use crate::serve::Shared;
@@ -433,84 +433,6 @@ fn backends(shared: &Shared) -> Value {
         })
         .collect();
     json!({ "pools": pools })
-}
-
-/// The effective config (every default filled in) as JSON.
-pub fn config_json(config: &Config) -> Value {
-    let rate = |r: Option<crate::config::Rate>| {
-        r.map(|r| json!({ "rate_per_s": r.rate_per_s, "burst": r.burst }))
-    };
-    let ms = |d: Duration| d.as_millis() as u64;
-    json!({
-        "admin": config.admin.map_or_else(|| "off".to_owned(), |a: SocketAddr| a.to_string()),
-        "access_log": format!("{:?}", config.access_log).to_lowercase(),
-        "shutdown_grace_ms": config.shutdown_grace_ms,
-        "workers": config.worker_count(),
-        "header_read_timeout_ms": config.limits.header_read_timeout_ms,
-        "max_header_bytes": config.limits.max_header_bytes,
-        "max_body_bytes": config.limits.max_body_bytes,
-        "listeners": config.listeners.iter().map(|l| json!({
-            "name": l.name,
-            "address": l.address.to_string(),
-            "max_connections": l.max_connections,
-        })).collect::<Vec<_>>(),
-        "rate_limit": {
-            "global": rate(config.rate_limit.global),
-            "per_client": rate(config.rate_limit.per_client),
-            "max_tracked_clients": config.rate_limit.max_tracked_clients,
-        },
-        "pools": config.pools.iter().map(|p| json!({
-            "name": p.name,
-            "policy": p.policy.name(),
-            "seed": p.seed,
-            "backends": p.backends.iter().map(|b| json!({ "address": b.address, "weight": b.weight })).collect::<Vec<_>>(),
-            "connect_timeout_ms": p.connect_timeout_ms,
-            "response_header_timeout_ms": p.response_header_timeout_ms,
-            "request_timeout_ms": p.request_timeout_ms,
-            "idle_timeout_ms": p.idle_timeout_ms,
-            "max_idle_per_backend": p.max_idle_per_backend,
-            "max_in_flight": p.max_in_flight,
-            "max_pending_per_backend": p.max_pending_per_backend,
-            "health_check": p.health_check.as_ref().map(|h| json!({
-                "path": h.path,
-                "interval_ms": h.interval_ms,
-                "timeout_ms": h.timeout_ms,
-                "rise": h.rise,
-                "fall": h.fall,
-                "expected_status": format!("{}-{}", h.expected_status_min, h.expected_status_max),
-            })),
-            "outlier": p.outlier.map(|o| json!({
-                "consecutive_failures": o.consecutive_failures,
-                "base_ejection_ms": ms(o.base_ejection),
-                "max_ejection_ms": ms(o.max_ejection),
-                "max_ejected_percent": o.max_ejected_percent,
-            })),
-            "retry": p.retry.map_or_else(|| json!({ "max_retries": 0 }), |r| json!({
-                "max_retries": r.max_retries,
-                "retry_non_idempotent": r.retry_non_idempotent,
-                "retry_on_503": r.retry_on_status.contains(503),
-                "retry_on_status": r.retry_on_status.iter().collect::<Vec<_>>(),
-                "budget_ratio": r.budget_ratio,
-                "budget_min_per_s": r.budget_min_per_s,
-                "budget_window_ms": ms(r.budget_window),
-                "backoff_base_ms": ms(r.backoff_base),
-                "backoff_max_ms": ms(r.backoff_max),
-            })),
-            "slow_start": p.slow_start.map(|s| json!({
-                "window_ms": s.window_ms,
-                "min_weight_percent": s.min_weight_percent,
-            })),
-            "panic_threshold_percent": p.panic_threshold_percent,
-        })).collect::<Vec<_>>(),
-        "routes": config.routes.iter().map(|r| json!({
-            "name": r.name,
-            "host": r.host.as_config(),
-            "path_prefix": r.path_prefix,
-            "port": r.port,
-            "pool": config.pools[r.pool].name,
-            "rate_limit": rate(r.rate_limit),
-        })).collect::<Vec<_>>(),
-    })
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

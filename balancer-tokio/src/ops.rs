@@ -208,7 +208,8 @@ pub fn find_simulator() -> anyhow::Result<PathBuf> {
     }
     bail!(
         "--simulate needs the simulator, `balancer-sim`, next to this binary or on PATH (or named by \
-         $BALANCER_SIM); build it with `cargo build --release -p balancer-sim`"
+         $BALANCER_SIM); install it with `cargo install --locked --path balancer-sim` from the \
+         balancer's source tree, or build it with `cargo build --release -p balancer-sim`"
     )
 }
 
@@ -228,8 +229,8 @@ pub fn check_simulate(
         .as_deref()
         .map(|path| Config::load(path).with_context(|| "the --current config is not valid"))
         .transpose()?;
-    let new_json = crate::admin::config_json(new);
-    let old_json = old.as_ref().map(crate::admin::config_json);
+    let new_json = crate::config::config_json(new);
+    let old_json = old.as_ref().map(crate::config::config_json);
     let scratch = Scratch::new()?;
     let mut out = String::new();
     let _ = writeln!(
@@ -243,6 +244,19 @@ pub fn check_simulate(
             .as_ref()
             .map_or_else(String::new, |p| format!(", against {}", p.display()))
     );
+    if let Some(old_json) = &old_json {
+        let outside_pools: Vec<String> = crate::config::changed_keys(old_json, &new_json)
+            .into_iter()
+            .filter(|key| !key.starts_with("pools."))
+            .collect();
+        if !outside_pools.is_empty() {
+            let _ = writeln!(
+                out,
+                "not simulated (outside the pools): {}; the replay's arrivals are the recorded ones",
+                outside_pools.join(", ")
+            );
+        }
+    }
     for (index, pool) in new.pools.iter().enumerate() {
         let new_pool = &new_json["pools"][index];
         let old_pool = old.as_ref().and_then(|o| {
@@ -258,6 +272,7 @@ pub fn check_simulate(
         let pool_records: Vec<&TraceRecord> =
             records.iter().filter(|r| r.pool == pool.name).collect();
         let _ = write!(out, "\npool {}", pool.name);
+        let mut not_simulated: Vec<&str> = Vec::new();
         if let Some((_, old_pool_json)) = old_pool {
             let changed: Vec<&str> = new_pool
                 .as_object()
@@ -267,10 +282,22 @@ pub fn check_simulate(
                 .map(|(k, _)| k.as_str())
                 .collect();
             let _ = write!(out, " (changed: {})", changed.join(", "));
+            not_simulated = changed
+                .into_iter()
+                .filter(|key| !SIMULATED_POOL_KEYS.contains(key))
+                .collect();
         } else if old.is_some() {
             let _ = write!(out, " (new pool)");
         }
         let _ = writeln!(out, ": {} requests in the trace", pool_records.len());
+        if !not_simulated.is_empty() {
+            let _ = writeln!(
+                out,
+                "  not simulated: {} (the replay models {})",
+                not_simulated.join(", "),
+                SIMULATED_POOL_KEYS.join(", ")
+            );
+        }
         if !pool_records
             .iter()
             .any(|r| r.outcome == balancer_core::trace::TraceOutcome::Ok)
@@ -409,6 +436,17 @@ fn replay(
         completed: json["completed"].as_u64().unwrap_or(0),
     })
 }
+
+/// The pool settings a replay carries over to the simulator (`core_options` and the fleet);
+/// a change to any other is named as not simulated.
+const SIMULATED_POOL_KEYS: [&str; 6] = [
+    "policy",
+    "backends",
+    "max_pending_per_backend",
+    "panic_threshold_percent",
+    "outlier",
+    "retry",
+];
 
 /// The pool's defences the simulator models, as its scenario file's `[core]` table: the
 /// per-backend cap (which is where predicted rejections come from), the panic threshold,

@@ -552,18 +552,27 @@ fn check_simulate_compares_the_changed_pool_side_by_side() {
     }
     let trace_path = dir.join("t.trace");
     std::fs::write(&trace_path, trace).unwrap();
-    let config = |policy: &str| {
+    let config = |policy: &str, web_extra: &str, tables: &str| {
         format!(
             "listen = \"127.0.0.1:8080\"\n\
-             [pools.web]\npolicy = \"{policy}\"\nbackends = [\"10.0.0.1:80\", \"10.0.0.2:80\"]\n\
+             [pools.web]\npolicy = \"{policy}\"\nbackends = [\"10.0.0.1:80\", \"10.0.0.2:80\"]\n{web_extra}\
              [pools.other]\nbackends = [\"10.0.0.9:80\"]\n\
-             [[routes]]\npool = \"web\"\n"
+             [[routes]]\npool = \"web\"\n{tables}"
         )
     };
     let old = dir.join("old.toml");
     let new = dir.join("new.toml");
-    std::fs::write(&old, config("round-robin")).unwrap();
-    std::fs::write(&new, config("least-pending")).unwrap();
+    std::fs::write(&old, config("round-robin", "", "")).unwrap();
+    // Besides the policy, two changes a replay cannot model: they must be named, not ignored.
+    std::fs::write(
+        &new,
+        config(
+            "least-pending",
+            "health_check = { path = \"/healthz\" }\n",
+            "[rate_limit]\nglobal = { rate_per_s = 100 }\n",
+        ),
+    )
+    .unwrap();
     let args = [
         "check",
         new.to_str().unwrap(),
@@ -598,7 +607,15 @@ fn check_simulate_compares_the_changed_pool_side_by_side() {
     eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success());
     assert!(
-        stdout.contains("pool web (changed: policy): 400 requests in the trace"),
+        stdout.contains("pool web (changed: health_check, policy): 400 requests in the trace"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  not simulated: health_check (the replay models policy, backends,"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("not simulated (outside the pools): rate_limit.global;"),
         "{stdout}"
     );
     assert!(stdout.contains("pool other: unchanged"), "{stdout}");
@@ -626,7 +643,7 @@ fn check_simulate_compares_the_changed_pool_side_by_side() {
     let capped = dir.join("capped.toml");
     std::fs::write(
         &capped,
-        config("round-robin").replace(
+        config("round-robin", "", "").replace(
             "[pools.other]",
             "max_pending_per_backend = 1\n[pools.other]",
         ),

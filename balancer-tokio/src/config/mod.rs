@@ -10,6 +10,7 @@
 use std::path::Path;
 
 pub mod defaults;
+mod describe;
 mod hints;
 mod host;
 mod raw;
@@ -22,6 +23,7 @@ pub use types::{
     RateLimitConfig, RouteConfig, SlowStart, TraceConfig,
 };
 
+pub use describe::{changed_keys, config_json};
 use raw::RawConfig;
 use validate::{Errors, validate};
 

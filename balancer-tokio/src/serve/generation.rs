@@ -135,12 +135,21 @@ impl Shared {
                 what: "the admin address",
             });
         }
+        let changed = crate::config::changed_keys(
+            &crate::config::config_json(old_config),
+            &crate::config::config_json(&config),
+        );
         let new = Arc::new(Proxy::reload(&config, &old)?);
         new.start_tasks();
         self.generation.store(Generation::new(new));
         // Requests in flight keep the old generation alive until they finish; its background
         // work stops now (the new generation probes the same backends).
         old.retire();
-        Ok(config.summary())
+        let changed = if changed.is_empty() {
+            "nothing".to_owned()
+        } else {
+            changed.join(", ")
+        };
+        Ok(format!("{}; changed: {changed}", config.summary()))
     }
 }

@@ -46,6 +46,14 @@ async fn reload_under_load_fails_no_request_and_keeps_backend_state() {
         "{}",
         reply.body
     );
+    // The answer says what changed, backend by backend.
+    for change in [
+        format!("backends[{b}].weight"),
+        format!("backends[{c}] (new)"),
+        format!("backends[{a}] (removed)"),
+    ] {
+        assert!(reply.body.contains(&change), "{change}: {}", reply.body);
+    }
     load.wait_for(200).await;
     assert!(backends[2].served() > 0, "the new backend got no traffic");
     let b_after = proxy
