@@ -215,11 +215,9 @@ async fn run(file: &Path) -> anyhow::Result<()> {
     let open_files = raise_open_files_limit();
     let balancer = balancer_tokio::start_file(file).await?;
     warn_if_connections_cannot_fit(&balancer, open_files);
-    for address in balancer.local_addrs() {
-        eprintln!("balancer listening on http://{address}/");
-    }
-    if let Some(admin) = balancer.admin_addr() {
-        eprintln!("admin listening on http://{admin}/");
+    // The banner goes to stderr in both modes: stdout carries the access log.
+    for line in balancer.banner() {
+        eprintln!("{line}");
     }
     let summary = balancer.proxy().config().summary();
     tracing::info!(config = %file.display(), %summary, "serving");
@@ -313,7 +311,7 @@ async fn demo(ports: DemoPorts) -> anyhow::Result<()> {
     raise_open_files_limit();
     let demo = Demo::start(ports).await?;
     for line in demo.banner() {
-        println!("{line}");
+        eprintln!("{line}");
     }
     let signal = os_signal().await.context("cannot listen for signals")?;
     tracing::info!(signal, "shutting down the demo");

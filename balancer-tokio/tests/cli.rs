@@ -152,6 +152,18 @@ impl Running {
         )
     }
 
+    /// As `spawn`, with stderr piped too.
+    fn spawn_with_stderr(args: &[&str]) -> Running {
+        Running(
+            Command::new(BINARY)
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn the balancer binary"),
+        )
+    }
+
     fn signal(&self, name: &str) {
         // `kill` from procps: the crate forbids unsafe code, so no libc::kill.
         let status = Command::new("kill")
@@ -329,8 +341,9 @@ fn default_run_is_the_demo_on_the_documented_ports() {
         eprintln!("skipped: one of ports {ports:?} is in use");
         return;
     }
-    let mut demo = Running::spawn(&[]);
-    let mut stdout = BufReader::new(demo.0.stdout.take().unwrap());
+    let mut demo = Running::spawn_with_stderr(&[]);
+    // The banner is on stderr (stdout is the access log's), among log lines.
+    let mut stderr = BufReader::new(demo.0.stderr.take().unwrap());
     let mut banner = Vec::new();
     while banner
         .last()
@@ -338,19 +351,28 @@ fn default_run_is_the_demo_on_the_documented_ports() {
     {
         let mut line = String::new();
         assert!(
-            stdout.read_line(&mut line).unwrap() > 0,
+            stderr.read_line(&mut line).unwrap() > 0,
             "banner ended early: {banner:?}"
         );
-        banner.push(line.trim_end().to_owned());
+        if !line.contains(" INFO ") && !line.contains(" WARN ") {
+            banner.push(line.trim_end().to_owned());
+        }
     }
-    assert_eq!(banner.len(), 7, "{banner:?}");
+    assert_eq!(banner.len(), 8, "{banner:?}");
+    assert_eq!(
+        banner[5],
+        "balancer listening on http://127.0.0.1:8080/ (listener demo)"
+    );
     assert!(
-        banner[5].starts_with("admin listening on http://127.0.0.1:9901/"),
+        banner[6].starts_with("admin listening on http://127.0.0.1:9901/"),
         "{banner:?}"
     );
-    assert_eq!(banner[6], "try: curl http://127.0.0.1:8080/");
-    // Keep draining stdout (access-log lines) so the child never blocks on a full pipe.
+    assert_eq!(banner[7], "try: curl http://127.0.0.1:8080/");
+    // Keep draining both outputs (access-log and log lines) so the child never blocks on a
+    // full pipe.
+    let mut stdout = demo.0.stdout.take().unwrap();
     std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
     let address: SocketAddr = "127.0.0.1:8080".parse().unwrap();
     let mut answers: Vec<String> = (0..8)
         .map(|_| http_get(address, "/"))

@@ -190,6 +190,27 @@ impl RunningBalancer {
         self.admin
     }
 
+    /// What a person starting it needs to know: where each listener and the admin API listen,
+    /// and a first command to try. One line each, the same in demo and config mode.
+    pub fn banner(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .addresses
+            .iter()
+            .map(|(name, address)| {
+                format!("balancer listening on http://{address}/ (listener {name})")
+            })
+            .collect();
+        if let Some(admin) = self.admin {
+            lines.push(format!(
+                "admin listening on http://{admin}/ (/metrics, /backends, /config, /healthz)"
+            ));
+        }
+        if let Some((_, address)) = self.addresses.first() {
+            lines.push(format!("try: curl http://{address}/"));
+        }
+        lines
+    }
+
     /// The config generation in force (pools and their schedulers), for inspection.
     pub fn proxy(&self) -> Arc<Proxy> {
         self.shared.current()

@@ -662,7 +662,12 @@ impl Pool {
             // Unknown: removed by a reload while the probe ran.
             Ok(None) | Err(_) => return,
         };
-        tracing::warn!(pool = %self.name, backend = %backend.address, state, "health check: backend went {state}");
+        // Going down is worth an operator's attention; coming back is good news.
+        if state == "down" {
+            tracing::warn!(pool = %self.name, backend = %backend.address, state, "health check: backend went down");
+        } else {
+            tracing::info!(pool = %self.name, backend = %backend.address, state, "health check: backend went up");
+        }
         self.core
             .metrics
             .health_transitions

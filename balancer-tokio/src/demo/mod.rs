@@ -110,7 +110,7 @@ impl Demo {
         Ok(Demo { backends, balancer })
     }
 
-    /// One banner line per listener, then how to try it.
+    /// One banner line per backend, then the balancer's own banner.
     pub fn banner(&self) -> Vec<String> {
         let mut lines: Vec<String> = self
             .backends
@@ -124,17 +124,11 @@ impl Demo {
                 )
             })
             .collect();
-        let address = self.balancer.local_addrs()[0];
         lines.push(format!(
-            "balancer listening on http://{address}/ (least-pending over {} backends)",
+            "least-pending over these {} backends; to balance your own: balancer --config FILE",
             self.backends.len()
         ));
-        if let Some(admin) = self.balancer.admin_addr() {
-            lines.push(format!(
-                "admin listening on http://{admin}/ (/metrics, /backends, /config, /healthz)"
-            ));
-        }
-        lines.push(format!("try: curl http://{address}/"));
+        lines.extend(self.balancer.banner());
         lines
     }
 

@@ -17,10 +17,14 @@ async fn demo_mode_answers_from_all_four_backends() {
     .await
     .expect("demo starts");
     let banner = demo.banner();
-    assert_eq!(banner.len(), 7, "{banner:?}");
-    assert!(banner[5].starts_with("admin listening on "), "{banner:?}");
+    assert_eq!(banner.len(), 8, "{banner:?}");
     assert!(
-        banner[6].starts_with("try: curl http://127.0.0.1:"),
+        banner[5].starts_with("balancer listening on "),
+        "{banner:?}"
+    );
+    assert!(banner[6].starts_with("admin listening on "), "{banner:?}");
+    assert!(
+        banner[7].starts_with("try: curl http://127.0.0.1:"),
         "{banner:?}"
     );
     let Demo { backends, balancer } = demo;
