@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
+use balancer_tokio::runtime::service_manager;
 use balancer_tokio::shutdown::os_signal;
 use balancer_tokio::{Config, Demo, DemoBackend, DemoBackendConfig, DemoPorts};
 use clap::{Parser, Subcommand};
@@ -221,16 +222,23 @@ async fn run(file: &Path) -> anyhow::Result<()> {
     }
     let summary = balancer.proxy().config().summary();
     tracing::info!(config = %file.display(), %summary, "serving");
+    service_manager::ready(format!("serving: {summary}")).await;
     let signal = loop {
         tokio::select! {
             signal = os_signal() => break signal.context("cannot listen for signals")?,
             () = hangups.next() => {
+                service_manager::reloading().await;
                 // Refusals are logged by reload itself; the old config keeps serving.
-                let _ = balancer.reload();
+                let status = match balancer.reload() {
+                    Ok(summary) => format!("serving (reloaded): {summary}"),
+                    Err(err) => format!("serving the previous config; reload refused: {err}"),
+                };
+                service_manager::ready(status).await;
             }
             () = reopens.next() => balancer.reopen_logs(),
         }
     };
+    service_manager::stopping().await;
     tracing::info!(signal, "shutting down: draining in-flight requests");
     let report = balancer.shutdown().await;
     tracing::info!(?report, "stopped");

@@ -765,3 +765,74 @@ fn the_open_files_soft_limit_is_raised_to_the_hard_one() {
     assert!(balancer.wait_for_exit().success());
     let _ = std::fs::remove_file(config);
 }
+
+/// Reads one sd_notify datagram within `IO_TIMEOUT`.
+fn notification(socket: &std::os::unix::net::UnixDatagram) -> String {
+    let mut buffer = [0u8; 4096];
+    let n = socket
+        .recv(&mut buffer)
+        .expect("a notification within the timeout");
+    String::from_utf8_lossy(&buffer[..n]).into_owned()
+}
+
+#[test]
+fn a_service_manager_hears_ready_reloading_and_stopping() {
+    let dir = std::env::temp_dir().join(format!("balancer-notify-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // The service manager's end of the sd_notify protocol: a datagram socket named by
+    // $NOTIFY_SOCKET, as systemd creates for a Type=notify unit.
+    let socket_path = dir.join("notify.sock");
+    let manager = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    manager.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = dir.join("notify.toml");
+    let write_config = |backend: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"{address}\"\nadmin = \"off\"\naccess_log = \"off\"\nbackends = [\"{backend}\"]\n"
+            ),
+        )
+        .unwrap();
+    };
+    write_config("127.0.0.1:9");
+    let mut balancer = Running(
+        Command::new(BINARY)
+            .args(["--config", &config.display().to_string()])
+            .env("NOTIFY_SOCKET", &socket_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+
+    let ready = notification(&manager);
+    assert!(
+        ready.lines().any(|l| l == "READY=1") && ready.contains("STATUS=serving: 1 listener(s)"),
+        "{ready:?}"
+    );
+    // Ready means bound: the listener accepts at once.
+    TcpStream::connect(address).expect("ready only once listening");
+
+    write_config("127.0.0.1:10");
+    balancer.signal("HUP");
+    let reloading = notification(&manager);
+    assert!(
+        reloading.lines().any(|l| l == "RELOADING=1")
+            && reloading.lines().any(|l| l.starts_with("MONOTONIC_USEC=")),
+        "{reloading:?}"
+    );
+    let reloaded = notification(&manager);
+    assert!(
+        reloaded.lines().any(|l| l == "READY=1")
+            && reloaded.contains("STATUS=serving (reloaded):")
+            && reloaded.contains("changed: pools.default.backends[127.0.0.1:10] (new)"),
+        "{reloaded:?}"
+    );
+
+    balancer.signal("TERM");
+    assert_eq!(notification(&manager).trim_end(), "STOPPING=1");
+    assert!(balancer.wait_for_exit().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
