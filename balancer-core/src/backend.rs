@@ -67,8 +67,12 @@ pub struct BackendSnapshot {
     pub weight: u32,
     /// Requests dispatched to it and not yet done.
     pub pending: u32,
-    /// The peak-EWMA latency estimate at the time asked, in nanoseconds.
+    /// The peak-EWMA latency estimate at the time asked, in nanoseconds. It decays towards
+    /// zero while no response arrives (so an idle backend is tried again): see
+    /// `ewma_updated_at`.
     pub ewma_ns: f64,
+    /// When the estimate last took a latency sample (or was seeded, when the backend was added).
+    pub ewma_updated_at: Timestamp,
     /// Requests dispatched to it over its life.
     pub dispatched: u64,
     /// Requests done with success.
@@ -315,6 +319,7 @@ impl BackendTable {
             weight: slot.weight,
             pending: slot.pending,
             ewma_ns: slot.ewma.estimate_ns(now, decay_ns),
+            ewma_updated_at: slot.ewma.updated_at(),
             dispatched: slot.dispatched,
             succeeded: slot.succeeded,
             failed: slot.failed,

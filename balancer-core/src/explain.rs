@@ -41,6 +41,28 @@ impl Candidate {
         self.ewma.estimate_ns(self.at, self.decay_ns)
     }
 
+    /// How long before the decision the estimate took its last latency sample. Past one decay
+    /// time most of the estimate has decayed away: a low EWMA then means "not heard from
+    /// lately", not "fast".
+    pub fn ewma_sample_age(&self) -> core::time::Duration {
+        self.at.saturating_since(self.ewma.updated_at())
+    }
+
+    /// The estimate in words for the decision sentence: the value, and when it is mostly
+    /// decayed, why it is low.
+    fn ewma_words(&self) -> String {
+        let ms = self.ewma_ns() / 1e6;
+        let age = self.ewma_sample_age();
+        if age.as_secs_f64() * 1e9 > self.decay_ns {
+            format!(
+                "ewma {ms:.3} ms, decayed: no response in the last {:.1} s",
+                age.as_secs_f64()
+            )
+        } else {
+            format!("ewma {ms:.3} ms")
+        }
+    }
+
     /// The load peak-ewma compares: (EWMA + 1 ns) × (pending + 1) ÷ weight, in nanoseconds.
     pub fn peak_ewma_cost_ns(&self) -> f64 {
         (self.ewma_ns() + 1.0) * f64::from(self.pending + 1) / f64::from(self.weight)
@@ -211,13 +233,13 @@ impl fmt::Display for DecisionRecord {
                 PolicyKind::PeakEwma => match self.rival {
                     Some(rival) => write!(
                         f,
-                        "peak-ewma drew {} at cost {:.3} ms (ewma {:.3} ms) and {} at cost {:.3} ms (ewma {:.3} ms): the lower cost wins",
+                        "peak-ewma drew {} at cost {:.3} ms ({}) and {} at cost {:.3} ms ({}): the lower cost wins",
                         load(&chosen),
                         chosen.peak_ewma_cost_ns() / 1e6,
-                        chosen.ewma_ns() / 1e6,
+                        chosen.ewma_words(),
                         load(&rival),
                         rival.peak_ewma_cost_ns() / 1e6,
-                        rival.ewma_ns() / 1e6,
+                        rival.ewma_words(),
                     )?,
                     None => write!(
                         f,

@@ -30,6 +30,12 @@ impl PeakEwma {
         self.estimate_ns * (-elapsed / decay_ns).exp()
     }
 
+    /// When the estimate last took an observation (or was seeded): reading it later gives a
+    /// decayed value, so this says how much of it is a measurement.
+    pub fn updated_at(&self) -> Timestamp {
+        self.updated_at
+    }
+
     /// Folds in one observed latency at `now`.
     pub fn observe(&mut self, now: Timestamp, latency_ns: f64, decay_ns: f64) {
         let latency_ns = latency_ns.max(0.0);

@@ -104,6 +104,30 @@ fn peak_ewma_record_shows_costs() {
 }
 
 #[test]
+fn a_decayed_estimate_says_it_is_old_not_fast() {
+    let s_config = SchedulerConfig::new(PolicyKind::PeakEwma);
+    let decay = Duration::from_nanos(s_config.ewma_decay_ns);
+    let mut s = pool(PolicyKind::PeakEwma, &[1, 1]);
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    // Three decay times with no response: the seeded estimate is down to e^-3 of itself.
+    let later = Timestamp::ZERO + decay * 3;
+    let (_, record) = work_explained(&mut s, later, &mut rng);
+    let chosen = record.chosen.expect("a backend was chosen");
+    assert_eq!(chosen.ewma_sample_age(), decay * 3);
+    let text = record.to_string();
+    let words = format!(
+        "decayed: no response in the last {:.1} s",
+        (decay * 3).as_secs_f64()
+    );
+    assert_eq!(text.matches(&words).count(), 2, "{text}");
+
+    // Fresh at the start: no such words.
+    let mut fresh = pool(PolicyKind::PeakEwma, &[1, 1]);
+    let (_, record) = work_explained(&mut fresh, Timestamp::ZERO, &mut rng);
+    assert!(!record.to_string().contains("decayed"), "{record}");
+}
+
+#[test]
 fn record_names_skipped_backends_and_rejections() {
     let mut config = SchedulerConfig::new(PolicyKind::RoundRobin);
     config.outlier = Some(OutlierConfig {

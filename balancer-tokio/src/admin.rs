@@ -270,6 +270,7 @@ fn explain_try(
             "pending": c.pending,
             "weight": c.weight,
             "ewma_ms": (c.ewma_ns() / 1e3).round() / 1e3,
+            "ewma_last_sample_ms_ago": c.ewma_sample_age().as_millis() as u64,
             "state": state,
         })
     };
@@ -419,6 +420,7 @@ fn backends(shared: &Shared) -> Value {
                         "pending": s.pending,
                         "weight": s.weight,
                         "ewma_ms": (s.ewma_ns / 1e3).round() / 1e3,
+                        "ewma_last_sample_ms_ago": now.saturating_since(s.ewma_updated_at).as_millis() as u64,
                         "dispatched": s.dispatched,
                         "succeeded": s.succeeded,
                         "failed": s.failed,
