@@ -545,7 +545,158 @@ struct ScenarioFile {
     #[serde(default)]
     backend: Vec<BackendEntry>,
     #[serde(default)]
-    fault: Vec<FaultEntry>,
+    fault: Vec<RawFault>,
+}
+
+/// A `[[fault]]` table as written: every key any kind takes, so that the TOML decoder points a
+/// wrong type or an unknown key at its own line (a table tagged by `kind` would be buffered
+/// first, and every error would point at the `[[fault]]` header). [`RawFault::entry`] then
+/// checks the keys against the kind.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFault {
+    kind: toml::Spanned<String>,
+    at: Option<String>,
+    backend: Option<u32>,
+    detect_after: Option<String>,
+    until: Option<String>,
+    error_rate: Option<f64>,
+    duration: Option<String>,
+    factor: Option<f64>,
+    speed: Option<f64>,
+    count: Option<u32>,
+    service: Option<String>,
+    concurrency: Option<u32>,
+    weight: Option<u32>,
+}
+
+/// Every kind of fault and the keys it takes besides `kind` (required ones first, then `|`,
+/// then optional ones).
+const FAULT_KINDS: [(&str, &[&str], &[&str]); 13] = [
+    ("crash", &["at", "backend"], &["detect_after"]),
+    ("recover", &["at", "backend"], &[]),
+    ("black-hole", &["at", "backend"], &["until"]),
+    ("flaky", &["at", "backend", "error_rate"], &["until"]),
+    ("spike", &["at", "duration", "factor"], &["backend"]),
+    ("slowdown", &["at", "backend", "speed"], &["until"]),
+    (
+        "add",
+        &["at"],
+        &["count", "service", "concurrency", "speed", "weight"],
+    ),
+    ("leave", &["at", "backend"], &[]),
+    ("stall", &["at", "backend"], &["until"]),
+    ("remove", &["at", "backend"], &[]),
+    ("drain", &["at", "backend"], &[]),
+    ("undrain", &["at", "backend"], &[]),
+    ("weight", &["at", "backend", "weight"], &[]),
+];
+
+impl RawFault {
+    /// The keys this table sets, besides `kind`.
+    fn present(&self) -> Vec<&'static str> {
+        let keys = [
+            ("at", self.at.is_some()),
+            ("backend", self.backend.is_some()),
+            ("detect_after", self.detect_after.is_some()),
+            ("until", self.until.is_some()),
+            ("error_rate", self.error_rate.is_some()),
+            ("duration", self.duration.is_some()),
+            ("factor", self.factor.is_some()),
+            ("speed", self.speed.is_some()),
+            ("count", self.count.is_some()),
+            ("service", self.service.is_some()),
+            ("concurrency", self.concurrency.is_some()),
+            ("weight", self.weight.is_some()),
+        ];
+        keys.into_iter()
+            .filter(|(_, set)| *set)
+            .map(|(k, _)| k)
+            .collect()
+    }
+
+    /// The fault this table describes, or what is wrong with its keys.
+    fn entry(self) -> Result<FaultEntry, String> {
+        let kind = self.kind.get_ref().as_str();
+        let Some((_, required, optional)) = FAULT_KINDS.iter().find(|(k, _, _)| *k == kind) else {
+            let kinds: Vec<&str> = FAULT_KINDS.iter().map(|(k, _, _)| *k).collect();
+            return Err(format!(
+                "unknown fault kind `{kind}`; write one of {}",
+                kinds.join(", ")
+            ));
+        };
+        let present = self.present();
+        if let Some(extra) = present
+            .iter()
+            .find(|k| !required.contains(k) && !optional.contains(k))
+        {
+            let mut takes: Vec<&str> = required.to_vec();
+            takes.extend(optional.iter());
+            return Err(format!(
+                "a `{kind}` fault has no key `{extra}`; it takes {}",
+                takes.join(", ")
+            ));
+        }
+        if let Some(missing) = required.iter().find(|k| !present.contains(k)) {
+            return Err(format!("a `{kind}` fault needs `{missing}`"));
+        }
+        // Present by the check above: the unwraps cannot fail.
+        let at = self.at.unwrap_or_default();
+        let backend = self.backend.unwrap_or_default();
+        Ok(match kind {
+            "crash" => FaultEntry::Crash {
+                at,
+                backend,
+                detect_after: self.detect_after,
+            },
+            "recover" => FaultEntry::Recover { at, backend },
+            "black-hole" => FaultEntry::BlackHole {
+                at,
+                backend,
+                until: self.until,
+            },
+            "flaky" => FaultEntry::Flaky {
+                at,
+                backend,
+                error_rate: self.error_rate.unwrap_or_default(),
+                until: self.until,
+            },
+            "spike" => FaultEntry::Spike {
+                at,
+                backend: self.backend,
+                duration: self.duration.unwrap_or_default(),
+                factor: self.factor.unwrap_or_default(),
+            },
+            "slowdown" => FaultEntry::Slowdown {
+                at,
+                backend,
+                speed: self.speed.unwrap_or_default(),
+                until: self.until,
+            },
+            "add" => FaultEntry::Add {
+                at,
+                count: self.count.unwrap_or(1),
+                service: self.service,
+                concurrency: self.concurrency,
+                speed: self.speed,
+                weight: self.weight,
+            },
+            "leave" => FaultEntry::Leave { at, backend },
+            "stall" => FaultEntry::Stall {
+                at,
+                backend,
+                until: self.until,
+            },
+            "remove" => FaultEntry::Remove { at, backend },
+            "drain" => FaultEntry::Drain { at, backend },
+            "undrain" => FaultEntry::Undrain { at, backend },
+            _ => FaultEntry::Weight {
+                at,
+                backend,
+                weight: self.weight.unwrap_or_default(),
+            },
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -563,8 +714,7 @@ fn one() -> u32 {
     1
 }
 
-#[derive(Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+/// A `[[fault]]` table whose keys fit its kind.
 enum FaultEntry {
     Crash {
         at: String,
@@ -601,7 +751,6 @@ enum FaultEntry {
     },
     Add {
         at: String,
-        #[serde(default = "one")]
         count: u32,
         service: Option<String>,
         concurrency: Option<u32>,
@@ -705,8 +854,20 @@ impl Scenario {
             }
             Some(fleet)
         };
+        let mut entries = Vec::with_capacity(parsed.fault.len());
+        for raw in parsed.fault {
+            let span = raw.kind.span();
+            let entry = raw.entry().map_err(|message| {
+                let (line, column) = line_column(text, span.start);
+                ScenarioError::Parse {
+                    file: file.to_owned(),
+                    message: format!("line {line}, column {column}: {message}"),
+                }
+            })?;
+            entries.push(entry);
+        }
         let mut faults = Vec::new();
-        for (i, entry) in parsed.fault.iter().enumerate() {
+        for (i, entry) in entries.iter().enumerate() {
             let index = i + 1;
             let what = || format!("entry of kind {}", entry_kind(entry));
             let dur = |s: &str| -> Result<u64, ScenarioError> {
@@ -995,6 +1156,20 @@ pub fn scenario_toml(fleet: &[BackendSpec], core: &CoreOptions, faults: &[Fault]
     out
 }
 
+/// 1-based line and column of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    )
+}
+
 fn entry_kind(entry: &FaultEntry) -> &'static str {
     match entry {
         FaultEntry::Crash { .. } => "crash",
@@ -1065,7 +1240,20 @@ mod tests {
             ),
             (
                 "[[fault]]\nkind = \"explode\"\nat = \"1ms\"",
-                "unknown variant",
+                "line 2, column 8: unknown fault kind `explode`; write one of crash,",
+            ),
+            // Errors point at the key's own line, not at the [[fault]] header.
+            (
+                "[[fault]]\nkind = \"spike\"\nat = \"1s\"\nduration = \"2s\"\nfactor = \"x\"",
+                "line 5, column 10",
+            ),
+            (
+                "[[fault]]\nkind = \"spike\"\nat = \"1s\"\nduration = \"2s\"\nfactor = 2.0\nspeed = 3.0",
+                "a `spike` fault has no key `speed`; it takes at, duration, factor, backend",
+            ),
+            (
+                "[[fault]]\nkind = \"weight\"\nat = \"1s\"\nbackend = 0",
+                "line 2, column 8: a `weight` fault needs `weight`",
             ),
             (
                 "[[fault]]\nkind = \"crash\"\nat = \"1 parsec\"\nbackend = 0",
