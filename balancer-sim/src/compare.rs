@@ -224,6 +224,26 @@ fn plot(
     )
 }
 
+/// Labelled ticks for a log axis from `lo` to `hi`: 1, 2 and 5 of every decade, so that a
+/// range inside one decade (most latencies sit between 1 and 10 ms) still has labels.
+fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let mut ticks = Vec::new();
+    if !(lo > 0.0 && hi > lo && hi.is_finite()) {
+        return ticks;
+    }
+    let mut decade = 10f64.powf(lo.log10().floor());
+    while decade <= hi {
+        for step in [1.0, 2.0, 5.0] {
+            let tick = decade * step;
+            if tick >= lo && tick <= hi {
+                ticks.push(tick);
+            }
+        }
+        decade *= 10.0;
+    }
+    ticks
+}
+
 /// One line (with points) per named series, log-scaled y; `reference` adds a dashed
 /// horizontal line with its label (e.g. a recorded figure).
 pub fn plot_lines(
@@ -266,44 +286,63 @@ pub fn plot_lines(
         .margin(16)
         .x_label_area_size(48)
         .y_label_area_size(72)
-        .build_cartesian_2d((x_lo - pad)..(x_hi + pad), (lo..hi).log_scale())
+        .build_cartesian_2d(
+            (x_lo - pad)..(x_hi + pad),
+            (lo..hi).log_scale().with_key_points(log_ticks(lo, hi)),
+        )
         .map_err(|e| fail(&e))?;
     chart
         .configure_mesh()
         .x_desc(x_label)
         .y_desc(y_label)
-        .y_labels(12)
         .y_label_formatter(&|v| {
             // Log-scale labels span decades: keep about three significant digits.
-            if *v >= 10.0 {
+            if *v >= 1.0 {
                 format!("{v:.0}")
-            } else if *v >= 1.0 {
-                format!("{v:.1}")
             } else {
-                format!("{v:.2}")
+                // 0.5, 0.2, 0.05, ...: as many decimals as the tick needs.
+                let decimals = (-v.log10()).ceil().max(1.0) as usize;
+                format!("{v:.decimals$}")
             }
         })
         .max_light_lines(1)
         .light_line_style(RGBColor(0xee, 0xee, 0xee))
         .draw()
         .map_err(|e| fail(&e))?;
+    // Policies often coincide (at low load every one is near the service time): earlier
+    // series are drawn wider, and each has its own marker, so a line on top of another leaves
+    // the one below visible at its edges.
+    let count = series.len();
     for (p, (name, points)) in series.iter().enumerate() {
         let colour = COLOURS[p % COLOURS.len()];
+        let width = 2 + 2 * u32::try_from(count - 1 - p).unwrap_or(0).min(4);
         let points: Vec<(f64, f64)> = points.iter().map(|&(x, y)| (x, y.max(lo))).collect();
         chart
-            .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))
+            .draw_series(LineSeries::new(points.clone(), colour.stroke_width(width)))
             .map_err(|e| fail(&e))?
             .label(name.as_str())
             .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
+                PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(width))
             });
-        chart
-            .draw_series(
+        let marker_size = 4 + 2 * i32::try_from(count - 1 - p).unwrap_or(0).min(3);
+        match p % 3 {
+            0 => chart.draw_series(
                 points
                     .into_iter()
-                    .map(|pt| Circle::new(pt, 4, colour.filled())),
-            )
-            .map_err(|e| fail(&e))?;
+                    .map(|pt| Circle::new(pt, marker_size, colour.filled())),
+            ),
+            1 => chart.draw_series(
+                points
+                    .into_iter()
+                    .map(|pt| TriangleMarker::new(pt, marker_size + 2, colour.filled())),
+            ),
+            _ => chart.draw_series(
+                points
+                    .into_iter()
+                    .map(|pt| Cross::new(pt, marker_size, colour.stroke_width(2))),
+            ),
+        }
+        .map_err(|e| fail(&e))?;
     }
     if let Some((label, value)) = reference.filter(|r| r.1 > 0.0) {
         chart
@@ -331,4 +370,21 @@ pub fn plot_lines(
         .map_err(|e| fail(&e))?;
     root.present().map_err(|e| fail(&e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_ticks_label_every_decade_at_1_2_and_5() {
+        assert_eq!(log_ticks(1.5, 9.0), [2.0, 5.0]);
+        let ticks = log_ticks(0.3, 30.0);
+        let expected = [0.5, 1.0, 2.0, 5.0, 10.0, 20.0];
+        assert_eq!(ticks.len(), expected.len(), "{ticks:?}");
+        for (tick, want) in ticks.iter().zip(expected) {
+            assert!((tick - want).abs() < 1e-9, "{ticks:?}");
+        }
+        assert!(log_ticks(0.0, 1.0).is_empty());
+    }
 }
