@@ -158,6 +158,9 @@ pub(crate) struct BackendTable {
     pub(crate) eligible_weight_sum: u64,
     /// Bumped whenever the eligible set or an eligible weight changes, so policies can cache.
     pub(crate) eligible_version: u64,
+    /// Bumped whenever a backend is added or removed or a weight changes (eligible or not),
+    /// so that the consistent-hash ring knows when to rebuild.
+    pub(crate) membership_version: u64,
     live: usize,
 }
 
@@ -200,6 +203,7 @@ impl BackendTable {
             }
         };
         self.live += 1;
+        self.membership_version += 1;
         self.add_eligible(index);
         Some(BackendId {
             index,
@@ -216,6 +220,7 @@ impl BackendTable {
         slot.generation = slot.generation.wrapping_add(1);
         self.free.push(index);
         self.live -= 1;
+        self.membership_version += 1;
     }
 
     /// The slot index of `id` if it names a live backend.
@@ -264,6 +269,7 @@ impl BackendTable {
             self.remove_eligible(index);
         }
         self.slots[index as usize].weight = weight;
+        self.membership_version += 1;
         if was_eligible {
             self.add_eligible(index);
         }

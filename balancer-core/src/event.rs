@@ -62,6 +62,10 @@ pub struct RequestInfo {
     /// The end of the request's whole time (all tries and backoffs): no retry is decided
     /// whose backoff would end after it. `None`: no limit.
     pub deadline: Option<Timestamp>,
+    /// The request's affinity key, hashed with [`crate::hash_key`], for the consistent-hash
+    /// policy (other policies ignore it). `None`: the request has no key; consistent-hash
+    /// falls back to p2c.
+    pub hash_key: Option<u64>,
 }
 
 /// Why a request was not dispatched.

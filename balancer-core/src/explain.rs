@@ -125,6 +125,22 @@ pub struct DecisionRecord {
     /// Whether the pool was in panic (too few healthy backends): the choice was p2c by
     /// pending over every backend not draining or full, healthy or not.
     pub panic: bool,
+    /// consistent-hash with a key: what the ring decided. `None` for other policies, and for
+    /// a request without a key (p2c chose; `rival` is its other draw).
+    pub hash: Option<HashDecision>,
+}
+
+/// The ring's part of a consistent-hash decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HashDecision {
+    /// The key's hash (the key itself is never recorded).
+    pub key_hash: u64,
+    /// The backend owning the key on the ring.
+    pub owner: BackendId,
+    /// Backends passed over, ineligible or at their load cap, before the chosen one.
+    pub passed: u32,
+    /// The chosen backend's load cap (`u32::MAX`: unbounded).
+    pub cap: u32,
 }
 
 /// A blank record for a driver to hand to `handle_work` or `handle_retry_work`, which
@@ -152,6 +168,7 @@ impl DecisionRecord {
             skipped: [None; EXPLAIN_SKIPPED_NAMED],
             retry: false,
             panic: false,
+            hash: None,
         }
     }
 
@@ -257,6 +274,44 @@ impl fmt::Display for DecisionRecord {
                     "random chose {} among {eligible} eligible, in proportion to weight",
                     load(&chosen)
                 )?,
+                PolicyKind::ConsistentHash => match (self.hash, self.rival) {
+                    (Some(hash), _) => {
+                        let cap = if hash.cap == u32::MAX {
+                            "no load bound".to_owned()
+                        } else {
+                            format!("under its cap of {}", hash.cap)
+                        };
+                        if hash.owner == chosen.backend {
+                            write!(
+                                f,
+                                "consistent-hash: key {:016x} is owned by {}, chosen ({cap})",
+                                hash.key_hash,
+                                load(&chosen)
+                            )?;
+                        } else {
+                            write!(
+                                f,
+                                "consistent-hash: key {:016x} is owned by {}, passed over (ineligible or at its cap) with {} more; {} is the next on the ring ({cap})",
+                                hash.key_hash,
+                                hash.owner,
+                                hash.passed.saturating_sub(1),
+                                load(&chosen)
+                            )?;
+                        }
+                    }
+                    (None, Some(rival)) => write!(
+                        f,
+                        "consistent-hash: no key, so p2c drew {} and {}: {} has fewer pending per weight",
+                        load(&chosen),
+                        load(&rival),
+                        chosen.backend
+                    )?,
+                    (None, None) => write!(
+                        f,
+                        "consistent-hash: no key, so p2c chose {}, the only eligible backend",
+                        load(&chosen)
+                    )?,
+                },
             },
             (Decision::Dispatch { backend, .. }, None) => write!(f, "dispatched to {backend}")?,
         }

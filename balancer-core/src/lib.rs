@@ -66,15 +66,18 @@ pub use event::{
 };
 pub use explain::{
     Candidate, DecisionRecord, EXPLAIN_LIST_SKIPPED_UP_TO, EXPLAIN_SKIPPED_NAMED,
-    EXPLAIN_TIE_LIMIT, SkipReason, Skipped,
+    EXPLAIN_TIE_LIMIT, HashDecision, SkipReason, Skipped,
 };
 pub use health::{HealthCheckConfig, HealthTransition};
 pub use journal::{Journal, JournalEntry};
 pub use load::PeakEwma;
 pub use outlier::OutlierConfig;
+pub use policy::consistent_hash::{MAX_POINTS_PER_BACKEND, POINTS_PER_WEIGHT, hash_key};
 pub use policy::{PolicyKind, UnknownPolicy};
 pub use retry::RetryConfig;
-pub use scheduler::{DEFAULT_MAX_IN_FLIGHT, Reconciliation, Scheduler, SchedulerConfig};
+pub use scheduler::{
+    DEFAULT_HASH_LOAD_FACTOR, DEFAULT_MAX_IN_FLIGHT, Reconciliation, Scheduler, SchedulerConfig,
+};
 pub use status::{InvalidStatus, MAX_STATUS, MIN_STATUS, StatusSet};
 pub use time::Timestamp;
 pub use warmup::SlowStartConfig;

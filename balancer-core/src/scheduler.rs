@@ -59,7 +59,13 @@ pub struct SchedulerConfig {
     /// Response statuses that count as the backend failing (for outlier ejection and the
     /// failure counters). Every 5xx by default.
     pub failure_status: StatusSet,
+    /// consistent-hash: a backend takes at most this many times its share of the requests in
+    /// flight (at least 1.0; 1.25 by default); `None`: no bound, keys never move for load.
+    pub hash_load_factor: Option<f64>,
 }
+
+/// The consistent-hash policy's default bound on a backend's share of the load.
+pub const DEFAULT_HASH_LOAD_FACTOR: f64 = 1.25;
 
 impl SchedulerConfig {
     /// The defaults for `policy`.
@@ -76,6 +82,7 @@ impl SchedulerConfig {
             slow_start: None,
             panic_threshold_percent: None,
             failure_status: StatusSet::class(5),
+            hash_load_factor: Some(DEFAULT_HASH_LOAD_FACTOR),
         }
     }
 }
@@ -180,7 +187,7 @@ impl Scheduler {
     pub fn new(mut config: SchedulerConfig) -> Self {
         config.max_pending_per_backend = config.max_pending_per_backend.map(|cap| cap.max(1));
         Scheduler {
-            policy: Policy::new(config.policy),
+            policy: Policy::new(config.policy, config.hash_load_factor),
             config,
             backends: BackendTable::default(),
             requests: Vec::new(),
@@ -242,7 +249,7 @@ impl Scheduler {
         let old = std::mem::replace(&mut self.config, config);
         self.note(|| JournalEntry::Reconfigure);
         if old.policy != config.policy {
-            self.policy = Policy::new(config.policy);
+            self.policy = Policy::new(config.policy, config.hash_load_factor);
             for position in 0..self.backends.eligible.len() {
                 let index = self.backends.eligible[position];
                 let pending = self.backends.slots[index as usize].pending;
@@ -749,7 +756,14 @@ impl Scheduler {
         let (pick, panic) = if self.in_flight >= self.config.max_in_flight {
             (None, false)
         } else {
-            self.choose(now, rng)
+            let key = match placement {
+                Placement::New(info) => info.hash_key,
+                Placement::Retry(slot) => self.requests[slot as usize]
+                    .entry
+                    .as_ref()
+                    .and_then(|live| live.info.hash_key),
+            };
+            self.choose(now, rng, key)
         };
         if let Some(record) = record.as_deref_mut() {
             record.panic = panic;
@@ -815,7 +829,12 @@ impl Scheduler {
     /// The policy's choice, through panic mode and slow start. Returns it and whether the
     /// pool was in panic.
     #[inline]
-    fn choose<R: Rng + ?Sized>(&mut self, now: Timestamp, rng: &mut R) -> (Option<Pick>, bool) {
+    fn choose<R: Rng + ?Sized>(
+        &mut self,
+        now: Timestamp,
+        rng: &mut R,
+        key: Option<u64>,
+    ) -> (Option<Pick>, bool) {
         let candidates = self.backends.len() - self.draining as usize;
         if warmup::in_panic(
             self.config.panic_threshold_percent,
@@ -825,7 +844,9 @@ impl Scheduler {
             return (self.panic_pick(rng), true);
         }
         let decay_ns = self.config.ewma_decay_ns as f64;
-        let mut pick = self.policy.pick(&self.backends, now, decay_ns, rng);
+        let mut pick = self
+            .policy
+            .pick(&self.backends, now, decay_ns, rng, key, self.in_flight);
         let Some(slow_start) = self.config.slow_start.filter(|_| self.warming > 0) else {
             return (pick, false);
         };
@@ -851,7 +872,9 @@ impl Scheduler {
             self.update_index_state(chosen as usize, |slot| slot.excluded = true);
             set_aside[aside] = chosen;
             aside += 1;
-            pick = self.policy.pick(&self.backends, now, decay_ns, rng);
+            pick = self
+                .policy
+                .pick(&self.backends, now, decay_ns, rng, key, self.in_flight);
         }
         for &index in &set_aside[..aside] {
             self.update_index_state(index as usize, |slot| slot.excluded = false);
@@ -861,6 +884,7 @@ impl Scheduler {
             pick = Some(Pick {
                 chosen: set_aside[0],
                 rival: None,
+                hash: None,
             });
         }
         (pick, false)
@@ -893,10 +917,12 @@ impl Scheduler {
             Some(second) if pending(second) < pending(first) => Pick {
                 chosen: second,
                 rival: Some(first),
+                hash: None,
             },
             _ => Pick {
                 chosen: first,
                 rival: second,
+                hash: None,
             },
         })
     }
@@ -931,6 +957,12 @@ impl Scheduler {
         if let Some(pick) = pick {
             record.chosen = Some(candidate(pick.chosen));
             record.rival = pick.rival.map(candidate);
+            record.hash = pick.hash.map(|hash| crate::explain::HashDecision {
+                key_hash: hash.key_hash,
+                owner: self.backends.id_of(hash.owner),
+                passed: hash.passed,
+                cap: hash.cap,
+            });
             let context = (!record.panic)
                 .then(|| {
                     self.policy

@@ -628,6 +628,7 @@ impl<'a> Sim<'a> {
         let info = RequestInfo {
             method,
             deadline: None,
+            hash_key: None,
         };
         let decision = self
             .scheduler

@@ -3,7 +3,8 @@
 //! `core/dispatch_done/{policy}/{backends}`: steady state with 2 × backends requests in
 //! flight; each iteration dispatches one request and reports the done of the oldest one.
 //! `core/dispatch_done_explained/{policy}/{backends}`: the same with a decision record kept
-//! for every request, to measure what explaining costs.
+//! for every request, to measure what explaining costs. consistent-hash requests each carry a
+//! key (a counter, hashed with `hash_key` in the measured loop: the hash is included).
 
 use std::collections::VecDeque;
 use std::hint::black_box;
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use balancer_core::{
     Decision, DecisionRecord, PolicyKind, RequestInfo, Scheduler, SchedulerConfig, Timestamp,
-    TryReport,
+    TryReport, hash_key,
 };
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use rand::SeedableRng;
@@ -55,19 +56,24 @@ fn bench_group(c: &mut Criterion, name: &str, recording: Recording, sizes: &[usi
                     }
                     let mut now = Timestamp::ZERO;
                     let mut in_flight = VecDeque::with_capacity(2 * backends + 1);
+                    let next_key = std::cell::Cell::new(0u64);
                     let work = |scheduler: &mut Scheduler, now: Timestamp, rng: &mut ChaCha8Rng| {
-                        let decision = match recording {
-                            Recording::Off => {
-                                scheduler.handle_work(now, rng, RequestInfo::default(), None)
+                        let info = if policy == PolicyKind::ConsistentHash {
+                            let key = next_key.get();
+                            next_key.set(key + 1);
+                            RequestInfo {
+                                hash_key: Some(hash_key(&key.to_le_bytes())),
+                                ..RequestInfo::default()
                             }
+                        } else {
+                            RequestInfo::default()
+                        };
+                        let decision = match recording {
+                            Recording::Off => scheduler.handle_work(now, rng, info, None),
                             Recording::On => {
                                 let mut record = DecisionRecord::empty(now, scheduler.policy());
-                                let decision = scheduler.handle_work(
-                                    now,
-                                    rng,
-                                    RequestInfo::default(),
-                                    Some(&mut record),
-                                );
+                                let decision =
+                                    scheduler.handle_work(now, rng, info, Some(&mut record));
                                 black_box(record);
                                 decision
                             }

@@ -1,5 +1,6 @@
 //! Policies: how to choose a backend, each a small piece over the shared load measurement.
 
+pub mod consistent_hash;
 mod least_pending;
 mod p2c;
 mod random;
@@ -13,6 +14,7 @@ use rand::Rng;
 use crate::backend::BackendTable;
 use crate::time::Timestamp;
 
+pub(crate) use consistent_hash::{ConsistentHash, HashChoice};
 pub(crate) use least_pending::LeastPending;
 pub(crate) use p2c::{P2c, P2cLoad};
 pub(crate) use random::WeightedRandom;
@@ -31,16 +33,20 @@ pub enum PolicyKind {
     Random,
     /// Power of two choices over peak-EWMA latency × (pending + 1) ÷ weight.
     PeakEwma,
+    /// Consistent hashing of the request's key with bounded load; p2c for requests without a
+    /// key.
+    ConsistentHash,
 }
 
 impl PolicyKind {
     /// Every policy, in a stable order.
-    pub const ALL: [PolicyKind; 5] = [
+    pub const ALL: [PolicyKind; 6] = [
         PolicyKind::LeastPending,
         PolicyKind::P2c,
         PolicyKind::RoundRobin,
         PolicyKind::Random,
         PolicyKind::PeakEwma,
+        PolicyKind::ConsistentHash,
     ];
 
     /// The policy's name as written in configs and on command lines.
@@ -51,6 +57,7 @@ impl PolicyKind {
             PolicyKind::RoundRobin => "round-robin",
             PolicyKind::Random => "random",
             PolicyKind::PeakEwma => "peak-ewma",
+            PolicyKind::ConsistentHash => "consistent-hash",
         }
     }
 }
@@ -64,7 +71,7 @@ impl fmt::Display for PolicyKind {
 /// A policy name that is not one of [`PolicyKind::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown policy {0:?}; expected one of: least-pending, p2c, round-robin, random, peak-ewma"
+    "unknown policy {0:?}; expected one of: least-pending, p2c, round-robin, random, peak-ewma, consistent-hash"
 )]
 pub struct UnknownPolicy(pub String);
 
@@ -84,6 +91,8 @@ impl FromStr for PolicyKind {
 pub(crate) struct Pick {
     pub chosen: u32,
     pub rival: Option<u32>,
+    /// consistent-hash: what the ring decided for the request's key.
+    pub hash: Option<HashChoice>,
 }
 
 /// A running policy with whatever index or cursor it keeps between decisions.
@@ -93,11 +102,17 @@ pub(crate) enum Policy {
     P2c(P2c),
     RoundRobin(SmoothRoundRobin),
     Random(WeightedRandom),
+    /// The ring for requests with a key, p2c for those without.
+    ConsistentHash(Box<ConsistentHash>, P2c),
 }
 
 impl Policy {
-    pub fn new(kind: PolicyKind) -> Self {
+    pub fn new(kind: PolicyKind, hash_load_factor: Option<f64>) -> Self {
         match kind {
+            PolicyKind::ConsistentHash => Policy::ConsistentHash(
+                Box::new(ConsistentHash::new(hash_load_factor)),
+                P2c::new(P2cLoad::PendingPerWeight),
+            ),
             PolicyKind::LeastPending => Policy::LeastPending(LeastPending::default()),
             PolicyKind::P2c => Policy::P2c(P2c::new(P2cLoad::PendingPerWeight)),
             PolicyKind::PeakEwma => Policy::P2c(P2c::new(P2cLoad::PeakEwma)),
@@ -114,16 +129,30 @@ impl Policy {
         now: Timestamp,
         decay_ns: f64,
         rng: &mut R,
+        key: Option<u64>,
+        in_flight: u32,
     ) -> Option<Pick> {
         let alone = |chosen| Pick {
             chosen,
             rival: None,
+            hash: None,
+        };
+        let compared = |(chosen, rival)| Pick {
+            chosen,
+            rival,
+            hash: None,
         };
         match self {
             Policy::LeastPending(p) => p.pick().map(alone),
-            Policy::P2c(p) => p
-                .pick(table, now, decay_ns, rng)
-                .map(|(chosen, rival)| Pick { chosen, rival }),
+            Policy::P2c(p) => p.pick(table, now, decay_ns, rng).map(compared),
+            Policy::ConsistentHash(ring, fallback) => match key {
+                Some(key) => ring.pick(table, in_flight, key).map(|(chosen, hash)| Pick {
+                    chosen,
+                    rival: None,
+                    hash: Some(hash),
+                }),
+                None => fallback.pick(table, now, decay_ns, rng).map(compared),
+            },
             Policy::RoundRobin(p) => p.pick(table).map(alone),
             Policy::Random(p) => p.pick(table, rng).map(alone),
         }
@@ -143,7 +172,7 @@ impl Policy {
         match self {
             Policy::LeastPending(p) => p.insert(index, pending),
             Policy::RoundRobin(p) => p.on_eligible(index),
-            Policy::P2c(_) | Policy::Random(_) => {}
+            Policy::P2c(_) | Policy::Random(_) | Policy::ConsistentHash(..) => {}
         }
     }
 
@@ -167,7 +196,10 @@ impl Policy {
     pub fn check(&self, table: &BackendTable) -> Result<(), String> {
         match self {
             Policy::LeastPending(p) => p.check(table),
-            Policy::P2c(_) | Policy::RoundRobin(_) | Policy::Random(_) => Ok(()),
+            Policy::P2c(_)
+            | Policy::RoundRobin(_)
+            | Policy::Random(_)
+            | Policy::ConsistentHash(..) => Ok(()),
         }
     }
 }

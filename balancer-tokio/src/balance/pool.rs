@@ -482,6 +482,7 @@ impl Pool {
         RequestInfo {
             method: MethodClass::of(method.as_str()),
             deadline: Some(self.clock.now() + self.request_timeout),
+            hash_key: None,
         }
     }
 
