@@ -296,6 +296,26 @@ pub fn check_simulate(
     Ok(out)
 }
 
+/// The simulator's prediction for `pool` over `records`, some of its recorded traffic (the
+/// dashboard's replay of the last minute of a recording trace).
+pub fn predict(
+    pool: &PoolConfig,
+    records: &[&TraceRecord],
+    seed: u64,
+    concurrency: u32,
+) -> anyhow::Result<Prediction> {
+    let simulator = find_simulator()?;
+    let scratch = Scratch::new()?;
+    let trace = scratch.write_trace(&pool.name, records)?;
+    let options = SimulateOptions {
+        trace: trace.clone(),
+        current: None,
+        seed,
+        concurrency,
+    };
+    replay(&simulator, &scratch, &trace, pool, &options)
+}
+
 fn describe(pool: &PoolConfig) -> String {
     let weights: Vec<String> = pool.backends.iter().map(|b| b.weight.to_string()).collect();
     let weighted = if pool.backends.iter().any(|b| b.weight != 1) {

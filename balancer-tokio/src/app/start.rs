@@ -145,10 +145,12 @@ async fn start_with(
         worker_threads.push(thread);
     }
     if let Some(socket) = admin_socket {
+        let dashboard = crate::dashboard::Dashboard::start(shared.clone(), shutdown.watcher());
         accept_tasks.push(tokio::spawn(crate::admin::serve(
             socket,
             shared.clone(),
             shutdown.watcher(),
+            Some(dashboard),
         )));
     }
     Ok(RunningBalancer {

@@ -109,7 +109,7 @@ impl Demo {
         ));
         if let Some(admin) = self.balancer.admin_addr() {
             lines.push(format!(
-                "admin listening on http://{admin}/ (/metrics, /backends, /config, /healthz)"
+                "admin listening on http://{admin}/ (/dashboard, /metrics, /backends, /config, /healthz)"
             ));
         }
         lines.push(format!("try: curl http://{address}/"));
