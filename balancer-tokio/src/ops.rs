@@ -207,7 +207,7 @@ pub fn find_simulator() -> anyhow::Result<PathBuf> {
         return Ok(found);
     }
     bail!(
-        "--simulate needs the simulator, `balancer-sim`, next to this binary or on PATH (or named by \
+        "predictions need the simulator, `balancer-sim`, next to this binary or on PATH (or named by \
          $BALANCER_SIM); build it with `cargo build --release -p balancer-sim`"
     )
 }

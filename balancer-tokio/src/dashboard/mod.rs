@@ -30,7 +30,7 @@ use crate::observe::window::WINDOW_SECONDS;
 use crate::runtime::shutdown::{Phase, PhaseWatcher};
 use crate::serve::Shared;
 
-pub use predict::{PREDICTION_INTERVAL, PREDICTION_SPAN, Prediction};
+pub use predict::{PREDICTION_FIRST, PREDICTION_INTERVAL, PREDICTION_SPAN, Prediction};
 
 /// Dashboard event streams open at once. Each holds one of the admin listener's
 /// `MAX_ADMIN_CONNECTIONS` (32) for as long as a tab is open: a few operators' tabs fit, and the

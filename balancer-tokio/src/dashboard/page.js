@@ -95,6 +95,16 @@ function chart(title, series, unit) {
       d += (pen ? 'L' : 'M') + x.toFixed(1) + ' ' + y.toFixed(1);
       pen = true;
     });
+    // A second between two empty ones has no line to be on: a dot.
+    s.values.forEach((v, i) => {
+      if (v === null || (s.values[i - 1] ?? null) !== null || (s.values[i + 1] ?? null) !== null) return;
+      const dot = document.createElementNS(ns, 'circle');
+      dot.setAttribute('cx', ((i / n) * width).toFixed(1));
+      dot.setAttribute('cy', (height - pad - (v / max) * (height - 2 * pad)).toFixed(1));
+      dot.setAttribute('r', '2.5');
+      dot.setAttribute('fill', s.colour);
+      svg.append(dot);
+    });
     const path = document.createElementNS(ns, 'path');
     path.setAttribute('d', d || 'M0 0');
     path.setAttribute('fill', 'none');
@@ -119,7 +129,7 @@ function predictionLine(pool, state) {
     return el('div', { class: 'prediction muted' }, 'Simulator prediction: off (no [trace] recording).');
   }
   if (!p) {
-    return el('div', { class: 'prediction muted' }, `Simulator prediction: the first replay of the last minute comes within ${state.prediction_every_s} s of the trace starting.`);
+    return el('div', { class: 'prediction muted' }, `Simulator prediction: the first replay comes a few seconds after start, then every ${state.prediction_every_s} s.`);
   }
   if (p.error) {
     return el('div', { class: 'prediction muted' }, `Simulator prediction (${p.at}): none — ${p.error}`);
@@ -266,7 +276,7 @@ async function loadDecisions() {
       const response = await api('/explain/' + encodeURIComponent(searching));
       if (response.ok) {
         const found = await response.json();
-        $('decisions-note').textContent = `request ${found.request_id}: ${found.tries.length} tries`;
+        $('decisions-note').textContent = `request ${found.request_id}: ${found.tries.length} ${found.tries.length === 1 ? 'try' : 'tries'}`;
         $('decisions').replaceChildren(...found.tries.map((t) => decisionItem(Object.assign({ request_id: found.request_id }, t))));
       } else {
         $('decisions-note').textContent = (await response.text()).trim();

@@ -15,6 +15,9 @@ use crate::serve::Shared;
 /// How often the last minute is replayed: a replay of a minute of traffic takes the simulator
 /// well under a second, so this keeps the prediction fresh at a small cost.
 pub const PREDICTION_INTERVAL: Duration = Duration::from_secs(30);
+/// The first replay comes this soon after start, over what has been recorded by then, so
+/// that a freshly started balancer shows one (and a test need not wait 30 s).
+pub const PREDICTION_FIRST: Duration = Duration::from_secs(5);
 /// The traffic replayed: the last minute, compared with the p99 measured over it.
 pub const PREDICTION_SPAN: Duration = Duration::from_secs(60);
 /// Requests each simulated backend serves at once (`balancer check --simulate`'s default).
@@ -66,16 +69,17 @@ impl Prediction {
     }
 }
 
-/// Replays the last minute every `PREDICTION_INTERVAL` while a trace records, until shutdown
-/// begins.
+/// Replays the last minute `PREDICTION_FIRST` after start, then every `PREDICTION_INTERVAL`,
+/// while a trace records, until shutdown begins.
 pub(super) async fn run(
     shared: Arc<Shared>,
     predictions: Arc<Mutex<Vec<Prediction>>>,
     mut watcher: PhaseWatcher,
 ) {
+    let mut wait = PREDICTION_FIRST;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(PREDICTION_INTERVAL) => {}
+            _ = tokio::time::sleep(wait) => wait = PREDICTION_INTERVAL,
             _ = watcher.reached(Phase::Draining) => return,
         }
         let proxy = shared.current();
