@@ -4,7 +4,8 @@
 //! prediction for the last minute; updated by a bounded stream of server-sent events.
 //!
 //! The page, its script and its style are compiled in (no build step, nothing fetched from
-//! elsewhere) and served without the bearer token, as they hold no data; everything with data
+//! elsewhere) and served without the bearer token, as they hold no data (and so is
+//! `/dashboard/auth`, which says whether a token is wanted); everything with data
 //! (`/dashboard/state`, `/dashboard/events`, `/dashboard/decisions`) and the drain buttons
 //! (the API's own POST endpoints) need it, sent by the page's `fetch` from what the operator
 //! typed once (kept in the tab's `sessionStorage`). The admin listener's Host, Origin and
@@ -51,6 +52,8 @@ const PAGE_HTML: &str = include_str!("page.html");
 const PAGE_JS: &str = include_str!("page.js");
 const PAGE_CSS: &str = include_str!("page.css");
 
+/// Says whether the admin listener wants the token: served without it.
+const AUTH_PATH: &str = "/dashboard/auth";
 /// The static files, by path: served without the token.
 const STATIC_FILES: [(&str, &str, &str); 3] = [
     ("/dashboard", "text/html; charset=utf-8", PAGE_HTML),
@@ -92,7 +95,8 @@ impl Dashboard {
 
 impl Pages for Dashboard {
     fn is_public(&self, path: &str) -> bool {
-        path == "/" || STATIC_FILES.iter().any(|(p, _, _)| *p == normal(path))
+        let path = normal(path);
+        path == "/" || path == AUTH_PATH || STATIC_FILES.iter().any(|(p, _, _)| *p == path)
     }
 
     fn answer(
@@ -119,6 +123,15 @@ impl Pages for Dashboard {
         }
         if let Some((_, content_type, body)) = STATIC_FILES.iter().find(|(p, _, _)| *p == path) {
             return Some(whole(page_file(content_type, body)));
+        }
+        if path == AUTH_PATH {
+            // Whether to ask for the token before the first request (a 401 would be a console
+            // error); any 401 tells as much, so this tells nothing new.
+            let required = shared.current().config().admin_token.is_some();
+            return Some(whole(no_store(json_response(
+                StatusCode::OK,
+                &json!({ "token_required": required }),
+            ))));
         }
         let answer = match path {
             "/dashboard/state" => {

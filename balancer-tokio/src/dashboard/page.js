@@ -329,5 +329,21 @@ $('clear-search').addEventListener('click', () => {
   loadDecisions();
 });
 
+// Asks first whether a token is wanted, so that a page without one shows the form instead of
+// sending requests bound to be refused.
+async function begin() {
+  try {
+    const response = await fetch('/dashboard/auth', { cache: 'no-store' });
+    const auth = await response.json();
+    if (auth.token_required && !token()) {
+      needToken();
+      return;
+    }
+  } catch (err) {
+    connection('unreachable', 'error');
+  }
+  start();
+}
+
 setInterval(loadDecisions, DECISIONS_MS);
-start();
+begin();

@@ -134,13 +134,12 @@ async fn updates(client: &Client) -> u64 {
         .unwrap_or(0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_in_chromium_lists_drains_and_explains() {
+/// Chromium and chromedriver, or `None` after printing how to install them (a failure instead
+/// with `BALANCER_REQUIRE_BROWSER=1`).
+fn browser_or_skip() -> Option<(PathBuf, PathBuf)> {
     let required = std::env::var("BALANCER_REQUIRE_BROWSER").is_ok_and(|v| v == "1");
-    let (Some(chromium), Some(chromedriver)) = (
-        on_path(&["chromium", "chromium-browser"]),
-        on_path(&["chromedriver"]),
-    ) else {
+    let found = on_path(&["chromium", "chromium-browser"]).zip(on_path(&["chromedriver"]));
+    if found.is_none() {
         assert!(
             !required,
             "BALANCER_REQUIRE_BROWSER=1 but chromium or chromedriver is not on PATH; install them: {INSTALL}"
@@ -148,6 +147,55 @@ async fn the_dashboard_in_chromium_lists_drains_and_explains() {
         println!(
             "skipped: the dashboard browser test needs Chromium and chromedriver; install them with `{INSTALL}`"
         );
+    }
+    found
+}
+
+/// A headless Chromium session through a chromedriver of its own, the console log on.
+async fn open_browser(chromium: &Path, chromedriver: &Path) -> (Driver, Client) {
+    let driver = Driver::start(chromedriver).await;
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": chromium.display().to_string(),
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"],
+        }),
+    );
+    capabilities.insert("goog:loggingPrefs".into(), json!({ "browser": "ALL" }));
+    let client = within("chromedriver opens a session", async {
+        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(capabilities)
+            .connect(&format!("http://127.0.0.1:{}", driver.port))
+            .await
+            .expect("a WebDriver session")
+    })
+    .await;
+    (driver, client)
+}
+
+/// Asserts that the browser's console has no error (a `console.warn` marker proves the log
+/// is read at all).
+async fn assert_console_clean(client: &Client) {
+    client
+        .execute("console.warn('dashboard-test-marker');", vec![])
+        .await
+        .unwrap();
+    let log = client.issue_cmd(BrowserLog).await.expect("the browser log");
+    let entries = log.as_array().cloned().unwrap_or_default();
+    assert!(
+        entries.iter().any(|e| e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("dashboard-test-marker"))),
+        "the console log was not read: {log}"
+    );
+    let errors: Vec<&Value> = entries.iter().filter(|e| e["level"] == "SEVERE").collect();
+    assert!(errors.is_empty(), "console errors: {errors:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_in_chromium_lists_drains_and_explains() {
+    let Some((chromium, chromedriver)) = browser_or_skip() else {
         return;
     };
 
@@ -180,24 +228,7 @@ async fn the_dashboard_in_chromium_lists_drains_and_explains() {
         }
     });
 
-    let driver = Driver::start(&chromedriver).await;
-    let mut capabilities = serde_json::Map::new();
-    capabilities.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": chromium.display().to_string(),
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"],
-        }),
-    );
-    capabilities.insert("goog:loggingPrefs".into(), json!({ "browser": "ALL" }));
-    let client = within("chromedriver opens a session", async {
-        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(capabilities)
-            .connect(&format!("http://127.0.0.1:{}", driver.port))
-            .await
-            .expect("a WebDriver session")
-    })
-    .await;
+    let (driver, client) = open_browser(&chromium, &chromedriver).await;
 
     client
         .goto(&format!("http://{admin}/"))
@@ -322,21 +353,7 @@ async fn the_dashboard_in_chromium_lists_drains_and_explains() {
     std::fs::write(&shot, &png).unwrap_or_else(|err| panic!("{}: {err}", shot.display()));
     println!("screenshot: {}", shot.display());
 
-    // The console: a marker proves the log is read; nothing may be an error.
-    client
-        .execute("console.warn('dashboard-test-marker');", vec![])
-        .await
-        .unwrap();
-    let log = client.issue_cmd(BrowserLog).await.expect("the browser log");
-    let entries = log.as_array().cloned().unwrap_or_default();
-    assert!(
-        entries.iter().any(|e| e["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("dashboard-test-marker"))),
-        "the console log was not read: {log}"
-    );
-    let errors: Vec<&Value> = entries.iter().filter(|e| e["level"] == "SEVERE").collect();
-    assert!(errors.is_empty(), "console errors: {errors:#?}");
+    assert_console_clean(&client).await;
 
     // Undrain from the page puts it back.
     client
@@ -361,6 +378,110 @@ async fn the_dashboard_in_chromium_lists_drains_and_explains() {
     client.close().await.expect("the session closes");
     drop(driver);
     assert_eq!(proxy.in_flight(), 0);
+    proxy.stop().await;
+    tests::stop_backends(backends).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_token_the_page_asks_for_it_once_and_drains_with_it() {
+    let Some((chromium, chromedriver)) = browser_or_skip() else {
+        return;
+    };
+    let dir = tests::TempDir::new("dashboard-browser-token");
+    let token_file = dir.path().join("admin.token");
+    let token = "0f1e2d3c4b5a69780f1e2d3c4b5a6978";
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let backends = tests::start_backends(&[0, 0]).await;
+    let proxy = Proxy::start(
+        tests::ConfigBuilder::new()
+            .listen_any()
+            .admin_token_file(&token_file.display().to_string())
+            .backends(&backends),
+    )
+    .await;
+    let (driver, client) = open_browser(&chromium, &chromedriver).await;
+    client
+        .goto(&format!("http://{}/dashboard", proxy.admin()))
+        .await
+        .expect("the page loads");
+    wait_for_text(&client, "#connection", "the page asks for the token", |t| {
+        t == "token needed"
+    })
+    .await;
+    let field = client.find(Locator::Css("#token")).await.unwrap();
+    assert!(field.is_displayed().await.unwrap(), "the token field shows");
+    assert!(
+        client
+            .find_all(Locator::Css("tr[data-backend]"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing shows before the token"
+    );
+    field.send_keys(token).await.unwrap();
+    client
+        .find(Locator::Css("#token-form button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for_text(
+        &client,
+        "#connection",
+        "the stream is live with the token",
+        |t| t == "live",
+    )
+    .await;
+    let kept = client
+        .execute(
+            "return sessionStorage.getItem('balancer-admin-token');",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(kept, token, "the token is kept for the tab");
+    let first = backends[0].local_addr().to_string();
+    client
+        .wait()
+        .at_most(PAGE_WAIT)
+        .for_element(Locator::Css(&format!(
+            "tr[data-backend=\"{first}\"] button.drain"
+        )))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    eventually("the drain sent with the token took", || async {
+        proxy.backend_state(backends[0].local_addr()) == "drained"
+    })
+    .await;
+    wait_for_text(
+        &client,
+        &format!("tr[data-backend=\"{first}\"] td.state"),
+        "the page shows the drain",
+        |t| t == "drained" || t == "draining",
+    )
+    .await;
+    // A reload of the tab keeps the token: straight to live, no form.
+    client.refresh().await.unwrap();
+    wait_for_text(&client, "#connection", "live again after a reload", |t| {
+        t == "live"
+    })
+    .await;
+    assert!(
+        !client
+            .find(Locator::Css("#token"))
+            .await
+            .unwrap()
+            .is_displayed()
+            .await
+            .unwrap()
+    );
+    assert_console_clean(&client).await;
+    client.close().await.expect("the session closes");
+    drop(driver);
     proxy.stop().await;
     tests::stop_backends(backends).await;
 }

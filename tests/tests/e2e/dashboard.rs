@@ -156,6 +156,10 @@ async fn the_page_state_and_decisions_show_the_pool_as_the_core_sees_it() {
         30
     );
     assert!(state["trace"].is_null());
+    assert_eq!(
+        proxy.admin_get("/dashboard/auth").await.json()["token_required"],
+        false
+    );
     assert_eq!(state["streams"]["max"], MAX_DASHBOARD_STREAMS);
 
     let listed = proxy.admin_get("/dashboard/decisions?limit=5").await.json();
@@ -274,6 +278,10 @@ async fn with_a_token_the_page_loads_but_its_data_and_stream_need_the_token() {
     };
     let bearer = format!("Bearer {token}");
     // The page and its files hold no data: a browser loads them before the token is typed.
+    let auth = proxy
+        .send(proxy.admin(), request("/dashboard/auth", &[]))
+        .await;
+    assert_eq!(auth.json()["token_required"], true);
     for path in ["/", "/dashboard", "/dashboard/app.js", "/dashboard/app.css"] {
         let reply = proxy.send(proxy.admin(), request(path, &[])).await;
         assert!(
@@ -369,10 +377,13 @@ async fn while_a_trace_records_the_state_carries_the_simulators_prediction() {
     // .ci/dashboard does) or has it on PATH gets a number; others check the message.
     let measured = prediction["measured_p99_ms"].as_f64();
     match prediction["predicted"]["p99_ms"].as_f64() {
-        Some(predicted) => assert!(
-            predicted > 0.0 && measured.is_some_and(|m| m > 0.0),
-            "{prediction}"
-        ),
+        Some(predicted) => {
+            assert!(
+                predicted > 0.0 && measured.is_some_and(|m| m > 0.0),
+                "{prediction}"
+            );
+            eprintln!("prediction: {prediction}");
+        }
         None => {
             assert!(
                 std::env::var_os("BALANCER_SIM").is_none(),
