@@ -84,13 +84,6 @@ impl Dashboard {
             predictions,
         })
     }
-
-    fn predictions(&self) -> Vec<Prediction> {
-        self.predictions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
 }
 
 impl Pages for Dashboard {
@@ -151,12 +144,7 @@ impl Pages for Dashboard {
 impl Dashboard {
     /// Everything the page shows but the decisions, as one JSON value.
     fn state(&self, shared: &Shared) -> Value {
-        let mut state = pools_state(shared, &self.predictions());
-        state["streams"] = json!({
-            "open": MAX_DASHBOARD_STREAMS - self.streams.available_permits(),
-            "max": MAX_DASHBOARD_STREAMS,
-        });
-        state
+        state(shared, &self.predictions, &self.streams)
     }
 
     /// `GET /dashboard/events`: the state now and every `EVENT_INTERVAL`, as server-sent
@@ -235,16 +223,7 @@ impl EventStream {
                 ""
             }
         };
-        let predictions = self
-            .predictions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let mut state = pools_state(&self.shared, &predictions);
-        state["streams"] = json!({
-            "open": MAX_DASHBOARD_STREAMS - self.streams.available_permits(),
-            "max": MAX_DASHBOARD_STREAMS,
-        });
+        let state = state(&self.shared, &self.predictions, &self.streams);
         // One line of JSON: a `data:` field ends at a newline.
         let data = serde_json::to_string(&state).unwrap_or_default();
         Some(Bytes::from(format!(
@@ -298,6 +277,20 @@ fn no_store(
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// The state: the pools, and how many of the streams are open.
+fn state(shared: &Shared, predictions: &Mutex<Vec<Prediction>>, streams: &Semaphore) -> Value {
+    let predictions = predictions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let mut state = pools_state(shared, &predictions);
+    state["streams"] = json!({
+        "open": MAX_DASHBOARD_STREAMS - streams.available_permits(),
+        "max": MAX_DASHBOARD_STREAMS,
+    });
+    state
 }
 
 /// Rounds to the microsecond, for milliseconds shown to people.
