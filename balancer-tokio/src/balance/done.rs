@@ -136,12 +136,13 @@ impl DoneGuard {
             pool
         });
         if let Some((metrics, labels)) = self.metrics.take() {
-            let latency = self.started.elapsed();
+            let now = Instant::now();
+            let latency = now.saturating_duration_since(self.started);
             metrics.observe_request(&labels, latency);
             // The try that answered the client (the only one with metrics attached) counts
             // the request in its pool's window; a tunnel's life is not a request's latency.
             if let Some(pool) = pool.as_ref().filter(|_| labels.status != 101) {
-                pool.record_request(latency, labels.status);
+                pool.record_request(now, latency, labels.status);
             }
         }
         if let Some((log, mut record)) = self.log.take() {

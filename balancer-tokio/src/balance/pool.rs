@@ -44,6 +44,11 @@ impl Clock {
         Timestamp::from_nanos(self.start.elapsed().as_nanos() as u64)
     }
 
+    /// An instant already read, as the core's timestamp (so one reading serves twice).
+    pub fn at(&self, instant: Instant) -> Timestamp {
+        Timestamp::from_nanos(instant.saturating_duration_since(self.start).as_nanos() as u64)
+    }
+
     /// The wall-clock time of a core timestamp of this clock.
     pub fn wall_time(&self, at: Timestamp) -> SystemTime {
         self.wall_start + Duration::from_nanos(at.as_nanos())
@@ -481,9 +486,9 @@ impl Pool {
         &self.core.window
     }
 
-    /// Counts a request of this pool that has just finished, after `latency`, with `status`.
-    pub fn record_request(&self, latency: Duration, status: u16) {
-        self.core.window.record(self.clock.now(), latency, status);
+    /// Counts a request of this pool that finished at `now`, after `latency`, with `status`.
+    pub fn record_request(&self, now: Instant, latency: Duration, status: u16) {
+        self.core.window.record(self.clock.at(now), latency, status);
     }
 
     /// Outlier ejections of the backend labelled `backend` since the process started.
