@@ -8,6 +8,7 @@
 //! `BALANCER_REQUIRE_BROWSER=1` (CI's `.ci/dashboard`), when it fails.
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -33,7 +34,9 @@ fn on_path(names: &[&str]) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// chromedriver, killed when dropped.
+/// chromedriver in a process group of its own, with the browsers it starts: the whole group
+/// is killed when dropped, so a test that fails before closing its session leaves no Chromium
+/// behind.
 struct Driver {
     child: Child,
     port: u16,
@@ -41,6 +44,11 @@ struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -51,6 +59,7 @@ impl Driver {
         let port = free_port();
         let child = Command::new(binary)
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
