@@ -7,6 +7,9 @@
 //! the admin address, or whose Origin or `Sec-Fetch-Site` says another site sent it, is refused,
 //! so that a web page cannot drain or reload through the operator's browser (cross-site POST,
 //! DNS rebinding).
+//!
+//! Pages a higher layer serves on the same listener (the dashboard) come in through [`Pages`],
+//! behind the same checks.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,7 +18,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -33,8 +37,36 @@ pub const MAX_ADMIN_CONNECTIONS: usize = 32;
 /// An admin request head must arrive within this.
 const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves the admin API on `socket` until shutdown begins.
-pub async fn serve(socket: TcpListener, shared: Arc<Shared>, mut watcher: PhaseWatcher) {
+/// The body of an admin answer: whole, or a stream (the dashboard's events).
+pub type AdminBody = UnsyncBoxBody<Bytes, std::convert::Infallible>;
+
+/// Pages served on the admin listener by a layer above it (the dashboard), after the same
+/// Host, Origin and `Sec-Fetch-Site` checks as the API.
+pub trait Pages: Send + Sync + 'static {
+    /// Whether `path` is served without the bearer token: static files that hold no data, so
+    /// that a browser can load the page into which the operator types the token.
+    fn is_public(&self, path: &str) -> bool;
+
+    /// The answer to an admitted request, or `None` if `request` is not for these pages.
+    fn answer(
+        &self,
+        shared: &Arc<Shared>,
+        request: &Request<Incoming>,
+    ) -> Option<Response<AdminBody>>;
+}
+
+/// A whole body as an [`AdminBody`].
+pub fn whole(response: Response<Full<Bytes>>) -> Response<AdminBody> {
+    response.map(|body| body.map_err(|never| match never {}).boxed_unsync())
+}
+
+/// Serves the admin API (and `pages`, if any) on `socket` until shutdown begins.
+pub async fn serve(
+    socket: TcpListener,
+    shared: Arc<Shared>,
+    mut watcher: PhaseWatcher,
+    pages: Option<Arc<dyn Pages>>,
+) {
     let permits = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
         let Some((permit, accepted)) =
@@ -50,11 +82,20 @@ pub async fn serve(socket: TcpListener, shared: Arc<Shared>, mut watcher: PhaseW
             continue;
         };
         let shared = shared.clone();
+        let pages = pages.clone();
         let mut watcher = watcher.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let shared = shared.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(&shared, local, request)) }
+                let pages = pages.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(handle(
+                        &shared,
+                        pages.as_deref(),
+                        local,
+                        request,
+                    ))
+                }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -69,10 +110,23 @@ pub async fn serve(socket: TcpListener, shared: Arc<Shared>, mut watcher: PhaseW
     }
 }
 
-fn handle(shared: &Shared, local: SocketAddr, request: Request<Incoming>) -> Response<Full<Bytes>> {
-    if let Err(refusal) = admit(shared, local, &request) {
-        return refusal.response();
+fn handle(
+    shared: &Arc<Shared>,
+    pages: Option<&dyn Pages>,
+    local: SocketAddr,
+    request: Request<Incoming>,
+) -> Response<AdminBody> {
+    let public = |path: &str| pages.is_some_and(|p| p.is_public(path));
+    if let Err(refusal) = admit(shared, local, &request, public) {
+        return whole(refusal.response());
     }
+    if let Some(answer) = pages.and_then(|p| p.answer(shared, &request)) {
+        return answer;
+    }
+    whole(api(shared, &request))
+}
+
+fn api(shared: &Shared, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     let path = request.uri().path().trim_end_matches('/');
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     let method = request.method();
@@ -98,7 +152,7 @@ fn handle(shared: &Shared, local: SocketAddr, request: Request<Incoming>) -> Res
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try GET /metrics, /backends, /config, /healthz, /explain/REQUEST_ID, POST /reload, POST /backends/POOL/ADDRESS/drain|undrain\n".into(),
+            "not found; try GET /dashboard, /metrics, /backends, /config, /healthz, /explain/REQUEST_ID, POST /reload, POST /backends/POOL/ADDRESS/drain|undrain\n".into(),
         ),
     }
 }
@@ -106,7 +160,12 @@ fn handle(shared: &Shared, local: SocketAddr, request: Request<Incoming>) -> Res
 /// Whether the request may be served: from this site (Host, Origin, `Sec-Fetch-Site`) and,
 /// when a token is configured, carrying it. `/healthz` needs no token (liveness probes), but
 /// is still refused from another site.
-fn admit(shared: &Shared, local: SocketAddr, request: &Request<Incoming>) -> Result<(), Refusal> {
+fn admit(
+    shared: &Shared,
+    local: SocketAddr,
+    request: &Request<Incoming>,
+    public: impl Fn(&str) -> bool,
+) -> Result<(), Refusal> {
     let headers = request.headers();
     let forbidden = |why: &str| Err(Refusal::Forbidden(format!("forbidden: {why}\n")));
     // A name that resolves to this address (DNS rebinding) reaches it with a foreign Host.
@@ -145,7 +204,8 @@ fn admit(shared: &Shared, local: SocketAddr, request: &Request<Incoming>) -> Res
     let Some(token) = &config.admin_token else {
         return Ok(());
     };
-    if request.uri().path().trim_end_matches('/') == "/healthz" {
+    let path = request.uri().path();
+    if path.trim_end_matches('/') == "/healthz" || public(path) {
         return Ok(());
     }
     let presented = headers
@@ -240,7 +300,9 @@ fn explain(shared: &Shared, segment: &str) -> Response<Full<Bytes>> {
     )
 }
 
-fn explain_try(
+/// One try's decision record as JSON: candidates and skipped backends by address, the rule as
+/// a sentence. `index` is its place among its request's tries (0 for the first).
+pub fn explain_try(
     proxy: &crate::forward::proxy::Proxy,
     index: usize,
     entry: &crate::observe::explain::Explained,
@@ -339,6 +401,17 @@ fn explain_try(
 }
 
 fn drain(shared: &Shared, pool: &str, address: &str, drain: bool) -> Response<Full<Bytes>> {
+    // A page builds these paths with encodeURIComponent (pool names may hold any character).
+    let decode = |segment: &str| {
+        crate::observe::explain::percent_decode(segment).and_then(|b| String::from_utf8(b).ok())
+    };
+    let (Some(pool), Some(address)) = (decode(pool), decode(address)) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "malformed pool or backend in the path: a bad %-escape, or not UTF-8\n".into(),
+        );
+    };
+    let (pool, address) = (pool.as_str(), address.as_str());
     let proxy = shared.current();
     let Some(found) = proxy.pools().iter().find(|p| p.name == pool) else {
         return text(StatusCode::NOT_FOUND, format!("no pool {pool:?}\n"));
@@ -437,7 +510,8 @@ fn backends(shared: &Shared) -> Value {
     json!({ "pools": pools })
 }
 
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+/// A plain-text answer.
+pub fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -447,7 +521,8 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     response
 }
 
-fn json_response(status: StatusCode, value: &Value) -> Response<Full<Bytes>> {
+/// A JSON answer.
+pub fn json_response(status: StatusCode, value: &Value) -> Response<Full<Bytes>> {
     let mut body = serde_json::to_string_pretty(value).unwrap_or_default();
     body.push('\n');
     let mut response = Response::new(Full::new(Bytes::from(body)));

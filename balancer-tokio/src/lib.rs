@@ -9,8 +9,10 @@
 //!
 //! | layer | holds |
 //! |---|---|
-//! | [`demo`], [`ops`] | demo mode and its backend; the operator commands (`explain`, `check --simulate`) |
+//! | [`demo`] | demo mode and its backend |
 //! | [`app`] | start, the traffic workers, graceful shutdown |
+//! | [`dashboard`] | the live dashboard page on the admin listener, its state and event stream |
+//! | [`ops`] | the operator commands (`explain`, `check --simulate`) and the replay the dashboard shows |
 //! | [`admin`] | the admin listener |
 //! | [`serve`] | listeners, client connections, head reading, `h1`, hyper's server, the generation in force and its reload |
 //! | [`forward`] | one request: routing, rate limits, tries and retries, upgrades, the response body |
@@ -27,6 +29,7 @@ pub mod admin;
 pub mod app;
 pub mod balance;
 pub mod config;
+pub mod dashboard;
 pub mod demo;
 pub mod forward;
 pub mod http;

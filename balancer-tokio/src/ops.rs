@@ -207,7 +207,7 @@ pub fn find_simulator() -> anyhow::Result<PathBuf> {
         return Ok(found);
     }
     bail!(
-        "--simulate needs the simulator, `balancer-sim`, next to this binary or on PATH (or named by \
+        "predictions need the simulator, `balancer-sim`, next to this binary or on PATH (or named by \
          $BALANCER_SIM); install it with `cargo install --locked --path balancer-sim` from the \
          balancer's source tree, or build it with `cargo build --release -p balancer-sim`"
     )
@@ -321,6 +321,26 @@ pub fn check_simulate(
         ));
     }
     Ok(out)
+}
+
+/// The simulator's prediction for `pool` over `records`, some of its recorded traffic (the
+/// dashboard's replay of the last minute of a recording trace).
+pub fn predict(
+    pool: &PoolConfig,
+    records: &[&TraceRecord],
+    seed: u64,
+    concurrency: u32,
+) -> anyhow::Result<Prediction> {
+    let simulator = find_simulator()?;
+    let scratch = Scratch::new()?;
+    let trace = scratch.write_trace(&pool.name, records)?;
+    let options = SimulateOptions {
+        trace: trace.clone(),
+        current: None,
+        seed,
+        concurrency,
+    };
+    replay(&simulator, &scratch, &trace, pool, &options)
 }
 
 fn describe(pool: &PoolConfig) -> String {

@@ -153,10 +153,12 @@ async fn start_with(
         worker_threads.push(thread);
     }
     if let Some(socket) = admin_socket {
+        let dashboard = crate::dashboard::Dashboard::start(shared.clone(), shutdown.watcher());
         accept_tasks.push(tokio::spawn(crate::admin::serve(
             socket,
             shared.clone(),
             shutdown.watcher(),
+            Some(dashboard),
         )));
     }
     Ok(RunningBalancer {
@@ -202,7 +204,7 @@ impl RunningBalancer {
             .collect();
         if let Some(admin) = self.admin {
             lines.push(format!(
-                "admin listening on http://{admin}/ (/metrics, /backends, /config, /healthz)"
+                "admin listening on http://{admin}/ (/dashboard, /metrics, /backends, /config, /healthz)"
             ));
         }
         if let Some((_, address)) = self.addresses.first() {

@@ -29,7 +29,8 @@ pub enum End {
 /// Reports the done (to the core) and the access-log line, exactly once: explicitly through
 /// [`DoneGuard::finish`], or as `Cancelled` when dropped unfinished.
 pub struct DoneGuard {
-    dispatched: Option<(SharedPool, RequestId)>,
+    /// The pool of the try, and the try until its done is reported.
+    dispatched: Option<(SharedPool, Option<RequestId>)>,
     /// The status passed on to the client (0 until one is set).
     status: u16,
     // The access-log record and the trace event are boxed (and only exist when on): the
@@ -46,7 +47,7 @@ impl DoneGuard {
     /// request's metrics are attached to the try that answers the client.
     pub fn dispatched(pool: SharedPool, request: RequestId, started: Instant) -> Self {
         DoneGuard {
-            dispatched: Some((pool, request)),
+            dispatched: Some((pool, Some(request))),
             status: 0,
             log: None,
             metrics: None,
@@ -92,7 +93,9 @@ impl DoneGuard {
     /// The try's done was already reported (by the tries, when its head arrived): this
     /// guard now only logs and counts.
     pub fn reported(&mut self) {
-        self.dispatched = None;
+        if let Some((_, request)) = &mut self.dispatched {
+            *request = None;
+        }
     }
 
     /// Records the status sent to the client; the core decides, from its `failure_status`,
@@ -126,11 +129,21 @@ impl DoneGuard {
             End::Failed(kind) => (TryReport::failed(kind), Outcome::Failure(kind)),
             End::Cancelled => (TryReport::cancelled(), Outcome::Cancelled),
         };
-        if let Some((pool, request)) = self.dispatched.take() {
-            pool.handle_last_done(request, report.with_response_started(true));
-        }
+        let pool = self.dispatched.take().map(|(pool, request)| {
+            if let Some(request) = request {
+                pool.handle_last_done(request, report.with_response_started(true));
+            }
+            pool
+        });
         if let Some((metrics, labels)) = self.metrics.take() {
-            metrics.observe_request(&labels, self.started.elapsed());
+            let now = Instant::now();
+            let latency = now.saturating_duration_since(self.started);
+            metrics.observe_request(&labels, latency);
+            // The try that answered the client (the only one with metrics attached) counts
+            // the request in its pool's window; a tunnel's life is not a request's latency.
+            if let Some(pool) = pool.as_ref().filter(|_| labels.status != 101) {
+                pool.record_request(now, latency, labels.status);
+            }
         }
         if let Some((log, mut record)) = self.log.take() {
             record.bytes = bytes;

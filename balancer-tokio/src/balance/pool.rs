@@ -19,6 +19,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::config::{HealthCheck, PoolConfig};
 use crate::observe::metrics::{BackendLabels, HealthLabels, Metrics, PoolLabels};
+use crate::observe::window::RequestWindow;
 use crate::upstream::{Backend, BackendClient, Upstream, UpstreamSettings, backend_clients};
 
 /// The proxy's clock for the core: nanoseconds since the process (or proxy) started.
@@ -41,6 +42,11 @@ impl Clock {
     /// Now, as the core's timestamp.
     pub fn now(&self) -> Timestamp {
         Timestamp::from_nanos(self.start.elapsed().as_nanos() as u64)
+    }
+
+    /// An instant already read, as the core's timestamp (so one reading serves twice).
+    pub fn at(&self, instant: Instant) -> Timestamp {
+        Timestamp::from_nanos(instant.saturating_duration_since(self.start).as_nanos() as u64)
     }
 
     /// The wall-clock time of a core timestamp of this clock.
@@ -98,6 +104,8 @@ pub struct PoolCore {
     metrics: Arc<Metrics>,
     /// Wakes the pool's timer when a done ejected a backend (an earlier `next_timeout`).
     timer: tokio::sync::Notify,
+    /// The last minutes of finished requests, for the dashboard (kept across reloads).
+    window: RequestWindow,
 }
 
 /// What a dispatch decided: the request to report the done with, and its backend.
@@ -239,6 +247,7 @@ impl PoolCore {
         config: &PoolConfig,
         clock: Clock,
         metrics: Arc<Metrics>,
+        workers: usize,
         journal_size: usize,
     ) -> Result<Arc<PoolCore>, PoolError> {
         let scheduler_config = scheduler_config(config);
@@ -260,6 +269,7 @@ impl PoolCore {
             clock,
             metrics,
             timer: tokio::sync::Notify::new(),
+            window: RequestWindow::new(workers),
         };
         core.apply_backends(config)?;
         Ok(Arc::new(core))
@@ -388,7 +398,7 @@ impl Pool {
         workers: usize,
         journal_size: usize,
     ) -> Result<Pool, PoolError> {
-        let core = PoolCore::new(config, clock, metrics, journal_size)?;
+        let core = PoolCore::new(config, clock, metrics, workers, journal_size)?;
         Ok(Pool::with_core(config, core, None, workers))
     }
 
@@ -469,6 +479,28 @@ impl Pool {
     /// The pool's name as a metrics label.
     pub fn label(&self) -> &Arc<String> {
         &self.core.label
+    }
+
+    /// The last minutes of this pool's finished requests.
+    pub fn window(&self) -> &RequestWindow {
+        &self.core.window
+    }
+
+    /// Counts a request of this pool that finished at `now`, after `latency`, with `status`.
+    pub fn record_request(&self, now: Instant, latency: Duration, status: u16) {
+        self.core.window.record(self.clock.at(now), latency, status);
+    }
+
+    /// Outlier ejections of the backend labelled `backend` since the process started.
+    pub fn ejections(&self, backend: &Arc<String>) -> u64 {
+        self.core
+            .metrics
+            .ejections
+            .get_or_create(&BackendLabels {
+                pool: self.core.label.clone(),
+                backend: backend.clone(),
+            })
+            .get()
     }
 
     /// Whether `other` drives the same scheduler (the reload kept it).

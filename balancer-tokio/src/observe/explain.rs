@@ -29,6 +29,13 @@ struct IdKey {
     bytes: [u8; MAX_REQUEST_ID_BYTES],
 }
 
+impl Explained {
+    /// The request id the try was stored under (the client's `x-request-id`).
+    pub fn request_id(&self) -> &[u8] {
+        self.id.as_bytes()
+    }
+}
+
 impl IdKey {
     fn new(id: &[u8]) -> IdKey {
         // Ids longer than the header limit never reach here (`headers::request_id` replaces
@@ -141,6 +148,20 @@ impl ExplainRing {
         // requests served by other workers has entries in several, merged by time (stable, so
         // a shard's order stands between equal timestamps).
         found.sort_by_key(|e| e.record.at);
+        found
+    }
+}
+
+impl ExplainRing {
+    /// The latest `count` tries over every shard, newest first.
+    pub fn latest(&self, count: usize) -> Vec<Explained> {
+        let mut found = Vec::with_capacity(count * self.shards.len());
+        for shard in &self.shards {
+            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            found.extend(shard.iter().rev().take(count).copied());
+        }
+        found.sort_by_key(|e| std::cmp::Reverse(e.record.at));
+        found.truncate(count);
         found
     }
 }

@@ -5,6 +5,7 @@ pub mod access_log;
 pub mod explain;
 pub mod metrics;
 pub mod trace;
+pub mod window;
 
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::time::{Duration, Instant};

@@ -13,6 +13,7 @@ mod chaos_reload;
 mod chaos_slowloris;
 mod client_h1;
 mod conformance;
+mod dashboard;
 mod demo;
 mod errors;
 mod explain;
