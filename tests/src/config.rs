@@ -105,6 +105,13 @@ impl ConfigBuilder {
         policy: string &str;
     }
 
+    /// Top-level `hash = { key, load_factor }` of the default pool (consistent-hash).
+    pub fn hash(mut self, key: &str, load_factor: Option<f64>) -> Self {
+        self.table
+            .insert("hash".into(), hash_table(key, load_factor));
+        self
+    }
+
     /// `trusted_proxies = ["CIDR", ...]`.
     pub fn trusted_proxies(mut self, nets: &[&str]) -> Self {
         let list = nets
@@ -176,6 +183,17 @@ impl fmt::Display for ConfigBuilder {
         let text = toml::to_string(&self.table).map_err(|_| fmt::Error)?;
         f.write_str(&text)
     }
+}
+
+/// `{ key = "...", load_factor = F }`; no factor writes "unbounded".
+fn hash_table(key: &str, load_factor: Option<f64>) -> Value {
+    let mut table = Table::new();
+    table.insert("key".into(), Value::String(key.to_owned()));
+    table.insert(
+        "load_factor".into(),
+        load_factor.map_or_else(|| Value::String("unbounded".into()), Value::Float),
+    );
+    Value::Table(table)
 }
 
 fn push(table: &mut Table, key: &str, entry: Table) {
@@ -324,6 +342,13 @@ impl Pool {
         idle_timeout_ms: int u64;
         /// `panic_threshold_percent = N`.
         panic_threshold_percent: int u8;
+    }
+
+    /// `hash = { key, load_factor }` (consistent-hash).
+    pub fn hash(mut self, key: &str, load_factor: Option<f64>) -> Self {
+        self.table
+            .insert("hash".into(), hash_table(key, load_factor));
+        self
     }
 
     /// `outlier = { ... }`.

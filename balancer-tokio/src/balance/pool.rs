@@ -134,6 +134,8 @@ pub struct Pool {
     /// The retry rules this generation gave the core, to ask the core's rules about a method or
     /// a status without taking the scheduler's lock on every request.
     retry: Option<balancer_core::RetryConfig>,
+    /// consistent-hash: where each request's key comes from.
+    hash_key_source: Option<crate::config::HashKeySource>,
     client_settings: (u64, u64, usize),
     /// The clock that stamps work and done.
     pub clock: Clock,
@@ -227,6 +229,9 @@ pub fn scheduler_config(config: &PoolConfig) -> SchedulerConfig {
     scheduler_config.max_pending_per_backend = config.max_pending_per_backend;
     scheduler_config.outlier = config.outlier;
     scheduler_config.retry = config.retry;
+    if let Some(hash) = &config.hash {
+        scheduler_config.hash_load_factor = hash.load_factor;
+    }
     if let Some(check) = &config.health_check {
         scheduler_config.health_check = balancer_core::HealthCheckConfig {
             rise: check.rise,
@@ -462,6 +467,7 @@ impl Pool {
             request_timeout: Duration::from_millis(config.request_timeout_ms),
             health_check: config.health_check.clone(),
             retry: config.retry,
+            hash_key_source: config.hash.as_ref().map(|h| h.key.clone()),
             client_settings: client_settings(config),
             explain_key: crate::observe::explain::pool_key(&config.name),
         }
@@ -508,13 +514,23 @@ impl Pool {
         Arc::ptr_eq(&self.core, &other.core)
     }
 
-    /// What the core is told about a request of `method` arriving now: its method class and
-    /// the end of its `request_timeout_ms`, after which no retry starts.
-    pub fn request_info(&self, method: &http::Method) -> RequestInfo {
+    /// What the core is told about a request arriving now: its method class, the end of its
+    /// `request_timeout_ms` (after which no retry starts), and for a consistent-hash pool the
+    /// hash of its key.
+    pub fn request_info(
+        &self,
+        method: &http::Method,
+        headers: &http::HeaderMap,
+        uri: &http::Uri,
+        client: std::net::IpAddr,
+    ) -> RequestInfo {
         RequestInfo {
             method: MethodClass::of(method.as_str()),
             deadline: Some(self.clock.now() + self.request_timeout),
-            hash_key: None,
+            hash_key: self
+                .hash_key_source
+                .as_ref()
+                .and_then(|source| crate::http::affinity::key_hash(source, headers, uri, client)),
         }
     }
 

@@ -96,6 +96,10 @@ fn pool_json(p: &super::types::PoolConfig) -> Value {
             })),
             "panic_threshold_percent": p.panic_threshold_percent,
             "failure_status": p.failure_status.iter().collect::<Vec<_>>(),
+            "hash": p.hash.as_ref().map(|h| json!({
+                "key": h.key.as_config(),
+                "load_factor": h.load_factor.map_or_else(|| json!("unbounded"), |f| json!(f)),
+            })),
     })
 }
 

@@ -19,8 +19,8 @@ mod validate;
 
 pub use host::HostPattern;
 pub use types::{
-    AccessLogFormat, BackendConfig, Config, HealthCheck, Limits, ListenerConfig, PoolConfig, Rate,
-    RateLimitConfig, RouteConfig, SlowStart, TraceConfig,
+    AccessLogFormat, BackendConfig, Config, HashConfig, HashKeySource, HealthCheck, Limits,
+    ListenerConfig, PoolConfig, Rate, RateLimitConfig, RouteConfig, SlowStart, TraceConfig,
 };
 
 pub use describe::{changed_keys, config_json};
@@ -126,6 +126,45 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml_str(text, "test.toml")
+    }
+
+    #[test]
+    fn consistent_hash_takes_a_key_and_a_load_factor() {
+        let base =
+            "listen = \"127.0.0.1:80\"\nbackends = [\"a:1\"]\npolicy = \"consistent-hash\"\n";
+        let config = parse(&format!("{base}hash = {{ key = \"cookie:sid\" }}")).unwrap();
+        let hash = config.pools[0].hash.clone().expect("the short form's hash");
+        assert_eq!(hash.key, HashKeySource::Cookie("sid".into()));
+        assert_eq!(
+            hash.load_factor,
+            Some(balancer_core::DEFAULT_HASH_LOAD_FACTOR)
+        );
+        let unbounded = parse(&format!(
+            "{base}hash = {{ key = \"header:X-User\", load_factor = \"unbounded\" }}"
+        ))
+        .unwrap();
+        let hash = unbounded.pools[0].hash.clone().unwrap();
+        assert_eq!(hash.key.as_config(), "header:x-user");
+        assert_eq!(hash.load_factor, None);
+        for (text, needle) in [
+            (base.to_owned(), "consistent-hash needs the key to hash"),
+            (
+                format!("{base}hash = {{ key = \"colour\" }}"),
+                "unknown hash key \"colour\"; write one of",
+            ),
+            (
+                format!("{base}hash = {{ key = \"path\", load_factor = 0.5 }}"),
+                "load_factor must be 1.0 to 100",
+            ),
+            (
+                "listen = \"127.0.0.1:80\"\nbackends = [\"a:1\"]\nhash = { key = \"path\" }"
+                    .to_owned(),
+                "`hash` is for policy = \"consistent-hash\"",
+            ),
+        ] {
+            let err = parse(&text).expect_err(&text).to_string();
+            assert!(err.contains(needle), "{text:?} gave {err:?}");
+        }
     }
 
     #[test]

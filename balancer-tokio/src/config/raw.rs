@@ -17,6 +17,7 @@ pub(super) struct RawConfig {
     pub(super) listeners: Vec<RawListener>,
     pub(super) backends: Option<Spanned<Vec<Spanned<RawBackend>>>>,
     pub(super) policy: Option<Spanned<String>>,
+    pub(super) hash: Option<Spanned<RawHash>>,
     #[serde(default)]
     pub(super) pools: BTreeMap<Spanned<String>, RawPool>,
     #[serde(default)]
@@ -46,6 +47,15 @@ pub(super) struct RawTrace {
     pub(super) path: Spanned<PathBuf>,
     pub(super) max_bytes: Option<u64>,
     pub(super) max_files: Option<u32>,
+}
+
+/// `hash = { key = "header:NAME", load_factor = 1.25 }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHash {
+    pub(super) key: Spanned<String>,
+    /// A number (at least 1.0) or the word "unbounded".
+    pub(super) load_factor: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -162,6 +172,7 @@ fn default_weight() -> u32 {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawPool {
     pub(super) policy: Option<Spanned<String>>,
+    pub(super) hash: Option<Spanned<RawHash>>,
     pub(super) seed: Option<u64>,
     pub(super) backends: Spanned<Vec<Spanned<RawBackend>>>,
     pub(super) connect_timeout_ms: Option<u64>,

@@ -165,6 +165,9 @@ pub struct PoolConfig {
     pub panic_threshold_percent: Option<u8>,
     /// Backend response statuses that count as failures (ejection, failure counters).
     pub failure_status: balancer_core::StatusSet,
+    /// consistent-hash: where the key comes from and the load bound. Set exactly when
+    /// `policy` is consistent-hash.
+    pub hash: Option<HashConfig>,
 }
 
 /// One backend of a pool.
@@ -228,4 +231,42 @@ pub enum AccessLogFormat {
     Text,
     /// No access log.
     Off,
+}
+
+/// Where a consistent-hash pool takes each request's key from, and its load bound.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HashConfig {
+    /// The key's source.
+    pub key: HashKeySource,
+    /// A backend takes at most this many times its share of the requests in flight; `None`:
+    /// unbounded.
+    pub load_factor: Option<f64>,
+}
+
+/// The part of a request that is its consistent-hash key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashKeySource {
+    /// `header:NAME`: the first value of that header (NAME lower-cased).
+    Header(http::HeaderName),
+    /// `cookie:NAME`: the value of that cookie.
+    Cookie(String),
+    /// `query:NAME`: the value of that query parameter (as written, not percent-decoded).
+    Query(String),
+    /// `path`: the request's path, without the query.
+    Path,
+    /// `client-ip`: the client's address (the peer's, not X-Forwarded-For's).
+    ClientIp,
+}
+
+impl HashKeySource {
+    /// As written in the config.
+    pub fn as_config(&self) -> String {
+        match self {
+            HashKeySource::Header(name) => format!("header:{name}"),
+            HashKeySource::Cookie(name) => format!("cookie:{name}"),
+            HashKeySource::Query(name) => format!("query:{name}"),
+            HashKeySource::Path => "path".to_owned(),
+            HashKeySource::ClientIp => "client-ip".to_owned(),
+        }
+    }
 }

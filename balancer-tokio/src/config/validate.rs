@@ -158,17 +158,18 @@ pub(super) fn validate(raw: RawConfig, errors: &Errors<'_>) -> Result<Config, Co
             ));
         }
         let policy = parse_policy(raw.policy.as_ref(), errors)?;
-        pools.push(pool_config(
-            "default".into(),
-            policy,
-            None,
-            backends,
-            errors,
-        )?);
+        let mut pool = pool_config("default".into(), policy, None, backends, errors)?;
+        pool.hash = parse_hash(policy, raw.hash, raw.policy.as_ref(), errors)?;
+        pools.push(pool);
     } else if let Some(policy) = &raw.policy {
         return Err(errors.at(
             policy.span(),
             "top-level `policy` applies to the top-level `backends`, which is missing; set `policy` inside a [pools.NAME] table instead",
+        ));
+    } else if let Some(hash) = &raw.hash {
+        return Err(errors.at(
+            hash.span(),
+            "top-level `hash` applies to the top-level `backends`, which is missing; set `hash` inside a [pools.NAME] table instead",
         ));
     }
     for (name, raw_pool) in raw.pools {
@@ -180,6 +181,7 @@ pub(super) fn validate(raw: RawConfig, errors: &Errors<'_>) -> Result<Config, Co
             raw_pool.backends,
             errors,
         )?;
+        pool.hash = parse_hash(policy, raw_pool.hash, raw_pool.policy.as_ref(), errors)?;
         if let Some(ms) = raw_pool.connect_timeout_ms {
             pool.connect_timeout_ms = ms;
         }
@@ -842,8 +844,98 @@ fn pool_config(
         slow_start: None,
         panic_threshold_percent: None,
         failure_status: balancer_core::StatusSet::class(5),
+        hash: None,
     })
 }
+
+/// The `hash` table of a pool: required by consistent-hash, refused by other policies.
+fn parse_hash(
+    policy: PolicyKind,
+    hash: Option<Spanned<RawHash>>,
+    policy_key: Option<&Spanned<String>>,
+    errors: &Errors<'_>,
+) -> Result<Option<HashConfig>, ConfigError> {
+    let Some(hash) = hash else {
+        if policy == PolicyKind::ConsistentHash {
+            let span = policy_key.map_or(0..0, Spanned::span);
+            return Err(errors.at(
+                span,
+                "consistent-hash needs the key to hash: add e.g. `hash = { key = \"header:x-user-id\" }` (or cookie:NAME, query:NAME, path, client-ip)",
+            ));
+        }
+        return Ok(None);
+    };
+    let span = hash.span();
+    if policy != PolicyKind::ConsistentHash {
+        return Err(errors.at(
+            span,
+            format!("`hash` is for policy = \"consistent-hash\"; this pool's policy is {policy}: remove `hash` or change the policy"),
+        ));
+    }
+    let hash = hash.into_inner();
+    let key_span = hash.key.span();
+    let key_text = hash.key.into_inner();
+    let named = |prefix: &str| -> Option<String> {
+        key_text
+            .strip_prefix(prefix)
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+            .map(str::to_owned)
+    };
+    let key = if let Some(name) = named("header:") {
+        let name =
+            http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).map_err(|_| {
+                errors.at(
+                    key_span.clone(),
+                    format!("`{name}` is not a header name; write e.g. key = \"header:x-user-id\""),
+                )
+            })?;
+        HashKeySource::Header(name)
+    } else if let Some(name) = named("cookie:") {
+        HashKeySource::Cookie(name)
+    } else if let Some(name) = named("query:") {
+        HashKeySource::Query(name)
+    } else if key_text == "path" {
+        HashKeySource::Path
+    } else if key_text == "client-ip" {
+        HashKeySource::ClientIp
+    } else {
+        return Err(errors.at(
+            key_span,
+            format!("unknown hash key {key_text:?}; write one of \"header:NAME\", \"cookie:NAME\", \"query:NAME\", \"path\", \"client-ip\""),
+        ));
+    };
+    let load_factor = match hash.load_factor {
+        None => Some(balancer_core::DEFAULT_HASH_LOAD_FACTOR),
+        Some(value) => {
+            let value_span = value.span();
+            let factor = match value.into_inner() {
+                toml::Value::String(word) if word == "unbounded" => None,
+                toml::Value::Float(f) => Some(f),
+                toml::Value::Integer(i) => Some(i as f64),
+                _ => {
+                    return Err(errors.at(
+                        value_span,
+                        "load_factor takes a number of at least 1.0 (e.g. load_factor = 1.25) or \"unbounded\"",
+                    ));
+                }
+            };
+            if let Some(f) = factor
+                && !(1.0..=MAX_HASH_LOAD_FACTOR).contains(&f)
+            {
+                return Err(errors.at(
+                    value_span,
+                    format!("load_factor must be 1.0 to {MAX_HASH_LOAD_FACTOR} (1.0: perfectly even, larger: keys move less), or \"unbounded\"; got {f}"),
+                ));
+            }
+            factor
+        }
+    };
+    Ok(Some(HashConfig { key, load_factor }))
+}
+
+/// The largest bounded `load_factor`; beyond it write "unbounded".
+const MAX_HASH_LOAD_FACTOR: f64 = 100.0;
 
 /// Accepts `IP:PORT`, `[IPv6]:PORT` and `name:PORT` (names are resolved when connecting).
 fn check_backend_address(address: &str) -> Result<(), &'static str> {

@@ -71,7 +71,12 @@ impl Proxy {
                     ClientBody::Hyper(_) => HeadForm::Map,
                 };
                 // The core says whether this method may be retried, so whether its body is kept.
-                let info = pool.request_info(&parts.method);
+                let info = pool.request_info(
+                    &parts.method,
+                    &parts.headers,
+                    &parts.uri,
+                    ctx.connection.client.ip(),
+                );
                 let read = match body {
                     ClientBody::Empty => Ok(Source::Replay(Bytes::new())),
                     ClientBody::Hyper(body) => {
@@ -234,7 +239,12 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         forwarding.apply(request.headers_mut());
         // A tunnel is never retried: once the switch is sent, bytes flow both ways.
-        let info = pool.request_info(request.method());
+        let info = pool.request_info(
+            request.method(),
+            request.headers(),
+            request.uri(),
+            ctx.connection.client.ip(),
+        );
         let (token, backend) = self.first_dispatch(pool, &ctx.request_id, info)?;
         let mut record = ctx.record.take();
         if let Some(record) = &mut record {

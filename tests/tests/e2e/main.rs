@@ -7,6 +7,7 @@
 //! A new area is a new file here and one `mod` line below.
 
 mod admin;
+mod affinity;
 mod chaos_backends;
 mod chaos_input;
 mod chaos_reload;
