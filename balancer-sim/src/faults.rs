@@ -392,7 +392,7 @@ pub fn check_spec(spec: &BackendSpec) -> Result<(), String> {
 }
 
 /// A scenario file: an optional fleet, the core's optional features, and a fault schedule.
-/// See balancer-sim/README.md.
+/// See docs/simulator.md, "Scenario files".
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Scenario {
     /// The initial fleet, if the file gives one (else the CLI's `--backends` etc.).

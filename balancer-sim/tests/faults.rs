@@ -409,10 +409,10 @@ proptest! {
     }
 }
 
-/// The figures in the README's "Faults" section:
+/// The figures in docs/simulator.md's "Faults" section:
 /// `cargo test --release -p balancer-sim --test faults -- --ignored --nocapture`.
 #[test]
-#[ignore = "prints the README's fault figures; a few seconds in release"]
+#[ignore = "prints the fault figures of docs/simulator.md; a few seconds in release"]
 fn fault_figures() {
     let n = 10;
     let hole = Fault {

@@ -1,7 +1,7 @@
 //! Theory checks: the simulator against closed forms of queueing theory, fixed seeds.
 //!
 //! Units: mean sojourn (arrival → done) in mean service times. Each tolerance is argued next
-//! to its check from the spread over seeds measured in a release build (see README.md).
+//! to its check from the spread over seeds measured in a release build (see docs/simulator.md, "Theory vs simulation").
 //! `cargo test -p balancer-sim --test theory -- --nocapture` prints the figures.
 
 use balancer_core::PolicyKind;

@@ -1,7 +1,7 @@
 //! A typed builder of the TOML text the balancer reads, so that tests name config keys instead
 //! of writing TOML by hand.
 //!
-//! Key names and forms are those of balancer-tokio/README.md's configuration reference; the
+//! Key names and forms are those of docs/configuration.md; the
 //! text is written by the `toml` crate, which quotes strings. Only the keys the tests use are
 //! here: a test that needs another adds it, and a test that feeds deliberately bad TOML writes
 //! it literally.

@@ -845,7 +845,7 @@ impl Pool {
     }
 
     /// Lock acquisitions that found the scheduler held by another thread (the measure of
-    /// whether one mutex per pool is a bottleneck; see the README's load-test section).
+    /// whether one mutex per pool is a bottleneck; see docs/performance.md, "The scheduler lock").
     pub fn contended_locks(&self) -> u64 {
         self.core.contended_locks.load(Ordering::Relaxed)
     }

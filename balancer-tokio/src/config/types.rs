@@ -226,7 +226,7 @@ impl Default for Limits {
 pub enum AccessLogFormat {
     /// One JSON object per line.
     Json,
-    /// One space-separated line per request (see the README for the fields).
+    /// One space-separated line per request (fields: docs/operations.md, "Access log").
     #[default]
     Text,
     /// No access log.

@@ -10,7 +10,7 @@
 //!
 //! Why per worker rather than by a hash of the id: a worker then writes its shard front to
 //! back, which the CPU's prefetchers follow, where hashed shards wrote 408-byte entries at
-//! random places in a ring larger than the cache (measured: balancer-tokio/README.md).
+//! random places in a ring larger than the cache (measured: docs/performance.md, "The explain ring").
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};

@@ -24,7 +24,7 @@ pub fn connection_builder(limits: Limits) -> auto::Builder<TokioExecutor> {
         // scripts); without this hyper closes on that EOF and the request goes unanswered.
         .half_close(true)
         // Head and body copied into one buffer and sent with one `send`: measured 2.6%
-        // fewer CPU per request than `writev` of the two (balancer-tokio/README.md).
+        // fewer CPU per request than `writev` of the two (docs/performance.md).
         .writev(false)
         .keep_alive(true);
     builder

@@ -5,7 +5,7 @@
 //! Why not hyper's client: it drives every backend connection from a task of its own and
 //! talks to it over channels, so each request wakes two more tasks and crosses two queues.
 //! The load harness measured that machinery as the largest share of the proxy's user time
-//! (balancer-tokio/README.md, "Where the time goes"). This module is used for requests whose
+//! (docs/performance.md, "Where the time goes"). This module is used for requests whose
 //! body is in memory (no body, or a small one read whole for retries); streamed uploads and
 //! upgrades still go through hyper's client.
 //!

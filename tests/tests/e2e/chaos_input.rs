@@ -6,7 +6,7 @@
 //! the client-error statuses it documents, or close the connection, never hang, and serve a
 //! normal request afterwards with nothing left in flight.
 //!
-//! Allowed answers (decided from the README's error table):
+//! Allowed answers (decided from the error table in docs/proxying.md):
 //! - 400 (malformed; a head cut short by the half-close), 408 (head too slow), 413 (body over
 //!   `max_body_bytes`), 431 (head over `max_header_bytes`), or a close without an answer
 //!   (hyper's silent close for garbage after a keep-alive request, a reset);

@@ -151,7 +151,7 @@ struct Tally {
     failures: std::sync::Mutex<Vec<String>>,
     /// A request written on a connection the proxy closed at shutdown, no answer.
     closed_at_shutdown: AtomicU64,
-    /// Connections refused after shutdown started (what the README promises).
+    /// Connections refused after shutdown started (promised in docs/operations.md).
     refused_at_shutdown: AtomicU64,
 }
 

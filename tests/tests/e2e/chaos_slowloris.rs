@@ -1,8 +1,8 @@
 //! Chaos: slowloris. 1,000 clients each open a connection and send a request head a
 //! byte at a time, never finishing it. Normal clients must still be served with their p99
 //! latency within 2× of the baseline measured just before with the same loop, and every slow
-//! client must get 408 on its (first) request (`header_read_timeout_ms`, README "Error
-//! statuses": 408 on a connection's first request). A slow client that got its 408 reconnects
+//! client must get 408 on its (first) request (`header_read_timeout_ms`, docs/proxying.md
+//! "Error statuses": 408 on a connection's first request). A slow client that got its 408 reconnects
 //! and starts again, so the attack lasts as long as the measurement.
 //!
 //! The baseline lasts as long as the measurement under attack (`window`): a p99 depends on how
