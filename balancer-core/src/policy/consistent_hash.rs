@@ -18,6 +18,9 @@ pub const POINTS_PER_WEIGHT: u32 = 100;
 /// (the load bound still uses the exact weights).
 pub const MAX_POINTS_PER_BACKEND: u32 = 16 * POINTS_PER_WEIGHT;
 
+/// Most buckets of the ring's lookup index (4 MiB of `u32`).
+const MAX_BUCKETS: usize = 1 << 20;
+
 /// The 64-bit hash of a request's key, as the core and every driver compute it: FNV-1a over
 /// the bytes, then the splitmix64 finalizer (FNV alone places similar keys close together).
 /// Fixed by this definition, so the simulator, the proxy and later versions agree on where a
@@ -65,6 +68,11 @@ pub(crate) struct ConsistentHash {
     load_factor_milli: Option<u32>,
     positions: Vec<u64>,
     owners: Vec<u32>,
+    /// `starts[b]`: the first point whose position's top `bucket_bits` bits are ≥ b, so a
+    /// lookup is one index and a search over a few points instead of a binary search over a
+    /// ring of up to millions (cache misses at every level).
+    starts: Vec<u32>,
+    bucket_bits: u32,
     /// The table's membership version the ring was built at.
     built_at: Option<u64>,
     /// Scratch: slots already passed in the current walk (reset per pick, kept for its
@@ -79,6 +87,8 @@ impl ConsistentHash {
             load_factor_milli: load_factor.map(|f| (f.max(1.0) * 1000.0).round() as u32),
             positions: Vec::new(),
             owners: Vec::new(),
+            starts: Vec::new(),
+            bucket_bits: 0,
             built_at: None,
             passed: Vec::new(),
         }
@@ -98,7 +108,32 @@ impl ConsistentHash {
         points.sort_unstable();
         self.positions = points.iter().map(|p| p.0).collect();
         self.owners = points.iter().map(|p| p.1).collect();
+        // About four points per bucket.
+        let buckets = (points.len() / 4).next_power_of_two().clamp(1, MAX_BUCKETS);
+        self.bucket_bits = buckets.trailing_zeros();
+        self.starts = (0..=buckets as u64)
+            .map(|b| {
+                if b == buckets as u64 {
+                    self.positions.len() as u32
+                } else {
+                    let lowest = b.checked_shl(64 - self.bucket_bits).unwrap_or(0);
+                    self.positions.partition_point(|&p| p < lowest) as u32
+                }
+            })
+            .collect();
         self.built_at = Some(table.membership_version);
+    }
+
+    /// The index of the first point at or after `key_hash` (wrapping to 0).
+    fn first_at_or_after(&self, key_hash: u64) -> usize {
+        let bucket = key_hash.checked_shr(64 - self.bucket_bits).unwrap_or(0) as usize;
+        let (lo, hi) = (
+            self.starts[bucket] as usize,
+            self.starts[bucket + 1] as usize,
+        );
+        let found = lo + self.positions[lo..hi].partition_point(|&p| p < key_hash);
+        debug_assert_eq!(found, self.positions.partition_point(|&p| p < key_hash));
+        found % self.positions.len()
     }
 
     /// The cap of a backend of `weight`, with `in_flight` requests in the pool.
@@ -128,7 +163,7 @@ impl ConsistentHash {
         }
         let len = self.positions.len();
         debug_assert!(len > 0, "an eligible backend is live, so it has points");
-        let start = self.positions.partition_point(|&p| p < key_hash) % len;
+        let start = self.first_at_or_after(key_hash);
         let owner = self.owners[start];
         self.passed.clear();
         for step in 0..len {
