@@ -32,6 +32,8 @@ pub mod streams {
     pub const CLIENTS: u64 = 4;
     /// Which requests are non-idempotent; drawn only when some are.
     pub const METHODS: u64 = 5;
+    /// Request keys (consistent-hash); drawn only when the run has keys.
+    pub const KEYS: u64 = 6;
     /// Service times of sim backend `i` come from stream `SERVICE_BASE + i`.
     pub const SERVICE_BASE: u64 = 1 << 32;
 }
@@ -211,6 +213,8 @@ struct Sim<'a> {
     fault_rng: ChaCha8Rng,
     client_rng: ChaCha8Rng,
     method_rng: ChaCha8Rng,
+    key_rng: ChaCha8Rng,
+    keys: crate::keys::KeyDraw,
     open_loop: Option<OpenLoop>,
     think_ns: u64,
     global_spike: f64,
@@ -258,6 +262,7 @@ impl<'a> Sim<'a> {
         core_config.retry = config.core.retry;
         core_config.slow_start = config.core.slow_start;
         core_config.panic_threshold_percent = config.core.panic_threshold_percent;
+        core_config.hash_load_factor = config.core.hash_bound.load_factor();
         if let Some(h) = config.core.health {
             core_config.health_check = HealthCheckConfig {
                 rise: h.rise,
@@ -276,6 +281,9 @@ impl<'a> Sim<'a> {
             fault_rng: stream_rng(config.seed, streams::FAULTS),
             client_rng: stream_rng(config.seed, streams::CLIENTS),
             method_rng: stream_rng(config.seed, streams::METHODS),
+            key_rng: stream_rng(config.seed, streams::KEYS),
+            keys: crate::keys::KeyDraw::new(config.keys)
+                .map_err(|e| SimError::Config(e.to_string()))?,
             open_loop: None,
             think_ns: 0,
             global_spike: 1.0,
@@ -628,7 +636,7 @@ impl<'a> Sim<'a> {
         let info = RequestInfo {
             method,
             deadline: None,
-            hash_key: None,
+            hash_key: self.keys.next(&mut self.key_rng),
         };
         let decision = self
             .scheduler

@@ -10,7 +10,7 @@ use balancer_core::{OutlierConfig, RetryConfig, SlowStartConfig};
 
 use crate::backends::{BackendSpec, MAX_CONCURRENCY, MAX_SIM_BACKENDS};
 use crate::distribution::{ServiceDist, SpecError, parse_duration_ns};
-use crate::options::{CoreOptions, HealthProbes};
+use crate::options::{CoreOptions, HashBound, HealthProbes};
 
 /// Most fault entries in one scenario, after expansion of `count`s: each is an event.
 pub const MAX_FAULTS: usize = 100_000;
@@ -413,6 +413,8 @@ struct CoreEntry {
     retry: Option<RetryEntry>,
     health: Option<HealthEntry>,
     try_timeout: Option<String>,
+    /// consistent-hash: a number ≥ 1.0, or "unbounded".
+    hash_load_factor: Option<toml::Value>,
 }
 
 #[derive(Deserialize)]
@@ -531,6 +533,10 @@ impl CoreEntry {
             try_timeout_ns: match &self.try_timeout {
                 Some(text) => Some(parse_duration_ns(text).map_err(|e| e.to_string())?),
                 None => None,
+            },
+            hash_bound: match &self.hash_load_factor {
+                None => HashBound::Default,
+                Some(value) => parse_hash_bound(value)?,
             },
         })
     }
@@ -1028,6 +1034,15 @@ pub fn scenario_toml(fleet: &[BackendSpec], core: &CoreOptions, faults: &[Fault]
         if let Some(percent) = core.panic_threshold_percent {
             let _ = writeln!(out, "panic_threshold_percent = {percent}");
         }
+        match core.hash_bound {
+            HashBound::Default => {}
+            HashBound::Factor(f) => {
+                let _ = writeln!(out, "hash_load_factor = {f:?}");
+            }
+            HashBound::Unbounded => {
+                let _ = writeln!(out, "hash_load_factor = \"unbounded\"");
+            }
+        }
         if let Some(timeout_ns) = core.try_timeout_ns {
             let _ = writeln!(out, "try_timeout = \"{}\"", d(timeout_ns));
         }
@@ -1168,6 +1183,22 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
         before.matches('\n').count() + 1,
         before[line_start..].chars().count() + 1,
     )
+}
+
+/// `hash_load_factor = 1.25` or `"unbounded"`.
+fn parse_hash_bound(value: &toml::Value) -> Result<HashBound, String> {
+    let factor = match value {
+        toml::Value::String(word) if word == "unbounded" => return Ok(HashBound::Unbounded),
+        toml::Value::Float(f) => *f,
+        toml::Value::Integer(i) => *i as f64,
+        _ => return Err("hash_load_factor takes a number of at least 1.0 or \"unbounded\"".into()),
+    };
+    if !(1.0..=100.0).contains(&factor) {
+        return Err(format!(
+            "hash_load_factor must be 1.0 to 100, or \"unbounded\"; got {factor}"
+        ));
+    }
+    Ok(HashBound::Factor(factor))
 }
 
 fn entry_kind(entry: &FaultEntry) -> &'static str {
@@ -1394,6 +1425,7 @@ mod tests {
             slow_start: Some(SlowStartConfig::default()),
             panic_threshold_percent: Some(50),
             try_timeout_ns: Some(250_000_000),
+            hash_bound: HashBound::Factor(1.5),
         };
         let text = scenario_toml(&fleet, &core, &faults);
         let back = Scenario::parse(&text, "rt.toml", defaults()).unwrap();

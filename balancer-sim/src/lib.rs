@@ -40,6 +40,7 @@ pub mod distribution;
 pub mod engine;
 pub mod events;
 pub mod faults;
+pub mod keys;
 pub mod options;
 pub mod replay;
 pub mod report;
@@ -54,4 +55,5 @@ pub use engine::{
     SimConfig, SimError, run,
 };
 pub use faults::{Fault, FaultAction, Scenario, ScenarioError};
+pub use keys::KeySpec;
 pub use report::Summary;

@@ -163,6 +163,25 @@ struct Common {
     /// The core's panic threshold, in percent of backends able to take work.
     #[arg(long)]
     panic_threshold_percent: Option<u8>,
+    /// Request keys for consistent-hash: none, uniform:N or zipf:S:N (e.g. zipf:1.1:10000).
+    #[arg(long, default_value = "none")]
+    keys: balancer_sim::KeySpec,
+    /// consistent-hash's load bound: a factor of at least 1.0 (default 1.25) or "unbounded".
+    #[arg(long, value_parser = parse_hash_bound)]
+    hash_load_factor: Option<balancer_sim::options::HashBound>,
+}
+
+fn parse_hash_bound(text: &str) -> Result<balancer_sim::options::HashBound, String> {
+    use balancer_sim::options::HashBound;
+    if text == "unbounded" {
+        return Ok(HashBound::Unbounded);
+    }
+    match text.parse::<f64>() {
+        Ok(f) if (1.0..=100.0).contains(&f) => Ok(HashBound::Factor(f)),
+        _ => Err(format!(
+            "{text:?}: write a number from 1.0 to 100, or unbounded"
+        )),
+    }
 }
 
 fn parse_interval(text: &str) -> Result<u64, String> {
@@ -194,6 +213,7 @@ impl Common {
         config.check_invariants = self.check_invariants;
         config.max_in_flight = self.max_in_flight;
         config.non_idempotent_percent = self.non_idempotent_percent;
+        config.keys = self.keys;
         if let Some(path) = &self.faults {
             let scenario = Scenario::load(path, defaults)?;
             if let Some(fleet) = scenario.fleet {
@@ -228,6 +248,9 @@ impl Common {
         }
         if let Some(percent) = self.panic_threshold_percent {
             config.core.panic_threshold_percent = Some(percent);
+        }
+        if let Some(bound) = self.hash_load_factor {
+            config.core.hash_bound = bound;
         }
         if let Some(interval_ns) = self.health_interval {
             let defaults = balancer_core::HealthCheckConfig::default();

@@ -24,6 +24,31 @@ pub struct CoreOptions {
     /// Panic threshold (percent): below it the core spreads work over unhealthy backends too,
     /// so dispatches to backends marked down or ejected are then expected.
     pub panic_threshold_percent: Option<u8>,
+    /// consistent-hash's load bound: the core's default, a factor, or none.
+    pub hash_bound: HashBound,
+}
+
+/// consistent-hash's bound on a backend's share of the requests in flight.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum HashBound {
+    /// The core's default (`balancer_core::DEFAULT_HASH_LOAD_FACTOR`).
+    #[default]
+    Default,
+    /// This load factor (at least 1.0).
+    Factor(f64),
+    /// No bound: a key always goes to its owner while it is eligible.
+    Unbounded,
+}
+
+impl HashBound {
+    /// As `SchedulerConfig::hash_load_factor`.
+    pub fn load_factor(self) -> Option<f64> {
+        match self {
+            HashBound::Default => Some(balancer_core::DEFAULT_HASH_LOAD_FACTOR),
+            HashBound::Factor(f) => Some(f),
+            HashBound::Unbounded => None,
+        }
+    }
 }
 
 /// Active health checks: every `interval_ns` each backend is probed; a probe passes unless

@@ -240,14 +240,15 @@ impl Summary {
 /// are written to a scenario file in the temp directory, named by the seed.
 pub fn replay_command(config: &SimConfig) -> String {
     let mut cmd = format!(
-        "cargo run --release -p balancer-sim -- run --policy {} --load {:?} --requests {} --seed {} --arrivals {} --max-in-flight {} --non-idempotent-percent {} --check-invariants",
+        "cargo run --release -p balancer-sim -- run --policy {} --load {:?} --requests {} --seed {} --arrivals {} --max-in-flight {} --non-idempotent-percent {} --keys {} --check-invariants",
         config.policy,
         config.load,
         config.requests,
         config.seed,
         config.arrivals,
         config.max_in_flight,
-        config.non_idempotent_percent
+        config.non_idempotent_percent,
+        config.keys
     );
     let first = config.fleet[0];
     let uniform =

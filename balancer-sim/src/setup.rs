@@ -53,6 +53,8 @@ pub struct SimConfig {
     /// Seed the core's RNG as a live pool does (`ChaCha8Rng::seed_from_u64(policy_seed)`)
     /// instead of with the run's policy stream: for comparing a run with the proxy call for call.
     pub policy_seed: Option<u64>,
+    /// The key each request carries, for consistent-hash (drawn from its own RNG stream).
+    pub keys: crate::keys::KeySpec,
 }
 
 /// Traffic from a trace: arrival times and observed service times, shared (cheap to clone).
@@ -88,6 +90,7 @@ impl SimConfig {
             non_idempotent_percent: 0,
             journal_capacity: 0,
             policy_seed: None,
+            keys: crate::keys::KeySpec::None,
         }
     }
 

@@ -147,36 +147,46 @@ fn core_options() -> impl Strategy<Value = CoreOptions> {
         prop::option::of((1u64..=50, 0u8..=100)),
         prop::option::of(0u8..=100),
         prop::option::of(1u64..=20),
+        prop_oneof![
+            Just(balancer_sim::options::HashBound::Default),
+            Just(balancer_sim::options::HashBound::Unbounded),
+            (10u32..=30).prop_map(|tenths| balancer_sim::options::HashBound::Factor(
+                f64::from(tenths) / 10.0
+            )),
+        ],
     )
         .prop_map(
-            |(outlier, cap, retry, health, slow_start, panic, try_timeout_ms)| CoreOptions {
-                outlier: outlier.map(|(failures, ms, percent)| balancer_core::OutlierConfig {
-                    consecutive_failures: failures,
-                    base_ejection: Duration::from_millis(ms),
-                    max_ejection: Duration::from_millis(ms * 4),
-                    max_ejected_percent: percent,
-                }),
-                max_pending_per_backend: cap,
-                retry: retry.map(|(max_retries, retry_on_503)| balancer_core::RetryConfig {
-                    max_retries,
-                    retry_on_status: if retry_on_503 {
-                        balancer_core::StatusSet::from_codes(&[502, 503, 504]).unwrap()
-                    } else {
-                        balancer_core::StatusSet::EMPTY
-                    },
-                    ..balancer_core::RetryConfig::default()
-                }),
-                health: health.map(|(ms, rise, fall)| HealthProbes {
-                    interval_ns: ms * 1_000_000,
-                    rise,
-                    fall,
-                }),
-                slow_start: slow_start.map(|(ms, percent)| balancer_core::SlowStartConfig {
-                    window: Duration::from_millis(ms),
-                    min_weight_percent: percent,
-                }),
-                panic_threshold_percent: panic,
-                try_timeout_ns: try_timeout_ms.map(|ms| ms * 1_000_000),
+            |(outlier, cap, retry, health, slow_start, panic, try_timeout_ms, hash_bound)| {
+                CoreOptions {
+                    outlier: outlier.map(|(failures, ms, percent)| balancer_core::OutlierConfig {
+                        consecutive_failures: failures,
+                        base_ejection: Duration::from_millis(ms),
+                        max_ejection: Duration::from_millis(ms * 4),
+                        max_ejected_percent: percent,
+                    }),
+                    max_pending_per_backend: cap,
+                    retry: retry.map(|(max_retries, retry_on_503)| balancer_core::RetryConfig {
+                        max_retries,
+                        retry_on_status: if retry_on_503 {
+                            balancer_core::StatusSet::from_codes(&[502, 503, 504]).unwrap()
+                        } else {
+                            balancer_core::StatusSet::EMPTY
+                        },
+                        ..balancer_core::RetryConfig::default()
+                    }),
+                    health: health.map(|(ms, rise, fall)| HealthProbes {
+                        interval_ns: ms * 1_000_000,
+                        rise,
+                        fall,
+                    }),
+                    slow_start: slow_start.map(|(ms, percent)| balancer_core::SlowStartConfig {
+                        window: Duration::from_millis(ms),
+                        min_weight_percent: percent,
+                    }),
+                    panic_threshold_percent: panic,
+                    try_timeout_ns: try_timeout_ms.map(|ms| ms * 1_000_000),
+                    hash_bound,
+                }
             },
         )
 }
@@ -208,6 +218,11 @@ prop_compose! {
         small_limit in any::<bool>(),
         core in prop_oneof![1 => Just(CoreOptions::default()), 2 => core_options()],
         non_idempotent_percent in prop_oneof![2 => Just(0u8), 1 => 0u8..=100],
+        keys in prop_oneof![
+            1 => Just(balancer_sim::KeySpec::None),
+            1 => (1u64..=50).prop_map(|keys| balancer_sim::KeySpec::Uniform { keys }),
+            1 => (1u64..=500).prop_map(|keys| balancer_sim::KeySpec::Zipf { exponent: 1.1, keys }),
+        ],
     ) -> SimConfig {
         let n = fleet.len();
         // A stall needs a try timeout (validation says so); without one, leave stalls out.
@@ -232,6 +247,7 @@ prop_compose! {
             non_idempotent_percent,
             journal_capacity: 0,
             policy_seed: None,
+            keys,
         }
     }
 }
