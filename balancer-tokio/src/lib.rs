@@ -9,6 +9,7 @@
 //!
 //! | layer | holds |
 //! |---|---|
+//! | `fuzzing` | (hidden) the bodies of the fuzz targets in `fuzz/`, over the parsers of the layers below |
 //! | [`demo`], [`ops`] | demo mode and its backend; the operator commands (`explain`, `check --simulate`) |
 //! | [`app`] | start, the traffic workers, graceful shutdown |
 //! | [`admin`] | the admin listener |
@@ -29,6 +30,8 @@ pub mod balance;
 pub mod config;
 pub mod demo;
 pub mod forward;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod observe;
 pub mod ops;
