@@ -9,6 +9,7 @@
 //!
 //! | layer | holds |
 //! |---|---|
+//! | `fuzzing` | (hidden) the bodies of the fuzz targets in `fuzz/`, over the parsers of the layers below |
 //! | [`demo`] | demo mode and its backend |
 //! | [`app`] | start, the traffic workers, graceful shutdown |
 //! | [`dashboard`] | the live dashboard page on the admin listener, its state and event stream |
@@ -32,6 +33,8 @@ pub mod config;
 pub mod dashboard;
 pub mod demo;
 pub mod forward;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod observe;
 pub mod ops;

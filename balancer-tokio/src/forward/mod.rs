@@ -3,6 +3,7 @@
 
 pub mod body;
 mod phases;
+pub(crate) use phases::{check_framing, check_host};
 pub mod proxy;
 pub mod ratelimit;
 pub mod routing;

@@ -432,7 +432,7 @@ impl Proxy {
 /// Phase `check_host`: the request names one host, in a form a backend reads the same way
 /// (RFC 9112 §3.2): two Host lines, an HTTP/1.1 request without one, or one that is not a
 /// `host[:port]` would let routing and the backend disagree on which site was asked for.
-fn check_host(request: &Request<ClientBody>) -> Result<(), ProxyError> {
+pub(crate) fn check_host(request: &Request<ClientBody>) -> Result<(), ProxyError> {
     let mut hosts = request.headers().get_all(header::HOST).iter();
     let bad = |reason| Err(ProxyError::BadRequest { reason });
     match (hosts.next(), hosts.next()) {
@@ -451,7 +451,7 @@ fn check_host(request: &Request<ClientBody>) -> Result<(), ProxyError> {
 /// without the coding's label would hand the backend a body other than the one sent. And a
 /// protocol switch with a body is refused at once: the tunnel would carry the body as its
 /// first bytes, where the backend expects the other protocol.
-fn check_framing(request: &Request<ClientBody>) -> Result<(), ProxyError> {
+pub(crate) fn check_framing(request: &Request<ClientBody>) -> Result<(), ProxyError> {
     let headers = request.headers();
     // Most requests have neither header: two lookups and done.
     let chunked = headers.contains_key(header::TRANSFER_ENCODING);

@@ -112,27 +112,50 @@ pub fn normalize_path(path: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// Decodes `%XX` where XX is an unreserved character (RFC 3986 §2.3); others stay escaped.
+/// A `%` that starts no escape becomes `%25`, the escape of `%` itself: left bare, it would
+/// make a new escape of what is decoded behind it (`/%%3641` would become `/%641`, which is
+/// `/d1` once more), and the normal form would not be normal.
 fn decode_unreserved(path: &str) -> String {
     let bytes = path.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok());
-            if let Some(byte) = hex
-                && (byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~'))
-            {
-                out.push(byte);
-                i += 3;
-                continue;
+        if bytes[i] == b'%' {
+            let escape = match bytes.get(i + 1..i + 3) {
+                Some(&[high, low]) if high.is_ascii_hexdigit() && low.is_ascii_hexdigit() => {
+                    Some(hex_value(high) << 4 | hex_value(low))
+                }
+                _ => None,
+            };
+            match escape {
+                Some(byte)
+                    if byte.is_ascii_alphanumeric()
+                        || matches!(byte, b'-' | b'.' | b'_' | b'~') =>
+                {
+                    out.push(byte);
+                    i += 3;
+                    continue;
+                }
+                Some(_) => {}
+                None => {
+                    out.extend_from_slice(b"%25");
+                    i += 1;
+                    continue;
+                }
             }
         }
         out.push(bytes[i]);
         i += 1;
     }
     String::from_utf8(out).unwrap_or_else(|_| path.to_owned())
+}
+
+/// The value of an ASCII hex digit.
+fn hex_value(digit: u8) -> u8 {
+    match digit {
+        b'0'..=b'9' => digit - b'0',
+        _ => digit.to_ascii_lowercase() - b'a' + 10,
+    }
 }
 
 /// Prefixes match on segment boundaries: `/api` matches `/api` and `/api/x`, not `/apix`.
@@ -168,6 +191,25 @@ mod tests {
             normalize_path("/plain/path"),
             std::borrow::Cow::Borrowed(_)
         ));
+    }
+
+    /// Found by the request_head fuzz target in its first 26 s
+    /// (fuzz/corpus/request_head/seed-regression-stray-percent): `/admin/%6a../y` was the
+    /// normal form, and `/admin/j../y` that of it.
+    #[test]
+    fn a_percent_that_starts_no_escape_cannot_make_one_of_what_follows() {
+        for (path, normal) in [
+            ("/x/../admin/././%6%61%2e%2E//y", "/admin/%256a../y"),
+            ("/%%3641", "/%25641"),
+            ("/%4%31", "/%2541"),
+            ("/a%", "/a%25"),
+            ("/a%6", "/a%256"),
+            ("/%zz/x", "/%25zz/x"),
+            ("/%2%35", "/%2525"),
+        ] {
+            assert_eq!(normalize_path(path), normal, "{path}");
+            assert_eq!(normalize_path(normal), normal, "{path}: normal twice");
+        }
     }
 
     fn route(name: &str, host: Option<&str>, prefix: &str, port: Option<u16>) -> RouteConfig {

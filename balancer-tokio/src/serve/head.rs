@@ -125,7 +125,7 @@ async fn read_through_scratch(
 /// Whether the first head declares a `content-length` over `max_body_bytes`. Answered here
 /// because hyper calls a length near `u64::MAX` a header error (431) before the proxy's own
 /// body limit (413) can see it; smaller excesses would get the same 413 later anyway.
-pub(super) fn declares_too_large_body(head: &[u8], max_body_bytes: u64) -> bool {
+pub(crate) fn declares_too_large_body(head: &[u8], max_body_bytes: u64) -> bool {
     head.split(|&b| b == b'\n')
         .skip(1)
         .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
@@ -149,14 +149,14 @@ pub(super) fn declares_too_large_body(head: &[u8], max_body_bytes: u64) -> bool 
 
 /// Whether `buffer` (from the start of a head) holds a complete one, or one that cannot become
 /// a request (see [`unversioned_first_line`]).
-pub(super) fn head_ready(buffer: &[u8]) -> bool {
+pub(crate) fn head_ready(buffer: &[u8]) -> bool {
     head_complete(buffer) || unversioned_first_line(buffer)
 }
 
 /// A blank line ends a head; bare LF line ends are tolerated as hyper does (RFC 9112 §2.2),
 /// also mixed with CRLF (`\n\r\n`). Looks at any part of a head, so a reader can search only
 /// what it just read.
-pub(super) fn head_complete(bytes: &[u8]) -> bool {
+pub(crate) fn head_complete(bytes: &[u8]) -> bool {
     bytes.windows(2).any(|w| w == b"\n\n") || bytes.windows(3).any(|w| w == b"\n\r\n")
 }
 

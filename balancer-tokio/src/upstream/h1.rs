@@ -223,25 +223,9 @@ impl Upstream {
         written.map_err(|err| Exchange::NothingBack(UpstreamError::Io(err)))?;
 
         let mut buffer = BytesMut::with_capacity(4096);
-        let (head, parsed) = loop {
-            if !buffer.is_empty() {
-                match head_length(&buffer) {
-                    Some(length) => {
-                        let head = buffer.split_to(length).freeze();
-                        match ParsedHead::from_head(&head, form)? {
-                            // 100 Continue, 103 Early Hints: the final response follows.
-                            ResponseHead::Informational => continue,
-                            ResponseHead::Final(parsed) => break (head, parsed),
-                        }
-                    }
-                    None if buffer.len() >= MAX_RESPONSE_HEAD_BYTES => {
-                        return Err(Exchange::Failed(UpstreamError::BadResponse(
-                            "response head over 64 KiB",
-                        )));
-                    }
-                    // Garbage is refused as soon as it arrives, not when a head end shows up.
-                    None => check_partial_head(&buffer)?,
-                }
+        let parsed = loop {
+            if let Some(parsed) = take_head(&mut buffer, form)? {
+                break parsed;
             }
             let before = buffer.len();
             match stream.read_buf(&mut buffer).await {
@@ -262,16 +246,8 @@ impl Upstream {
                 Err(err) => return Err(Exchange::Failed(UpstreamError::Io(err))),
             }
         };
-        drop(head);
 
-        let framing = if *method == Method::HEAD
-            || parsed.status == StatusCode::NO_CONTENT
-            || parsed.status == StatusCode::NOT_MODIFIED
-        {
-            Framing::Length(0)
-        } else {
-            parsed.framing
-        };
+        let framing = body_framing(method, &parsed);
         let reusable = parsed.keep_alive && !matches!(framing, Framing::UntilClose);
         let mut body = UpstreamBody {
             buffer,
@@ -290,6 +266,44 @@ impl Upstream {
             HeadFields::Lines(lines) => response.body_mut().head_lines = Some(lines),
         }
         Ok(response)
+    }
+}
+
+/// Takes the response heads that have arrived off the front of `buffer`: the final one, or
+/// `None` while it is still to come.
+fn take_head(buffer: &mut BytesMut, form: HeadForm) -> Result<Option<ParsedHead>, UpstreamError> {
+    while !buffer.is_empty() {
+        match head_length(buffer) {
+            Some(length) => {
+                let head = buffer.split_to(length).freeze();
+                match ParsedHead::from_head(&head, form)? {
+                    // 100 Continue, 103 Early Hints: the final response follows.
+                    ResponseHead::Informational => {}
+                    ResponseHead::Final(parsed) => return Ok(Some(parsed)),
+                }
+            }
+            None if buffer.len() >= MAX_RESPONSE_HEAD_BYTES => {
+                return Err(UpstreamError::BadResponse("response head over 64 KiB"));
+            }
+            // Garbage is refused as soon as it arrives, not when a head end shows up.
+            None => {
+                check_partial_head(buffer)?;
+                return Ok(None);
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// How the body of a response to `method` with head `parsed` is delimited.
+fn body_framing(method: &Method, parsed: &ParsedHead) -> Framing {
+    if *method == Method::HEAD
+        || parsed.status == StatusCode::NO_CONTENT
+        || parsed.status == StatusCode::NOT_MODIFIED
+    {
+        Framing::Length(0)
+    } else {
+        parsed.framing
     }
 }
 
@@ -313,7 +327,7 @@ impl From<UpstreamError> for Exchange {
 /// Why not httparse: a head is then parsed once, after it has arrived, instead of once to find
 /// its end and again to read it (httparse was a sixth of the user-space instructions of a small
 /// GET).
-fn head_length(bytes: &[u8]) -> Option<usize> {
+pub(crate) fn head_length(bytes: &[u8]) -> Option<usize> {
     let mut start = 0;
     loop {
         match &bytes[start..] {
@@ -836,6 +850,103 @@ pub fn write_request(
         Bytes::new()
     } else {
         body.clone()
+    }
+}
+
+/// A response read by [`read_arrived`]: the parts `Upstream::send` hands on, and its body as
+/// [`UpstreamBody`] decoded it.
+#[derive(Debug)]
+pub(crate) struct ArrivedResponse {
+    pub(crate) status: StatusCode,
+    pub(crate) version: Version,
+    /// Whether the connection could have gone back to its idle list.
+    pub(crate) keep_alive: bool,
+    /// The headers, when asked for as [`HeadForm::Map`].
+    pub(crate) headers: Option<HeaderMap>,
+    /// The headers, when asked for as [`HeadForm::Lines`].
+    pub(crate) lines: Option<HeadLines>,
+    /// The body length the head declared, when it framed the body by length.
+    pub(crate) length: Option<u64>,
+    pub(crate) body: ArrivedBody,
+}
+
+/// A body decoded from bytes that all arrived before the backend closed.
+#[derive(Debug)]
+pub(crate) struct ArrivedBody {
+    /// The data frames, as the decoder handed them on.
+    pub(crate) frames: Vec<Bytes>,
+    /// Why the body ended before its end, if it did.
+    pub(crate) error: Option<io::Error>,
+    /// [`Body::is_end_stream`] once the decoder said it was done.
+    pub(crate) end_stream: bool,
+}
+
+/// The response reading of [`Upstream::send`] without a connection, for the fuzz targets
+/// (`crate::fuzzing`): `bytes` is everything the backend sent before it closed. Heads are
+/// taken as `exchange` takes them and the body is decoded by [`UpstreamBody`] itself.
+pub(crate) fn read_arrived(
+    bytes: &[u8],
+    method: &Method,
+    form: HeadForm,
+) -> Result<ArrivedResponse, UpstreamError> {
+    let mut buffer = BytesMut::from(bytes);
+    let Some(parsed) = take_head(&mut buffer, form)? else {
+        return Err(if buffer.is_empty() {
+            UpstreamError::Io(io::ErrorKind::UnexpectedEof.into())
+        } else {
+            UpstreamError::BadResponse("connection closed in the middle of the response head")
+        });
+    };
+    let framing = body_framing(method, &parsed);
+    let (headers, lines) = match parsed.fields {
+        HeadFields::Map(headers) => (Some(headers), None),
+        HeadFields::Lines(lines) => (None, Some(lines)),
+    };
+    Ok(ArrivedResponse {
+        status: parsed.status,
+        version: parsed.version,
+        keep_alive: parsed.keep_alive && !matches!(framing, Framing::UntilClose),
+        headers,
+        lines,
+        length: match framing {
+            Framing::Length(length) => Some(length),
+            _ => None,
+        },
+        body: decode_arrived(buffer, framing),
+    })
+}
+
+/// The chunked decoder of [`UpstreamBody`] over `bytes`, all that arrived before the backend
+/// closed, for the fuzz targets (`crate::fuzzing`).
+pub(crate) fn decode_arrived_chunked(bytes: &[u8]) -> ArrivedBody {
+    decode_arrived(BytesMut::from(bytes), Framing::Chunked(Chunked::Size))
+}
+
+fn decode_arrived(buffer: BytesMut, framing: Framing) -> ArrivedBody {
+    let mut body = UpstreamBody {
+        buffer,
+        stream: None,
+        framing,
+        return_to: None,
+        pending: None,
+        head_lines: None,
+    };
+    body.settle_if_buffered();
+    let mut frames = Vec::new();
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let error = loop {
+        match Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => frames.extend(frame.into_data().ok()),
+            Poll::Ready(Some(Err(err))) => break Some(err),
+            Poll::Ready(None) => break None,
+            // With no connection every read is the end of the stream, at once.
+            Poll::Pending => unreachable!("the decoder waited for a connection it does not have"),
+        }
+    };
+    ArrivedBody {
+        frames,
+        error,
+        end_stream: body.is_end_stream(),
     }
 }
 

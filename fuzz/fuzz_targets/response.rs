@@ -1,0 +1,4 @@
+//! Fuzz target: `balancer_tokio::fuzzing::response` (docs/fuzzing.md).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| balancer_tokio::fuzzing::response(data));
