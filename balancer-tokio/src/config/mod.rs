@@ -168,6 +168,16 @@ mod tests {
     }
 
     #[test]
+    fn an_endless_admin_token_file_is_refused_not_read_forever() {
+        let err = parse(
+            "listen = \"127.0.0.1:80\"\nbackends = [\"a:1\"]\nadmin_token_file = \"/dev/zero\"",
+        )
+        .expect_err("/dev/zero is no token")
+        .to_string();
+        assert!(err.contains("longer than 4096 bytes"), "{err}");
+    }
+
+    #[test]
     fn a_log_or_trace_in_a_missing_directory_is_refused_with_the_fix() {
         for text in [
             "listen = \"127.0.0.1:80\"\nbackends = [\"a:1\"]\n[trace]\npath = \"/no/such/dir/t\"",

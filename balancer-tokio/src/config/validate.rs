@@ -54,6 +54,25 @@ pub(super) fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, before[line_start..].chars().count() + 1)
 }
 
+/// Largest admin token file read: a token is tens of bytes, and `admin_token_file =
+/// "/dev/zero"` must be an error, not an endless read.
+const MAX_ADMIN_TOKEN_FILE_BYTES: u64 = 4096;
+
+/// The text of `path`, refused when longer than `limit` bytes.
+fn read_bounded(path: &Path, limit: u64) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(limit + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > limit {
+        return Err(std::io::Error::other(format!(
+            "it is longer than {limit} bytes; a token is one line"
+        )));
+    }
+    Ok(text)
+}
+
 /// Start creates `path` (a log or trace file): its directory must exist, or `check` would pass a
 /// config that cannot start.
 fn check_directory_of(
@@ -403,7 +422,7 @@ pub(super) fn validate(raw: RawConfig, errors: &Errors<'_>) -> Result<Config, Co
         Some(file) => {
             let span = file.span();
             let path = file.into_inner();
-            let token = std::fs::read_to_string(&path).map_err(|err| {
+            let token = read_bounded(&path, MAX_ADMIN_TOKEN_FILE_BYTES).map_err(|err| {
                 errors.at(
                     span.clone(),
                     format!(
