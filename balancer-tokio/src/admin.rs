@@ -485,29 +485,32 @@ fn backends(shared: &Shared) -> Value {
             let backends: Vec<Value> = pool
                 .views()
                 .iter()
-                .map(|view| {
-                    let s = &view.snapshot;
-                    json!({
-                        "address": view.backend.address,
-                        "state": view.state_name(now),
-                        "pending": s.pending,
-                        "weight": s.weight,
-                        "ewma_ms": (s.ewma_ns / 1e3).round() / 1e3,
-                        "ewma_last_sample_ms_ago": now.saturating_since(s.ewma_updated_at).as_millis() as u64,
-                        "dispatched": s.dispatched,
-                        "succeeded": s.succeeded,
-                        "failed": s.failed,
-                        "consecutive_failures": s.consecutive_failures,
-                        "ejected_for_ms": s.ejected_until.map(|t| t.saturating_since(now).as_millis() as u64),
-                        "eligible": s.eligible,
-                        "removing": view.removing,
-                    })
-                })
+                .map(|view| backend_json(view, now))
                 .collect();
             json!({ "pool": pool.name, "in_flight": pool.in_flight(), "backends": backends })
         })
         .collect();
     json!({ "pools": pools })
+}
+
+/// One backend as `GET /backends` shows it (the dashboard adds to it).
+pub fn backend_json(view: &crate::balance::pool::BackendView, now: balancer_core::Timestamp) -> Value {
+    let s = &view.snapshot;
+    json!({
+        "address": view.backend.address,
+        "state": view.state_name(now),
+        "pending": s.pending,
+        "weight": s.weight,
+        "ewma_ms": (s.ewma_ns / 1e3).round() / 1e3,
+        "ewma_last_sample_ms_ago": now.saturating_since(s.ewma_updated_at).as_millis() as u64,
+        "dispatched": s.dispatched,
+        "succeeded": s.succeeded,
+        "failed": s.failed,
+        "consecutive_failures": s.consecutive_failures,
+        "ejected_for_ms": s.ejected_until.filter(|t| *t > now).map(|t| t.saturating_since(now).as_millis() as u64),
+        "eligible": s.eligible,
+        "removing": view.removing,
+    })
 }
 
 /// A plain-text answer.

@@ -26,7 +26,7 @@ use hyper::body::{Frame, Incoming};
 use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::admin::{AdminBody, Pages, json_response, text, whole};
+use crate::admin::{AdminBody, Pages, backend_json, json_response, text, whole};
 use crate::observe::window::WINDOW_SECONDS;
 use crate::runtime::shutdown::{Phase, PhaseWatcher};
 use crate::serve::Shared;
@@ -312,23 +312,11 @@ fn pools_state(shared: &Shared, predictions: &[Prediction]) -> Value {
                 .views()
                 .iter()
                 .map(|view| {
-                    let s = &view.snapshot;
-                    json!({
-                        "address": view.backend.address,
-                        "state": view.state_name(now),
-                        "pending": s.pending,
-                        "weight": s.weight,
-                        "ewma_ms": ms(s.ewma_ns / 1e6),
-                        "dispatched": s.dispatched,
-                        "succeeded": s.succeeded,
-                        "failed": s.failed,
-                        "consecutive_failures": s.consecutive_failures,
-                        "ejected_for_ms": s.ejected_until.filter(|t| *t > now).map(|t| t.saturating_since(now).as_millis() as u64),
-                        "ejections": pool.ejections(&view.backend.label),
-                        "warming": s.warming_since.is_some(),
-                        "eligible": s.eligible,
-                        "removing": view.removing,
-                    })
+                    let mut backend = backend_json(view, now);
+                    backend["ewma_ms"] = json!(ms(view.snapshot.ewma_ns / 1e6));
+                    backend["ejections"] = json!(pool.ejections(&view.backend.label));
+                    backend["warming"] = json!(view.snapshot.warming_since.is_some());
+                    backend
                 })
                 .collect();
             let window = pool.window();
