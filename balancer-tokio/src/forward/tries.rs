@@ -169,6 +169,14 @@ impl Tries<'_> {
                     *outgoing.uri_mut() = uri;
                     *outgoing.version_mut() = Version::HTTP_11;
                     *outgoing.headers_mut() = std::mem::take(&mut parts.headers);
+                    // hyper's client sends a GET, HEAD or CONNECT body of unknown length as no
+                    // body at all (it assumes there is none); naming the coding sends the chunks.
+                    if outgoing.body().size_hint().exact().is_none() {
+                        outgoing.headers_mut().insert(
+                            header::TRANSFER_ENCODING,
+                            HeaderValue::from_static("chunked"),
+                        );
+                    }
                     // Boxed: a streamed upload is rare, and hyper's client future is large.
                     let request = Box::pin(pool.client().request(outgoing));
                     match tokio::time::timeout(per_try, request).await {
