@@ -175,11 +175,25 @@ impl Outcome {
         if let Some(err) = &self.client.connect_error {
             return format!("connect failed: {err}");
         }
-        let statuses: Vec<String> = self
-            .responses
-            .iter()
-            .map(|r| r.status.to_string())
-            .collect();
+        // Runs of one status as `100*6`, so that a row stays a row.
+        let mut statuses: Vec<String> = Vec::new();
+        let mut run = 0;
+        for (i, r) in self.responses.iter().enumerate() {
+            run += 1;
+            if self
+                .responses
+                .get(i + 1)
+                .is_some_and(|next| next.status == r.status)
+            {
+                continue;
+            }
+            statuses.push(if run > 1 {
+                format!("{}*{run}", r.status)
+            } else {
+                r.status.to_string()
+            });
+            run = 0;
+        }
         let answer = if statuses.is_empty() {
             if self.client.bytes.is_empty() {
                 if self.client.closed {
@@ -323,6 +337,7 @@ async fn balancer_outcome(vector: &Vector) -> Outcome {
             .pool("default", |p| {
                 p.backends([recorder.address()])
                     .response_header_timeout_ms(BACKEND_TIMEOUT_MS)
+                    .response_body_idle_timeout_ms(BACKEND_TIMEOUT_MS)
             }),
     )
     .await;

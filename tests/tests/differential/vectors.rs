@@ -1762,6 +1762,33 @@ const RESPONSES: &[Vector] = &[
         ..V
     },
     Vector {
+        name: "resp_body_stalls",
+        // The backend sends half the declared body and then nothing, keeping the connection:
+        // the proxy must give up (here after 2 s) rather than hold both connections for ever.
+        backend: &[keep(s!(
+            "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello"
+        ))],
+        until_close: true,
+        answer: Cut,
+        ..V
+    },
+    Vector {
+        name: "resp_chunked_body_stalls",
+        backend: &[keep(s!(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+        ))],
+        until_close: true,
+        answer: Cut,
+        ..V
+    },
+    Vector {
+        name: "resp_body_stalls_before_first_byte",
+        backend: &[keep(s!("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"))],
+        until_close: true,
+        answer: Cut,
+        ..V
+    },
+    Vector {
         name: "resp_head_stalls",
         backend: &[keep(s!("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n"))],
         until_close: true,
