@@ -494,7 +494,10 @@ fn backends(shared: &Shared) -> Value {
 }
 
 /// One backend as `GET /backends` shows it (the dashboard adds to it).
-pub fn backend_json(view: &crate::balance::pool::BackendView, now: balancer_core::Timestamp) -> Value {
+pub fn backend_json(
+    view: &crate::balance::pool::BackendView,
+    now: balancer_core::Timestamp,
+) -> Value {
     let s = &view.snapshot;
     json!({
         "address": view.backend.address,

@@ -336,6 +336,8 @@ impl Pool {
         connect_timeout_ms: int u64;
         /// `response_header_timeout_ms = N`.
         response_header_timeout_ms: int u64;
+        /// `response_body_idle_timeout_ms = N`.
+        response_body_idle_timeout_ms: int u64;
         /// `request_timeout_ms = N`.
         request_timeout_ms: int u64;
         /// `idle_timeout_ms = N`.

@@ -127,6 +127,8 @@ pub struct Pool {
     pub connect_timeout: Duration,
     /// Request sent → response headers, per try; then 504 (or a retry).
     pub response_header_timeout: Duration,
+    /// Longest silence within a response body; then it is cut.
+    pub response_body_idle_timeout: Duration,
     /// Request arrival → response headers over all tries and backoffs; then 504.
     pub request_timeout: Duration,
     /// Active health checks, if configured.
@@ -464,6 +466,7 @@ impl Pool {
             upstream,
             connect_timeout,
             response_header_timeout: Duration::from_millis(config.response_header_timeout_ms),
+            response_body_idle_timeout: Duration::from_millis(config.response_body_idle_timeout_ms),
             request_timeout: Duration::from_millis(config.request_timeout_ms),
             health_check: config.health_check.clone(),
             retry: config.retry,

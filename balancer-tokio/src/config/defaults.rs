@@ -25,6 +25,10 @@ pub const MAX_WORKERS: usize = 256;
 pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
 /// Time from request sent to response headers received before answering 504.
 pub const RESPONSE_HEADER_TIMEOUT_MS: u64 = 30_000;
+/// Longest a backend may leave a response body without a byte once it has begun (nginx's
+/// `proxy_read_timeout`, 60 s): a backend that stalls mid-body would otherwise hold the client's
+/// connection, the backend's, and a pending slot in the core for as long as the client waits.
+pub const RESPONSE_BODY_IDLE_TIMEOUT_MS: u64 = 60_000;
 /// Idle keep-alive connections to a backend are closed after this (below typical backend
 /// keep-alive timeouts of 60–75 s, so the proxy closes first and never reuses a dying one).
 pub const IDLE_TIMEOUT_MS: u64 = 50_000;

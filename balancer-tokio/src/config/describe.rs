@@ -60,6 +60,7 @@ fn pool_json(p: &super::types::PoolConfig) -> Value {
             "backends": p.backends.iter().map(|b| json!({ "address": b.address, "weight": b.weight })).collect::<Vec<_>>(),
             "connect_timeout_ms": p.connect_timeout_ms,
             "response_header_timeout_ms": p.response_header_timeout_ms,
+            "response_body_idle_timeout_ms": p.response_body_idle_timeout_ms,
             "request_timeout_ms": p.request_timeout_ms,
             "idle_timeout_ms": p.idle_timeout_ms,
             "max_idle_per_backend": p.max_idle_per_backend,

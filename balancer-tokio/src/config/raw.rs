@@ -177,6 +177,7 @@ pub(super) struct RawPool {
     pub(super) backends: Spanned<Vec<Spanned<RawBackend>>>,
     pub(super) connect_timeout_ms: Option<u64>,
     pub(super) response_header_timeout_ms: Option<u64>,
+    pub(super) response_body_idle_timeout_ms: Option<u64>,
     pub(super) idle_timeout_ms: Option<u64>,
     pub(super) max_idle_per_backend: Option<usize>,
     pub(super) max_in_flight: Option<u32>,

@@ -143,6 +143,9 @@ pub struct PoolConfig {
     pub connect_timeout_ms: u64,
     /// Request sent to response headers received, in milliseconds; then 504.
     pub response_header_timeout_ms: u64,
+    /// Longest wait for the next bytes of a response body, in milliseconds; then the
+    /// response is cut (the client's connection closed) and the try counts as timed out.
+    pub response_body_idle_timeout_ms: u64,
     /// Idle keep-alive connections to backends are closed after this, in milliseconds.
     pub idle_timeout_ms: u64,
     /// Idle keep-alive connections kept per backend.

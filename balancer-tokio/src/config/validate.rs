@@ -207,6 +207,9 @@ pub(super) fn validate(raw: RawConfig, errors: &Errors<'_>) -> Result<Config, Co
         if let Some(ms) = raw_pool.response_header_timeout_ms {
             pool.response_header_timeout_ms = ms;
         }
+        if let Some(ms) = raw_pool.response_body_idle_timeout_ms {
+            pool.response_body_idle_timeout_ms = ms;
+        }
         if let Some(ms) = raw_pool.idle_timeout_ms {
             pool.idle_timeout_ms = ms;
         }
@@ -850,6 +853,7 @@ fn pool_config(
         backends: parsed,
         connect_timeout_ms: defaults::CONNECT_TIMEOUT_MS,
         response_header_timeout_ms: defaults::RESPONSE_HEADER_TIMEOUT_MS,
+        response_body_idle_timeout_ms: defaults::RESPONSE_BODY_IDLE_TIMEOUT_MS,
         idle_timeout_ms: defaults::IDLE_TIMEOUT_MS,
         max_idle_per_backend: defaults::MAX_IDLE_PER_BACKEND,
         max_in_flight: balancer_core::DEFAULT_MAX_IN_FLIGHT,

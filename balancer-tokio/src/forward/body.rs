@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use balancer_core::FailureKind;
 use bytes::Bytes;
@@ -24,24 +25,76 @@ pub struct ProxyBody {
     source: Source,
     guard: Option<DoneGuard>,
     sent_bytes: u64,
+    idle: Idle,
+}
+
+/// The bound on a backend's silence within its body: a timer made at the first wait (a body
+/// that never makes its reader wait costs none), started at each wait after a frame.
+struct Idle {
+    timeout: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    running: bool,
+}
+
+impl Idle {
+    const NONE: Idle = Idle {
+        timeout: Duration::MAX,
+        timer: None,
+        running: false,
+    };
+
+    fn new(timeout: Duration) -> Idle {
+        Idle {
+            timeout,
+            ..Idle::NONE
+        }
+    }
+
+    /// After the source said Pending: whether the backend has now been silent too long.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.running {
+            // A timeout too large for the clock is no bound at all.
+            let Some(deadline) = tokio::time::Instant::now().checked_add(self.timeout) else {
+                return false;
+            };
+            match &mut self.timer {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            self.running = true;
+        }
+        self.timer
+            .as_mut()
+            .is_some_and(|timer| timer.as_mut().poll(cx).is_ready())
+    }
+}
+
+/// A backend sent no byte of its response body for `timeout_ms`.
+#[derive(Debug, thiserror::Error)]
+#[error("the backend sent nothing of its response body for {timeout_ms} ms")]
+pub struct BodyIdle {
+    timeout_ms: u64,
 }
 
 impl ProxyBody {
-    /// A backend's body, streamed through.
-    pub fn backend(body: Incoming, guard: DoneGuard) -> Self {
+    /// A backend's body, streamed through; cut after `idle_timeout` without a byte.
+    pub fn backend(body: Incoming, guard: DoneGuard, idle_timeout: Duration) -> Self {
         ProxyBody {
             source: Source::Backend(body),
             guard: Some(guard),
             sent_bytes: 0,
+            idle: Idle::new(idle_timeout),
         }
     }
 
-    /// A backend's body read by [`crate::upstream`], streamed through.
-    pub fn upstream(body: UpstreamBody, guard: DoneGuard) -> Self {
+    /// A backend's body read by [`crate::upstream`], streamed through; cut after
+    /// `idle_timeout` without a byte.
+    pub fn upstream(body: UpstreamBody, guard: DoneGuard, idle_timeout: Duration) -> Self {
         ProxyBody {
             source: Source::Upstream(body),
             guard: Some(guard),
             sent_bytes: 0,
+            idle: Idle::new(idle_timeout),
         }
     }
 
@@ -51,6 +104,7 @@ impl ProxyBody {
             source: Source::Full((!bytes.is_empty()).then_some(bytes)),
             guard,
             sent_bytes: 0,
+            idle: Idle::NONE,
         }
     }
 
@@ -82,15 +136,23 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ProxyBodyError>>> {
         let this = self.get_mut();
-        let polled: Option<Result<Frame<Bytes>, ProxyBodyError>> = match &mut this.source {
-            Source::Backend(body) => {
-                ready!(Pin::new(body).poll_frame(cx)).map(|r| r.map_err(Into::into))
-            }
-            Source::Upstream(body) => {
-                ready!(Pin::new(body).poll_frame(cx)).map(|r| r.map_err(Into::into))
-            }
-            Source::Full(bytes) => bytes.take().map(|b| Ok(Frame::data(b))),
+        let polled = match &mut this.source {
+            Source::Backend(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(Into::into))),
+            Source::Upstream(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(Into::into))),
+            Source::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         };
+        if polled.is_pending() && this.idle.expired(cx) {
+            this.finish(End::Failed(FailureKind::Timeout));
+            let timeout_ms = u64::try_from(this.idle.timeout.as_millis()).unwrap_or(u64::MAX);
+            tracing::warn!(timeout_ms, "backend stalled in a response body; cutting it");
+            return Poll::Ready(Some(Err(BodyIdle { timeout_ms }.into())));
+        }
+        let polled: Option<Result<Frame<Bytes>, ProxyBodyError>> = ready!(polled);
+        this.idle.running = false;
         match polled {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {

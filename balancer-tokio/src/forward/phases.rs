@@ -431,10 +431,26 @@ impl Proxy {
 /// What one request carries through the phases of [`Proxy::handle`].
 /// Phase `check_host`: the request names one host, in a form a backend reads the same way
 /// (RFC 9112 §3.2): two Host lines, an HTTP/1.1 request without one, or one that is not a
-/// `host[:port]` would let routing and the backend disagree on which site was asked for.
+/// `host[:port]` would let routing and the backend disagree on which site was asked for. So
+/// would a target in absolute form (or an HTTP/2 :authority) naming another host than the Host
+/// line: the target wins (RFC 9112 §3.2.2) but the Host line is what is forwarded. Userinfo in
+/// the target's authority is refused as RFC 9110 §4.2.4 advises (it hides the real host).
 pub(crate) fn check_host(request: &Request<ClientBody>) -> Result<(), ProxyError> {
     let mut hosts = request.headers().get_all(header::HOST).iter();
     let bad = |reason| Err(ProxyError::BadRequest { reason });
+    if let Some(authority) = request.uri().authority() {
+        if authority.as_str().contains('@') {
+            return bad("the request target's authority has userinfo (user@); send the host only");
+        }
+        let differs = request.headers().get(header::HOST).is_some_and(|host| {
+            !host
+                .as_bytes()
+                .eq_ignore_ascii_case(authority.as_str().as_bytes())
+        });
+        if differs {
+            return bad("the Host header names another host than the request target");
+        }
+    }
     match (hosts.next(), hosts.next()) {
         (Some(_), Some(_)) => bad("more than one Host header"),
         (None, _) if request.version() == Version::HTTP_11 => {
@@ -456,20 +472,27 @@ pub(crate) fn check_framing(request: &Request<ClientBody>) -> Result<(), ProxyEr
     // Most requests have neither header: two lookups and done.
     let chunked = headers.contains_key(header::TRANSFER_ENCODING);
     if chunked {
+        let mut codings = 0;
         let only_chunked = headers
             .get_all(header::TRANSFER_ENCODING)
             .iter()
             .all(|value| {
-                value.to_str().is_ok_and(|codings| {
-                    codings
-                        .split(',')
-                        .map(str::trim)
-                        .all(|coding| coding.eq_ignore_ascii_case("chunked"))
+                value.to_str().is_ok_and(|list| {
+                    list.split(',').map(str::trim).all(|coding| {
+                        codings += 1;
+                        coding.eq_ignore_ascii_case("chunked")
+                    })
                 })
             });
         if !only_chunked {
             return Err(ProxyError::NotImplemented {
                 what: "a transfer coding other than chunked",
+            });
+        }
+        // hyper takes one layer of chunks off; a second would reach the backend as body.
+        if codings > 1 {
+            return Err(ProxyError::BadRequest {
+                reason: "chunked is applied more than once (RFC 9112 §6.1); send it once",
             });
         }
     }

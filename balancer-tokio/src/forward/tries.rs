@@ -169,6 +169,14 @@ impl Tries<'_> {
                     *outgoing.uri_mut() = uri;
                     *outgoing.version_mut() = Version::HTTP_11;
                     *outgoing.headers_mut() = std::mem::take(&mut parts.headers);
+                    // hyper's client sends a GET, HEAD or CONNECT body of unknown length as no
+                    // body at all (it assumes there is none); naming the coding sends the chunks.
+                    if outgoing.body().size_hint().exact().is_none() {
+                        outgoing.headers_mut().insert(
+                            header::TRANSFER_ENCODING,
+                            HeaderValue::from_static("chunked"),
+                        );
+                    }
                     // Boxed: a streamed upload is rare, and hyper's client future is large.
                     let request = Box::pin(pool.client().request(outgoing));
                     match tokio::time::timeout(per_try, request).await {
@@ -198,7 +206,13 @@ impl Tries<'_> {
                         }
                     }
                     self.attach(&mut guard, &mut record, &mut trace, &backend, try_started);
-                    return backend_response(response, guard, self.via, self.request_id);
+                    return backend_response(
+                        response,
+                        guard,
+                        self.via,
+                        self.request_id,
+                        pool.response_body_idle_timeout,
+                    );
                 }
                 Ok(Err(err)) => {
                     tracing::debug!(backend = %backend.address, error = %err, "forwarding failed");
@@ -390,6 +404,7 @@ pub(super) fn backend_response(
     mut guard: DoneGuard,
     via: &HeaderValue,
     request_id: HeaderValue,
+    idle_timeout: Duration,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = response.into_parts();
     guard.set_status(parts.status);
@@ -397,7 +412,7 @@ pub(super) fn backend_response(
         Upstreamed::Hyper(body) => {
             headers::strip_hop_by_hop(&mut parts.headers, false);
             add_response_headers(&mut parts.headers, via, request_id);
-            ProxyBody::backend(body, guard)
+            ProxyBody::backend(body, guard, idle_timeout)
         }
         // `upstream::h1` reads heads without their hop-by-hop headers.
         Upstreamed::Inline(mut body) => {
@@ -412,7 +427,7 @@ pub(super) fn backend_response(
                 }
                 None => add_response_headers(&mut parts.headers, via, request_id),
             }
-            ProxyBody::upstream(body, guard)
+            ProxyBody::upstream(body, guard, idle_timeout)
         }
     };
     parts.version = Version::HTTP_11;

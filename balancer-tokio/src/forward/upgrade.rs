@@ -112,7 +112,13 @@ impl Proxy {
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             // The backend declined the switch: an ordinary response, streamed back.
             let via = &self.via_http1;
-            return backend_response(response.map(Upstreamed::Hyper), guard, via, request_id);
+            return backend_response(
+                response.map(Upstreamed::Hyper),
+                guard,
+                via,
+                request_id,
+                pool.response_body_idle_timeout,
+            );
         }
 
         let backend_upgrade = hyper::upgrade::on(&mut response);
