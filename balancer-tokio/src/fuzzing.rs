@@ -200,7 +200,7 @@ fn routes() -> &'static RouteTable {
             pool = "web"
         "#;
         let config = Config::from_toml_str(text, "fuzzing.toml").expect("the fuzzing routes");
-        RouteTable::new(&config.routes)
+        RouteTable::new(&config.routes, config.path_normalization)
     })
 }
 
@@ -357,7 +357,7 @@ pub fn config(data: &[u8]) {
             assert!(!config.listeners.is_empty(), "a config listens somewhere");
             let _ = config.summary();
             let _ = config.worker_count();
-            let _ = RouteTable::new(&config.routes);
+            let _ = RouteTable::new(&config.routes, config.path_normalization);
         }
         Err(error) => assert!(!error.to_string().is_empty()),
     }

@@ -27,6 +27,11 @@ pub fn config_json(config: &Config) -> Value {
         "workers": config.worker_count(),
         "header_read_timeout_ms": config.limits.header_read_timeout_ms,
         "body_read_timeout_ms": config.limits.body_read_timeout_ms,
+        "path_normalization": {
+            "decode_unreserved": config.path_normalization.decode_unreserved,
+            "merge_slashes": config.path_normalization.merge_slashes,
+            "remove_dot_segments": config.path_normalization.remove_dot_segments,
+        },
         "max_header_bytes": config.limits.max_header_bytes,
         "max_body_bytes": config.limits.max_body_bytes,
         "listeners": config.listeners.iter().map(|l| json!({

@@ -20,7 +20,8 @@ mod validate;
 pub use host::HostPattern;
 pub use types::{
     AccessLogFormat, BackendConfig, Config, HashConfig, HashKeySource, HealthCheck, Limits,
-    ListenerConfig, PoolConfig, Rate, RateLimitConfig, RouteConfig, SlowStart, TraceConfig,
+    ListenerConfig, PathNormalization, PoolConfig, Rate, RateLimitConfig, RouteConfig, SlowStart,
+    TraceConfig,
 };
 
 pub use describe::{changed_keys, config_json};
@@ -165,6 +166,32 @@ mod tests {
             let err = parse(&text).expect_err(&text).to_string();
             assert!(err.contains(needle), "{text:?} gave {err:?}");
         }
+    }
+
+    #[test]
+    fn path_normalization_steps_are_switched_one_by_one() {
+        let base = "listen = \"127.0.0.1:80\"\nbackends = [\"a:1\"]\n";
+        assert_eq!(
+            parse(base).unwrap().path_normalization,
+            PathNormalization::default()
+        );
+        let config = parse(&format!(
+            "{base}path_normalization = {{ merge_slashes = false }}"
+        ))
+        .unwrap();
+        assert_eq!(
+            config.path_normalization,
+            PathNormalization {
+                merge_slashes: false,
+                ..PathNormalization::default()
+            }
+        );
+        let err = parse(&format!(
+            "{base}path_normalization = {{ merge_slash = false }}"
+        ))
+        .expect_err("unknown step")
+        .to_string();
+        assert!(err.contains("did you mean `merge_slashes`?"), "{err}");
     }
 
     #[test]

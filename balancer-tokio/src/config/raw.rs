@@ -39,6 +39,15 @@ pub(super) struct RawConfig {
     pub(super) journal_size: Option<Spanned<usize>>,
     pub(super) trace: Option<Spanned<RawTrace>>,
     pub(super) workers: Option<Spanned<usize>>,
+    pub(super) path_normalization: Option<RawPathNormalization>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPathNormalization {
+    pub(super) decode_unreserved: Option<bool>,
+    pub(super) merge_slashes: Option<bool>,
+    pub(super) remove_dot_segments: Option<bool>,
 }
 
 #[derive(Deserialize)]

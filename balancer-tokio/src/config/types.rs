@@ -46,6 +46,8 @@ pub struct Config {
     /// Threads serving traffic, each with its own event loop and its own `SO_REUSEPORT`
     /// socket per listener; `None` means one per CPU this process may run on.
     pub workers: Option<usize>,
+    /// How a path is put in normal form before routes match it.
+    pub path_normalization: PathNormalization,
 }
 
 /// `[trace]`: where and how much traffic to record (`balancer_core::trace` format).
@@ -270,6 +272,29 @@ impl HashKeySource {
             HashKeySource::Query(name) => format!("query:{name}"),
             HashKeySource::Path => "path".to_owned(),
             HashKeySource::ClientIp => "client-ip".to_owned(),
+        }
+    }
+}
+
+/// The steps that put a request's path in the normal form routes match against
+/// (`path_normalization`); each is on by default. What is forwarded is always the path as the
+/// client sent it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathNormalization {
+    /// Percent-escapes of unreserved characters decoded (`/%61dmin` is `/admin`).
+    pub decode_unreserved: bool,
+    /// Repeated slashes merged (`//admin` is `/admin`).
+    pub merge_slashes: bool,
+    /// `.` and `..` segments removed, never above the root (`/x/../admin` is `/admin`).
+    pub remove_dot_segments: bool,
+}
+
+impl Default for PathNormalization {
+    fn default() -> Self {
+        PathNormalization {
+            decode_unreserved: true,
+            merge_slashes: true,
+            remove_dot_segments: true,
         }
     }
 }

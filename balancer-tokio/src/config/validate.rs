@@ -603,6 +603,16 @@ pub(super) fn validate(raw: RawConfig, errors: &Errors<'_>) -> Result<Config, Co
         journal_size,
         trace,
         workers,
+        path_normalization: raw
+            .path_normalization
+            .map_or_else(PathNormalization::default, |n| {
+                let all = PathNormalization::default();
+                PathNormalization {
+                    decode_unreserved: n.decode_unreserved.unwrap_or(all.decode_unreserved),
+                    merge_slashes: n.merge_slashes.unwrap_or(all.merge_slashes),
+                    remove_dot_segments: n.remove_dot_segments.unwrap_or(all.remove_dot_segments),
+                }
+            }),
     })
 }
 

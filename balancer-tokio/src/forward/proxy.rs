@@ -152,7 +152,7 @@ impl Proxy {
         (access_log, explain, trace): (AccessLog, Option<Arc<ExplainRing>>, Option<Arc<TraceSink>>),
     ) -> Proxy {
         Proxy {
-            routes: RouteTable::new(&config.routes),
+            routes: RouteTable::new(&config.routes, config.path_normalization),
             route_labels: config
                 .routes
                 .iter()

@@ -4,7 +4,7 @@
 //! on a tie an exact host beats a `*.` wildcard, which beats no host; then a route with a port
 //! beats one without; then the earlier route in the file.
 
-use crate::config::{HostPattern, RouteConfig};
+use crate::config::{HostPattern, PathNormalization, RouteConfig};
 
 /// A route as the proxy uses it.
 #[derive(Clone, Debug)]
@@ -24,11 +24,13 @@ pub struct Route {
 #[derive(Clone, Debug)]
 pub struct RouteTable {
     routes: Vec<Route>,
+    normalization: PathNormalization,
 }
 
 impl RouteTable {
-    /// Orders `routes` by precedence (see the module doc).
-    pub fn new(routes: &[RouteConfig]) -> RouteTable {
+    /// Orders `routes` by precedence (see the module doc); paths are matched in the normal form
+    /// of `normalization`.
+    pub fn new(routes: &[RouteConfig], normalization: PathNormalization) -> RouteTable {
         let mut routes: Vec<Route> = routes
             .iter()
             .enumerate()
@@ -49,7 +51,10 @@ impl RouteTable {
                 std::cmp::Reverse(r.port.is_some()),
             )
         });
-        RouteTable { routes }
+        RouteTable {
+            routes,
+            normalization,
+        }
     }
 
     /// The route for a request to `host` (may carry a port) and `path`, arriving on `listener_port`.
@@ -58,7 +63,7 @@ impl RouteTable {
     /// pass a `/admin` route by; the request itself is forwarded as the client sent it.
     pub fn find(&self, host: Option<&str>, path: &str, listener_port: u16) -> Option<&Route> {
         let host = host.map(strip_port);
-        let normal = normalize_path(path);
+        let normal = normalize_path_with(path, self.normalization);
         let path = normal.as_ref();
         self.routes.iter().find(|route| {
             route.port.is_none_or(|port| port == listener_port)
@@ -78,20 +83,34 @@ fn strip_port(host: &str) -> &str {
     without_port.strip_suffix('.').unwrap_or(without_port)
 }
 
-/// `path` as routing sees it (RFC 3986 §6.2.2, as nginx matches locations): percent-escapes of
-/// unreserved characters decoded (`%61` is `a`), repeated slashes merged, and `.` and `..`
-/// segments removed (never above the root). Borrowed when there is nothing to do.
+/// `path` as routing sees it by default (RFC 3986 §6.2.2, as nginx matches locations):
+/// percent-escapes of unreserved characters decoded (`%61` is `a`), repeated slashes merged,
+/// and `.` and `..` segments removed (never above the root). Borrowed when there is nothing
+/// to do.
 pub fn normalize_path(path: &str) -> std::borrow::Cow<'_, str> {
-    let plain = !path.contains('%') && !path.contains("//") && !path.contains("/.");
-    if plain {
+    normalize_path_with(path, PathNormalization::default())
+}
+
+/// `path` in the normal form `steps` asks for (each step on or off: `path_normalization`).
+pub fn normalize_path_with(path: &str, steps: PathNormalization) -> std::borrow::Cow<'_, str> {
+    let work = (steps.decode_unreserved && path.contains('%'))
+        || (steps.merge_slashes && path.contains("//"))
+        || (steps.remove_dot_segments && path.contains("/."));
+    if !work {
         return std::borrow::Cow::Borrowed(path);
     }
-    let decoded = decode_unreserved(path);
+    let decoded = if steps.decode_unreserved {
+        decode_unreserved(path)
+    } else {
+        path.to_owned()
+    };
     let mut segments: Vec<&str> = Vec::new();
-    for segment in decoded.split('/') {
+    let after_root = decoded.strip_prefix('/').unwrap_or(&decoded);
+    for segment in after_root.split('/') {
         match segment {
-            "" | "." => {}
-            ".." => {
+            "" if steps.merge_slashes => {}
+            "." if steps.remove_dot_segments => {}
+            ".." if steps.remove_dot_segments => {
                 segments.pop();
             }
             other => segments.push(other),
@@ -103,9 +122,9 @@ pub fn normalize_path(path: &str) -> std::borrow::Cow<'_, str> {
         normal.push_str(segment);
     }
     // A trailing slash (or a last `.`/`..` segment) stays a directory.
-    let ends_as_directory =
-        decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
-    if normal.is_empty() || ends_as_directory {
+    let ends_as_directory = decoded.ends_with('/')
+        || (steps.remove_dot_segments && (decoded.ends_with("/.") || decoded.ends_with("/..")));
+    if normal.is_empty() || (ends_as_directory && !normal.ends_with('/')) {
         normal.push('/');
     }
     std::borrow::Cow::Owned(normal)
@@ -212,6 +231,57 @@ mod tests {
         }
     }
 
+    #[test]
+    fn each_normalization_step_can_be_turned_off() {
+        let all = PathNormalization::default();
+        let without = |step: &str| match step {
+            "decode" => PathNormalization {
+                decode_unreserved: false,
+                ..all
+            },
+            "merge" => PathNormalization {
+                merge_slashes: false,
+                ..all
+            },
+            _ => PathNormalization {
+                remove_dot_segments: false,
+                ..all
+            },
+        };
+        let cases = [
+            ("decode", "/%61dmin//x/../y", "/%61dmin/y"),
+            ("merge", "/%61dmin//x/../y", "/admin//y"),
+            ("dots", "/%61dmin//x/../y", "/admin/x/../y"),
+            ("merge", "//a//", "//a//"),
+            ("dots", "/a/./", "/a/./"),
+        ];
+        for (step, path, normal) in cases {
+            let steps = without(step);
+            assert_eq!(
+                normalize_path_with(path, steps),
+                normal,
+                "without {step}: {path}"
+            );
+            assert_eq!(
+                normalize_path_with(normal, steps),
+                normal,
+                "without {step}: {path}: normal twice"
+            );
+        }
+        let none = PathNormalization {
+            decode_unreserved: false,
+            merge_slashes: false,
+            remove_dot_segments: false,
+        };
+        assert!(matches!(
+            normalize_path_with("/x/../%61dmin//", none),
+            std::borrow::Cow::Borrowed("/x/../%61dmin//")
+        ));
+        let table = RouteTable::new(&[route("admin", None, "/admin", None)], without("dots"));
+        assert_eq!(find(&table, "a", "/%61dmin/x", 80), Some("admin"));
+        assert_eq!(find(&table, "a", "/x/../admin", 80), None);
+    }
+
     fn route(name: &str, host: Option<&str>, prefix: &str, port: Option<u16>) -> RouteConfig {
         RouteConfig {
             name: name.into(),
@@ -229,14 +299,17 @@ mod tests {
 
     #[test]
     fn longest_prefix_then_host_then_port_wins() {
-        let table = RouteTable::new(&[
-            route("root", None, "/", None),
-            route("api", None, "/api", None),
-            route("api-v2", None, "/api/v2", None),
-            route("wild", Some("*.example.com"), "/api", None),
-            route("exact", Some("a.example.com"), "/api", None),
-            route("admin-port", None, "/", Some(9000)),
-        ]);
+        let table = RouteTable::new(
+            &[
+                route("root", None, "/", None),
+                route("api", None, "/api", None),
+                route("api-v2", None, "/api/v2", None),
+                route("wild", Some("*.example.com"), "/api", None),
+                route("exact", Some("a.example.com"), "/api", None),
+                route("admin-port", None, "/", Some(9000)),
+            ],
+            PathNormalization::default(),
+        );
         assert_eq!(find(&table, "x.org", "/", 80), Some("root"));
         assert_eq!(find(&table, "x.org", "/apix", 80), Some("root"));
         assert_eq!(find(&table, "x.org", "/api", 80), Some("api"));
@@ -252,7 +325,10 @@ mod tests {
 
     #[test]
     fn no_match_is_none() {
-        let table = RouteTable::new(&[route("only", Some("a.com"), "/", None)]);
+        let table = RouteTable::new(
+            &[route("only", Some("a.com"), "/", None)],
+            PathNormalization::default(),
+        );
         assert_eq!(find(&table, "b.com", "/", 80), None);
         assert!(table.find(None, "/", 80).is_none());
     }
