@@ -213,9 +213,8 @@ async fn run(file: &Path) -> anyhow::Result<()> {
     // Installed before serving: SIGHUP's default action would end the process.
     let mut hangups = Requests::hangups().context("cannot listen for SIGHUP")?;
     let mut reopens = Requests::reopens().context("cannot listen for SIGUSR1")?;
-    let open_files = raise_open_files_limit();
+    raise_open_files_limit();
     let balancer = balancer_tokio::start_file(file).await?;
-    warn_if_connections_cannot_fit(&balancer, open_files);
     // The banner goes to stderr in both modes: stdout carries the access log.
     for line in balancer.banner() {
         eprintln!("{line}");
@@ -245,40 +244,12 @@ async fn run(file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Descriptors kept for everything but client and backend connections (listeners, the admin
-/// API, health checks, logs, the runtime).
-const RESERVED_DESCRIPTORS: u64 = 64;
-
 /// Raises the open-files soft limit to the hard one (a default soft limit of 1,024 would cap
-/// the proxy far below `max_connections`); returns the limit in force, if known.
-fn raise_open_files_limit() -> Option<u64> {
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) => Some(limit),
-        Err(err) => {
-            tracing::warn!(%err, "cannot read or raise the open-files limit");
-            None
-        }
-    }
-}
-
-/// Each client connection may need a backend connection too: says so when the listeners'
-/// `max_connections` cannot all be served within the open-files limit.
-fn warn_if_connections_cannot_fit(balancer: &balancer_tokio::RunningBalancer, limit: Option<u64>) {
-    let Some(limit) = limit else { return };
-    let clients: u64 = balancer
-        .proxy()
-        .config()
-        .listeners
-        .iter()
-        .map(|l| l.max_connections as u64)
-        .sum();
-    let needed = clients * 2 + RESERVED_DESCRIPTORS;
-    if needed > limit {
-        tracing::warn!(
-            limit,
-            needed,
-            "the open-files limit is below what max_connections may need (a client and a backend connection each): raise the hard limit (ulimit -Hn, LimitNOFILE=, docker --ulimit nofile=) or lower max_connections"
-        );
+/// the proxy far below `max_connections`). Start then fits the listeners' connection limits to
+/// it (`client_connection_permits`).
+fn raise_open_files_limit() {
+    if let Err(err) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(%err, "cannot read or raise the open-files limit");
     }
 }
 

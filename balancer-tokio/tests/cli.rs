@@ -836,3 +836,67 @@ fn a_service_manager_hears_ready_reloading_and_stopping() {
     assert!(balancer.wait_for_exit().success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn under_a_low_open_files_limit_an_accepted_client_still_reaches_a_backend() {
+    let backend_address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _backend = Running::spawn(&[
+        "demo-backend",
+        "--listen",
+        &backend_address.to_string(),
+        "--id",
+        "1",
+    ]);
+    wait_until_listening(backend_address);
+    let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = std::env::temp_dir().join(format!("balancer-fdcap-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"{address}\"\nadmin = \"off\"\naccess_log = \"off\"\nworkers = 1\nmax_connections = 1000\nbackends = [\"{backend_address}\"]\n"
+        ),
+    )
+    .unwrap();
+    // 256 descriptors, soft and hard: room for (256 - 64) / 2 = 96 clients with a backend each.
+    let mut balancer = Running(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ulimit -n 256 && exec {BINARY} --config {}",
+                config.display()
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the balancer through sh"),
+    );
+    wait_until_listening(address);
+    // 300 clients connect (the kernel queues those beyond the cap); the first one's request
+    // still finds a descriptor for its backend connection. Uncapped, the proxy would have
+    // accepted until descriptors ran out, and that request would fail with 502.
+    let mut clients: Vec<TcpStream> = (0..300)
+        .map(|_| TcpStream::connect(address).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let first = &mut clients[0];
+    first.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    first
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    first.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(clients);
+    balancer.signal("TERM");
+    assert!(balancer.wait_for_exit().success());
+    let mut stderr = String::new();
+    balancer
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(stderr.contains("capped_to=96"), "{stderr}");
+    let _ = std::fs::remove_file(config);
+}

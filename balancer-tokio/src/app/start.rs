@@ -47,6 +47,47 @@ pub enum ShutdownReport {
     GraceExpired,
 }
 
+/// Descriptors kept for everything but client and backend connections (listeners, the admin
+/// API, health checks, logs, the runtime).
+pub const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// The open-files soft limit in force, if it can be read.
+fn open_files_limit() -> Option<u64> {
+    rlimit::getrlimit(rlimit::Resource::NOFILE)
+        .ok()
+        .map(|(soft, _)| soft)
+}
+
+/// Client connections each listener serves at once: its `max_connections`, unless the
+/// open-files limit cannot hold them all with a backend connection each and
+/// [`RESERVED_DESCRIPTORS`] besides; then every listener's share is cut in proportion, so that
+/// an accepted client can always reach a backend instead of failing with 502 for want of a
+/// descriptor.
+pub fn client_connection_permits(config: &Config, open_files: Option<u64>) -> Vec<usize> {
+    let wanted: Vec<usize> = config.listeners.iter().map(|l| l.max_connections).collect();
+    let total: u64 = wanted.iter().map(|&n| n as u64).sum();
+    let Some(limit) = open_files else {
+        return wanted;
+    };
+    let budget = limit.saturating_sub(RESERVED_DESCRIPTORS) / 2;
+    if total <= budget {
+        return wanted;
+    }
+    let capped: Vec<usize> = wanted
+        .iter()
+        .map(|&n| ((n as u128 * u128::from(budget) / u128::from(total)) as usize).max(1))
+        .collect();
+    tracing::warn!(
+        open_files_limit = limit,
+        max_connections = total,
+        capped_to = capped.iter().sum::<usize>(),
+        "the open-files limit leaves room for {} client connections with a backend connection each (and {RESERVED_DESCRIPTORS} descriptors besides), not for max_connections = {total}: serving at most {} at once; raise the limit (ulimit -Hn, LimitNOFILE=, docker --ulimit nofile=) to serve more",
+        budget,
+        capped.iter().sum::<usize>()
+    );
+    capped
+}
+
 /// How to change the admin API's address, for a start that could not bind it.
 const ADMIN_ADDRESS_SET_BY: &str = "it is the admin API's address (`admin`, by default 127.0.0.1:9901): write `admin = \"127.0.0.1:PORT\"` for another port, or `admin = \"off\"` to run without it";
 
@@ -114,10 +155,11 @@ async fn start_with(
     // Worker i accepts on socket i of every listener; the kernel spreads new connections over
     // the sockets (SO_REUSEPORT), and a connection stays on the worker that accepted it.
     let mut per_worker: Vec<Vec<WorkerSocket>> = (1..workers).map(|_| Vec::new()).collect();
-    for (listener, sockets, local) in bound {
+    let client_permits = client_connection_permits(&config, open_files_limit());
+    for (listener_index, (listener, sockets, local)) in bound.into_iter().enumerate() {
         addresses.push((listener.name.clone(), local));
         // One limit per listener, whichever worker accepts.
-        let permits = Arc::new(Semaphore::new(listener.max_connections));
+        let permits = Arc::new(Semaphore::new(client_permits[listener_index]));
         let mut sockets = sockets.into_iter();
         if let Some(first) = sockets.next() {
             let socket = TcpListener::from_std(first).map_err(|err| bind_error(local, &err))?;
@@ -292,5 +334,30 @@ impl RunningBalancer {
             );
         }
         report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listeners_share_what_the_open_files_limit_allows_in_proportion() {
+        let config = Config::from_toml_str(
+            "backends = [\"a:1\"]\nadmin = \"off\"\n\
+             [[listeners]]\naddress = \"127.0.0.1:0\"\nmax_connections = 300\n\
+             [[listeners]]\naddress = \"127.0.0.1:1\"\nmax_connections = 100\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(client_connection_permits(&config, None), [300, 100]);
+        assert_eq!(
+            client_connection_permits(&config, Some(1_000_000)),
+            [300, 100]
+        );
+        // (264 - 64) / 2 = 100 clients in all, split 3:1.
+        assert_eq!(client_connection_permits(&config, Some(264)), [75, 25]);
+        // Never below one each, even with no room at all.
+        assert_eq!(client_connection_permits(&config, Some(10)), [1, 1]);
     }
 }
