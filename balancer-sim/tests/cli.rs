@@ -220,7 +220,7 @@ fn run_json(args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// Each fault scenario of issue 6 with its own invariant beyond conservation.
+/// Each fault scenario with its own invariant beyond conservation.
 #[test]
 fn fault_scenarios_keep_their_promises() {
     let run = |name: &str, policy: &str| {

@@ -1,4 +1,4 @@
-//! Fault properties of issue 6: what the core's defences guarantee under a black hole, a total
+//! Fault properties: what the core's defences guarantee under a black hole, a total
 //! outage and a returning backend, checked over random fleets, policies, loads and settings.
 //!
 //! Proptest runs from a fixed seed (reproducible on every run); a failing case prints the
