@@ -137,7 +137,8 @@ pub struct HashDecision {
     pub key_hash: u64,
     /// The backend owning the key on the ring.
     pub owner: BackendId,
-    /// Backends passed over, ineligible or at their load cap, before the chosen one.
+    /// Ring points walked past before the chosen backend's: points of backends that were
+    /// ineligible or at their load cap.
     pub passed: u32,
     /// The chosen backend's load cap (`u32::MAX`: unbounded).
     pub cap: u32,
@@ -291,11 +292,11 @@ impl fmt::Display for DecisionRecord {
                         } else {
                             write!(
                                 f,
-                                "consistent-hash: key {:016x} is owned by {}, passed over (ineligible or at its cap) with {} more; {} is the next on the ring ({cap})",
+                                "consistent-hash: key {:016x} is owned by {}, passed over (ineligible or at its cap); {}, {} ring points on, is the first that can take it ({cap})",
                                 hash.key_hash,
                                 hash.owner,
-                                hash.passed.saturating_sub(1),
-                                load(&chosen)
+                                load(&chosen),
+                                hash.passed
                             )?;
                         }
                     }

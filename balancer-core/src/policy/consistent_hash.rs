@@ -55,7 +55,8 @@ pub(crate) struct HashChoice {
     pub(crate) key_hash: u64,
     /// The slot owning the key: the first point at or after the hash.
     pub(crate) owner: u32,
-    /// Backends passed over on the way (each counted once): ineligible, or at their cap.
+    /// Ring points walked past before the chosen backend's: points of backends that were
+    /// ineligible or at their cap (0: the owner took it).
     pub(crate) passed: u32,
     /// The load cap of the chosen backend at that moment (`u32::MAX`: unbounded).
     pub(crate) cap: u32,
@@ -75,9 +76,6 @@ pub(crate) struct ConsistentHash {
     bucket_bits: u32,
     /// The table's membership version the ring was built at.
     built_at: Option<u64>,
-    /// Scratch: slots already passed in the current walk (reset per pick, kept for its
-    /// allocation).
-    passed: Vec<u32>,
 }
 
 impl ConsistentHash {
@@ -90,7 +88,6 @@ impl ConsistentHash {
             starts: Vec::new(),
             bucket_bits: 0,
             built_at: None,
-            passed: Vec::new(),
         }
     }
 
@@ -165,7 +162,6 @@ impl ConsistentHash {
         debug_assert!(len > 0, "an eligible backend is live, so it has points");
         let start = self.first_at_or_after(key_hash);
         let owner = self.owners[start];
-        self.passed.clear();
         for step in 0..len {
             let index = self.owners[(start + step) % len];
             let slot = &table.slots[index as usize];
@@ -175,14 +171,11 @@ impl ConsistentHash {
                     let choice = HashChoice {
                         key_hash,
                         owner,
-                        passed: self.passed.len() as u32,
+                        passed: step as u32,
                         cap,
                     };
                     return Some((index, choice));
                 }
-            }
-            if !self.passed.contains(&index) {
-                self.passed.push(index);
             }
         }
         // The caps sum to more than is in flight, so a full turn always finds a backend.
