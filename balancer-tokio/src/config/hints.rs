@@ -91,8 +91,10 @@ fn key_before(text: &str, offset: usize) -> Option<&str> {
     let head = before[line_start..].trim_end();
     let head = head.strip_suffix('=')?.trim_end();
     let start = head
-        .rfind(|c: char| c == '{' || c == ',' || c == '[' || c.is_whitespace())
-        .map_or(0, |i| i + 1);
+        .char_indices()
+        .rev()
+        .find(|&(_, c)| c == '{' || c == ',' || c == '[' || c.is_whitespace())
+        .map_or(0, |(i, c)| i + c.len_utf8());
     let key = head[start..].trim_matches('"');
     (!key.is_empty()).then_some(key)
 }
@@ -265,6 +267,26 @@ mod tests {
             span_of(text, "5"),
         );
         assert!(rewritten.contains("text in double quotes"), "{rewritten}");
+    }
+
+    #[test]
+    fn a_key_with_wide_characters_does_not_split_one() {
+        // U+3000 is whitespace of three bytes; a byte after its first is no char boundary.
+        let text = "\"a\u{3000}b\" = \"x\"\n";
+        let message = "invalid type: string \"x\", expected u64";
+        let rewritten = rewrite(message, text, span_of(text, "\"x\""));
+        assert!(
+            rewritten.starts_with("`b` takes a whole number"),
+            "{rewritten}"
+        );
+        // The whole file through the config parser: an error, no panic.
+        assert!(
+            crate::Config::from_toml_str(
+                "listen = \"127.0.0.1:80\"\nbackends = [\"a:1\"]\n\"w\u{3000}x\" = 1\n",
+                "t.toml"
+            )
+            .is_err()
+        );
     }
 
     #[test]
