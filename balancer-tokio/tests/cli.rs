@@ -247,6 +247,20 @@ fn http_get(address: SocketAddr, path: &str) -> String {
     response
 }
 
+/// Starts demo backend #1 on a free port and waits until it listens.
+fn demo_backend() -> (Running, SocketAddr) {
+    let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let backend = Running::spawn(&[
+        "demo-backend",
+        "--listen",
+        &address.to_string(),
+        "--id",
+        "1",
+    ]);
+    wait_until_listening(address);
+    (backend, address)
+}
+
 /// Starts a demo backend and the balancer in front of it (from a config file) on free ports.
 fn backend_and_balancer(tag: &str) -> (Running, Running, SocketAddr, PathBuf) {
     let backend_address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -457,15 +471,7 @@ fn with_admin_and_log(
     tag: &str,
     format: &str,
 ) -> (Running, Running, SocketAddr, SocketAddr, PathBuf) {
-    let backend_address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let backend = Running::spawn(&[
-        "demo-backend",
-        "--listen",
-        &backend_address.to_string(),
-        "--id",
-        "1",
-    ]);
-    wait_until_listening(backend_address);
+    let (backend, backend_address) = demo_backend();
     let config = std::env::temp_dir().join(format!("balancer-{tag}-{}.toml", std::process::id()));
     // Free ports are found before they are bound, and the other tests of this binary look for
     // them at the same time: a balancer that lost a port to one of them exits, and is started
@@ -839,15 +845,7 @@ fn a_service_manager_hears_ready_reloading_and_stopping() {
 
 #[test]
 fn under_a_low_open_files_limit_an_accepted_client_still_reaches_a_backend() {
-    let backend_address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let _backend = Running::spawn(&[
-        "demo-backend",
-        "--listen",
-        &backend_address.to_string(),
-        "--id",
-        "1",
-    ]);
-    wait_until_listening(backend_address);
+    let (_backend, backend_address) = demo_backend();
     let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let config = std::env::temp_dir().join(format!("balancer-fdcap-{}.toml", std::process::id()));
     std::fs::write(
